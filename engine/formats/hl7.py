@@ -1,0 +1,571 @@
+"""HL7 v2: read the header, tokenize a message, address values by path, split batches, build ACKs.
+
+Why a hand-written tokenizer rather than hl7apy on the hot path: as measured in
+``bench/mllp_ingest.py`` (it prints the bare hl7apy parse rate beside the engine's), hl7apy
+1.3.5 parses roughly a hundred ADT messages a second on one core, and on real feeds it rejects
+LF-separated messages, the 2.7+ truncation character in MSH-2 (``^~\\&#``) and several
+versions; with ``find_groups=True`` it drops Z-segments and segments newer than the declared
+version. This module only splits on the delimiters the message itself declares in MSH-1/MSH-2,
+keeps every segment in order (so nothing is ever lost on the way through) and decodes escape
+sequences when a value is read. hl7apy is still used where its knowledge of message structures
+pays: optional strict validation per channel (:func:`validate_strict`). The tests run this
+tokenizer and hl7apy over the same fixtures and compare the values.
+
+Paths (used by mappings, filters and ordering keys)::
+
+    PID-5.1         first PID, field 5, first repetition, component 1
+    PID-3[*].1      component 1 of every repetition of PID-3
+    PID-3[2].4.1    second repetition, component 4, sub-component 1
+    OBX[*]-5        field 5 of every OBX in scope
+    OBX             the segment itself (for iteration and "exists" conditions)
+
+Numbers are 1-based, as in the standard. MSH-1 is the field separator and MSH-2 the encoding
+characters, so MSH-9.2 is the trigger event, as everywhere in HL7 documentation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
+
+from engine.errors import ParseError
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+# MSH-18 character set names (HL7 table 0211) to Python codecs.
+CHARSETS = {
+    "": None,
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/2": "iso8859-2",
+    "8859/3": "iso8859-3",
+    "8859/4": "iso8859-4",
+    "8859/5": "iso8859-5",
+    "8859/6": "iso8859-6",
+    "8859/7": "iso8859-7",
+    "8859/8": "iso8859-8",
+    "8859/9": "iso8859-9",
+    "8859/15": "iso8859-15",
+    "UNICODE": "utf-8",
+    "UNICODE UTF-8": "utf-8",
+    "UNICODE UTF-16": "utf-16",
+    "UNICODE UTF-32": "utf-32",
+    "ISO IR6": "ascii",
+    "ISO IR14": "iso2022_jp",
+    "ISO IR87": "iso2022_jp",
+    "ISO IR159": "iso2022_jp_2",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc_kr",
+    "CNS 11643-1992": "big5",
+    "BIG-5": "big5",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
+}
+
+
+def codec_for(charset: str | None, default: str = "utf-8") -> str:
+    """The Python codec for an MSH-18 value (first repetition); ``default`` when empty or unknown."""
+    name = (charset or "").split("~", 1)[0].strip().upper()
+    return CHARSETS.get(name) or default
+
+
+@dataclass(frozen=True)
+class Delimiters:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @classmethod
+    def from_msh(cls, segment: str) -> "Delimiters":
+        if len(segment) < 8 or not segment.startswith(("MSH", "FHS", "BHS")):
+            raise ParseError("message does not start with an MSH segment", code=100, field=None)
+        f = segment[3]
+        enc = segment[4:].split(f, 1)[0]
+        if len(enc) < 2 or f.isalnum():
+            raise ParseError("MSH-1/MSH-2 do not declare usable delimiters", code=102, field=2)
+        # MSH-2 may carry a fifth character (truncation, v2.7+): accepted and ignored.
+        return cls(f, enc[0], enc[1] if len(enc) > 1 else "~", enc[2] if len(enc) > 2 else "\\",
+                   enc[3] if len(enc) > 3 else "&")
+
+
+_ESCAPE_HIGHLIGHT = {"H", "N"}
+
+
+def unescape(value: str, d: Delimiters) -> str:
+    """Decode HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\; \\H\\ and \\N\\ dropped)."""
+    esc = d.escape
+    if not esc or esc not in value:
+        return value
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        ch = value[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = value.find(esc, i + 1)
+        if end < 0:  # a lone escape character: keep it as text
+            out.append(value[i:])
+            break
+        seq = value[i + 1:end]
+        if seq == "F":
+            out.append(d.field)
+        elif seq == "S":
+            out.append(d.component)
+        elif seq == "T":
+            out.append(d.subcomponent)
+        elif seq == "R":
+            out.append(d.repetition)
+        elif seq == "E":
+            out.append(esc)
+        elif seq == ".br":
+            out.append("\n")
+        elif seq in _ESCAPE_HIGHLIGHT:
+            pass
+        elif seq[:1] == "X" and len(seq) > 1:
+            try:
+                out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
+            except ValueError:
+                out.append(value[i:end + 1])
+        else:  # unknown escape (\Cxxyy\, \Mxxyyzz\, \Zxx\ ...): kept verbatim, never dropped
+            out.append(value[i:end + 1])
+        i = end + 1
+    return "".join(out)
+
+
+class Segment:
+    """One segment; fields are split on first access. ``fields[n]`` is field n (1-based)."""
+
+    __slots__ = ("name", "text", "_fields", "_d")
+
+    def __init__(self, text: str, d: Delimiters):
+        self.text = text
+        self.name = text[:3]
+        self._fields: list[str] | None = None
+        self._d = d
+
+    @property
+    def fields(self) -> list[str]:
+        if self._fields is None:
+            parts = self.text.split(self._d.field)
+            if self.name in ("MSH", "FHS", "BHS"):
+                parts.insert(1, self._d.field)
+            self._fields = parts
+        return self._fields
+
+    def field(self, n: int) -> str:
+        f = self.fields
+        return f[n] if n < len(f) else ""
+
+    def __repr__(self) -> str:  # never the content: it may be PHI
+        return f"<Segment {self.name} fields={len(self.fields) - 1}>"
+
+
+_PATH = re.compile(
+    r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<occ>\*|\d+)\])?"
+    r"(?:-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
+)
+
+
+@dataclass(frozen=True)
+class Path:
+    """A parsed HL7 path; ``None`` occurrence/repetition means the first, ``0`` means all (``*``)."""
+
+    text: str
+    segment: str
+    occurrence: int | None
+    field: int | None
+    repetition: int | None
+    component: int | None
+    subcomponent: int | None
+
+    @property
+    def many(self) -> bool:
+        return self.occurrence == 0 or self.repetition == 0
+
+
+_path_cache: dict[str, Path] = {}
+
+
+def parse_path(text: str) -> Path:
+    """Parse ``SEG[occ]-FIELD[rep].COMP.SUB``; raises ValueError naming what is wrong."""
+    cached = _path_cache.get(text)
+    if cached:
+        return cached
+    m = _PATH.match(text.strip())
+    if not m:
+        raise ValueError(f"malformed HL7 path {text!r} (expected e.g. PID-5.1, PID-3[*].1, OBX-5)")
+
+    def num(s: str | None) -> int | None:
+        return None if s is None else (0 if s == "*" else int(s))
+
+    p = Path(text, m["seg"], num(m["occ"]), num(m["field"]), num(m["rep"]), num(m["comp"]), num(m["sub"]))
+    for part, value in (("field", p.field), ("component", p.component), ("sub-component", p.subcomponent),
+                        ("occurrence", p.occurrence if m["occ"] != "*" else 1),
+                        ("repetition", p.repetition if m["rep"] != "*" else 1)):
+        if value is not None and value < 1 and not (part == "field" and p.segment == "MSH" and value == 0):
+            raise ValueError(f"malformed HL7 path {text!r}: {part} numbers start at 1")
+    _path_cache[text] = p
+    return p
+
+
+Span = tuple[int, int]  # [start, end) indexes into Message.segments
+
+
+class Message:
+    """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included."""
+
+    __slots__ = ("text", "delimiters", "segments")
+
+    def __init__(self, text: str):
+        text = text.strip("\x0b\x1c\r\n \t\ufeff")
+        if not text.startswith("MSH"):
+            raise ParseError("message does not start with an MSH segment", code=100, segment="MSH")
+        lines = [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
+        self.text = text
+        self.delimiters = d = Delimiters.from_msh(lines[0])
+        self.segments = [Segment(s.rstrip(), d) for s in lines]
+        for i, seg in enumerate(self.segments):
+            if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
+                raise ParseError(f"segment {i + 1} has no valid segment id", code=100,
+                                 segment=seg.name if _SEGMENT_NAME.match(seg.name) else "", sequence=i + 1)
+
+    # -- header shortcuts -------------------------------------------------------------------
+    @property
+    def msh(self) -> Segment:
+        return self.segments[0]
+
+    def header(self) -> "Header":
+        return Header.from_segment(self.msh)
+
+    # -- paths ------------------------------------------------------------------------------
+    def spans(self, segment: str, within: Span | None = None) -> list[Span]:
+        """Each occurrence of ``segment`` in ``within``, extended up to the next one of its kind.
+
+        This is how repeating groups are walked: each OBR of an ORU spans its OBX and NTE
+        segments up to the next OBR, and each OBX spans its NTEs.
+        """
+        lo, hi = within or (0, len(self.segments))
+        starts = [i for i in range(lo, hi) if self.segments[i].name == segment]
+        return [(s, starts[k + 1] if k + 1 < len(starts) else hi) for k, s in enumerate(starts)]
+
+    def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
+        """Segments matching ``path`` in the innermost scope that has any, else the whole message."""
+        for lo, hi in (*reversed(scopes), (0, len(self.segments))):
+            found = [s for s in self.segments[lo:hi] if s.name == path.segment]
+            if found:
+                if path.occurrence == 0:
+                    return found
+                k = (path.occurrence or 1) - 1
+                return [found[k]] if k < len(found) else []
+        return []
+
+    def values(self, path: Path | str, scopes: tuple[Span, ...] = ()) -> list[str | None]:
+        """Every value at ``path`` (escape sequences decoded); ``None`` for an HL7 null (``""``)."""
+        if isinstance(path, str):
+            path = parse_path(path)
+        d = self.delimiters
+        out: list[str | None] = []
+        for seg in self.find_segments(path, scopes):
+            if path.field is None:
+                out.append(seg.text)
+                continue
+            raw = seg.field(path.field)
+            if seg.name == "MSH" and path.field <= 2:
+                out.append(raw)
+                continue
+            reps = raw.split(d.repetition) if raw else [""]
+            if path.repetition:
+                reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
+            elif path.repetition is None:
+                reps = reps[:1]
+            for rep in reps:
+                value = rep
+                if path.component is not None:
+                    comps = rep.split(d.component)
+                    value = comps[path.component - 1] if path.component <= len(comps) else ""
+                    if path.subcomponent is not None:
+                        subs = value.split(d.subcomponent)
+                        value = subs[path.subcomponent - 1] if path.subcomponent <= len(subs) else ""
+                if value == '""':
+                    out.append(None)
+                elif value:
+                    out.append(unescape(value, d))
+                elif path.many:
+                    out.append("")
+        return out
+
+    def value(self, path: Path | str, scopes: tuple[Span, ...] = ()) -> str | None:
+        """The first non-empty value at ``path``, or ``None``."""
+        for v in self.values(path, scopes):
+            if v:
+                return v
+        return None
+
+    def segment_names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the receive path needs from MSH, read without tokenizing the rest of the message."""
+
+    field_sep: str
+    encoding_chars: str
+    sending_app: str
+    sending_facility: str
+    receiving_app: str
+    receiving_facility: str
+    message_type: str
+    trigger: str
+    structure: str
+    control_id: str
+    processing_id: str
+    version: str
+    charset: str
+
+    @classmethod
+    def from_segment(cls, msh: Segment) -> "Header":
+        d = msh._d
+        f = msh.field
+
+        def first(n: int) -> str:
+            return f(n).split(d.repetition, 1)[0]
+
+        msg_type = first(9).split(d.component)
+        return cls(
+            field_sep=d.field,
+            encoding_chars=f(2),
+            sending_app=first(3),
+            sending_facility=first(4),
+            receiving_app=first(5),
+            receiving_facility=first(6),
+            message_type=msg_type[0],
+            trigger=msg_type[1] if len(msg_type) > 1 else "",
+            structure=msg_type[2] if len(msg_type) > 2 else "",
+            control_id=f(10),
+            processing_id=first(11).split(d.component, 1)[0],
+            version=first(12).split(d.component, 1)[0],
+            charset=f(18),
+        )
+
+
+def read_header(raw: bytes) -> Header:
+    """Read MSH from raw bytes without decoding the body; raises ParseError on a missing MSH.
+
+    Header fields are ASCII in every character set HL7 allows except UTF-16/32, which a
+    BOM or NUL bytes give away and which are decoded first.
+    """
+    data = raw.strip(b"\x0b\x1c\r\n \t")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:8]:
+        data = data.decode("utf-16").encode("utf-8")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.startswith(b"MSH"):
+        raise ParseError("message does not start with an MSH segment", code=100, segment="MSH")
+    end = len(data)
+    for sep in (b"\r", b"\n"):
+        k = data.find(sep)
+        if 0 <= k < end:
+            end = k
+    text = data[:end].decode("latin-1")
+    d = Delimiters.from_msh(text)
+    return Header.from_segment(Segment(text, d))
+
+
+def check_header(h: Header, *, versions: tuple[str, ...] = SUPPORTED_VERSIONS) -> None:
+    """Reject what no later stage can accept: raises ParseError with the table 0357 code."""
+    if not h.message_type:
+        raise ParseError("MSH-9 message type is empty", code=101, field=9)
+    if not h.control_id:
+        raise ParseError("MSH-10 message control id is empty", code=101, field=10)
+    if not h.version:
+        raise ParseError("MSH-12 version id is empty", code=101, field=12)
+    if h.version not in versions:
+        raise ParseError(f"unsupported HL7 version {h.version!r}", code=203, field=12)
+
+
+def decode(raw: bytes, default_charset: str = "utf-8") -> str:
+    """Decode a message's bytes with the codec MSH-18 names, else ``default_charset``."""
+    try:
+        charset = read_header(raw).charset
+    except ParseError:
+        charset = ""
+    codec = codec_for(charset, default_charset)
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"message bytes are not valid {codec} (MSH-18 {charset!r})", code=102,
+                         field=18, reject=True) from exc
+
+
+def split_batch(text: str) -> list[str]:
+    """Split a file or batch (FHS/BHS ... BTS/FTS, MLLP-framed or bare) into message texts.
+
+    Envelope segments are dropped; every other segment belongs to the MSH before it. Text
+    before the first MSH that is not an envelope raises ParseError (a batch with a lost MSH).
+    """
+    messages: list[list[str]] = []
+    stray: list[str] = []
+    for line in _SEGMENT_SPLIT.split(text.replace("\x0b", "\n").replace("\x1c", "\n")):
+        s = line.strip()
+        if not s:
+            continue
+        name = s[:3]
+        if name in ("FHS", "BHS", "BTS", "FTS"):
+            continue
+        if name == "MSH":
+            messages.append([s])
+        elif messages:
+            messages[-1].append(s)
+        else:
+            stray.append(s)
+    if stray:
+        raise ParseError(f"{len(stray)} segment(s) before the first MSH in the batch", code=100,
+                         segment=stray[0][:3])
+    return ["\r".join(m) + "\r" for m in messages]
+
+
+# -- ACKs -------------------------------------------------------------------------------------
+ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (2, 5)
+
+
+def _escape(text: str, fs: str = "|", enc: str = "^~\\&") -> str:
+    esc = enc[2] if len(enc) > 2 else "\\"
+    table = {esc: f"{esc}E{esc}", fs: f"{esc}F{esc}", enc[0]: f"{esc}S{esc}", enc[1]: f"{esc}R{esc}"}
+    if len(enc) > 3:
+        table[enc[3]] = f"{esc}T{esc}"
+    return "".join(table.get(c, c) for c in text.replace("\r", " ").replace("\n", " "))
+
+
+def build_ack(
+    header: Header | None,
+    code: str = ACK_ACCEPT,
+    *,
+    error: ParseError | None = None,
+    text: str = "",
+    app: str = "ENGINE",
+    facility: str = "",
+    now: datetime | None = None,
+    control_id: str | None = None,
+) -> str:
+    """An ACK for ``header`` (None when the inbound message had no readable MSH).
+
+    MSH swaps sender and receiver; MSH-9 is ``ACK^<trigger>^ACK`` (v2.3.1+); MSA-1 is the
+    code, MSA-2 the original MSH-10. On AE/AR with ``error``, ERR-2 locates the fault
+    (segment^sequence^field) and ERR-3 carries the table 0357 code (ERR-1 for v2.4 and earlier,
+    which had no ERR-2/ERR-3).
+    """
+    now = now or datetime.now(timezone.utc)
+    ts = now.strftime("%Y%m%d%H%M%S")
+    h = header
+    fs = h.field_sep if h else "|"
+    enc = (h.encoding_chars[:4] if h and len(h.encoding_chars) >= 4 else "^~\\&")
+    cs, ss = enc[0], enc[3]
+    version = h.version if h and h.version else "2.5"
+    trigger = h.trigger if h else ""
+    msg_type = f"ACK{cs}{trigger}{cs}ACK" if _version_tuple(version) >= (2, 3, 1) else f"ACK{cs}{trigger}"
+    ack_id = control_id or f"ACK{ts}{(h.control_id if h else '')[-12:]}"
+    msh = fs.join([
+        "MSH", enc,
+        h.receiving_app if h and h.receiving_app else app,
+        h.receiving_facility if h and h.receiving_facility else facility,
+        h.sending_app if h else "", h.sending_facility if h else "",
+        ts, "", msg_type, ack_id, (h.processing_id if h and h.processing_id else "P"), version,
+    ])
+    if h and h.charset:
+        msh += fs * 6 + h.charset
+    msa_text = _escape(text or (str(error) if error else ""), fs, enc)[:80]
+    segments = [msh, fs.join(["MSA", code, h.control_id if h else "", msa_text]).rstrip(fs)]
+    if error is not None and code != ACK_ACCEPT:
+        loc = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or "")]).rstrip(cs)
+        err_text = _escape(str(error), fs, enc)
+        code_cwe = cs.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"])
+        if _version_tuple(version) >= (2, 5):
+            segments.append(fs.join(["ERR", "", loc, code_cwe, "E", "", "", "", err_text]))
+        else:
+            eld = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or ""),
+                           ss.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"])])
+            segments.append(fs.join(["ERR", eld]))
+    return "\r".join(segments) + "\r"
+
+
+_TABLE_0357 = {
+    0: "Message accepted",
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    104: "Value too long",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    202: "Unsupported processing id",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    205: "Duplicate key identifier",
+    206: "Application record locked",
+    207: "Application internal error",
+}
+
+
+def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
+    """Wrap a message in MLLP framing: VT message FS CR."""
+    data = message.encode(encoding) if isinstance(message, str) else message
+    return VT + data + FS + CR
+
+
+def validate_strict(text: str) -> None:
+    """Validate against the message structure with hl7apy (channels with ``validation: strict``).
+
+    hl7apy knows every message structure and its cardinalities; it is slow (see the docstring
+    above), so this runs only for channels that ask for it, after the message is committed.
+    Raises ParseError with code 100/101/102 on a structural fault.
+    """
+    from hl7apy.core import Message as _  # noqa: F401  (import error surfaces clearly)
+    from hl7apy.exceptions import HL7apyException
+    from hl7apy.parser import parse_message
+    from hl7apy.consts import VALIDATION_LEVEL
+
+    norm = "\r".join(s for s in _SEGMENT_SPLIT.split(text) if s.strip())
+    try:
+        msg = parse_message(norm, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+        msg.validate()
+    except HL7apyException as exc:
+        raise ParseError(f"strict validation failed: {exc}", code=100, reject=False) from exc
+    except Exception as exc:  # hl7apy raises plain errors on some inputs; never let them escape
+        raise ParseError(f"strict validation failed: {type(exc).__name__}: {exc}", code=100,
+                         reject=False) from exc
+
+
+def iter_frames(buffer: bytearray) -> Iterator[bytes]:
+    """Yield complete MLLP frames from ``buffer`` (consumed in place); partial data stays."""
+    while True:
+        start = buffer.find(VT)
+        if start < 0:
+            buffer.clear()
+            return
+        end = buffer.find(FS, start + 1)
+        if end < 0:
+            if start:
+                del buffer[:start]
+            return
+        payload = bytes(buffer[start + 1:end])
+        del buffer[:end + 1]
+        if buffer[:1] == CR:
+            del buffer[:1]
+        yield payload
