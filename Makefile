@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with Python 3.11+ and make:
+#   make run    the engine on its embedded default (SQLite under ./data, in-process queue)
+#   make test   the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/engine run --config config/channels.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/engine check --config config/channels.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/mllp_ingest.py
+
+clean:
+	rm -rf $(VENV) data

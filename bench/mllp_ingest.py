@@ -1,0 +1,197 @@
+"""MLLP ingest benchmark: ACK rate, end-to-end rate and ACK latency of ``engine run``.
+
+Starts the engine on its embedded default (SQLite files in a temporary folder, in-process
+queue, the sample channels), sends N ADT and ORU messages over 1 and over 8 connections, and
+prints: ACKed messages per second, end-to-end messages per second until every message is
+mapped into both stores, ACK latency p50/p99, and, in the same run on the same messages, the
+bare parse rates of hl7apy and of the engine's tokenizer.
+
+    python bench/mllp_ingest.py [-n 5000] [--connections 1 8]
+
+Figures are printed, never asserted: this machine is shared and they vary by a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+
+ADT = (
+    "MSH|^~\\&|REG|NORTHCLINIC|ENGINE|HUB|{ts}||ADT^{trigger}^ADT_A01|{cid}|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
+    "EVN|{trigger}|{ts}\r"
+    "PID|1||{mrn}^^^NCH^MR~{ssn}^^^SSA^SS||{family}^{given}^Q||19{yy}0412|{sex}|||{num} Elm St^^Springfield^IL^62704^USA||(217)555-{phone}|||M||ACC{mrn}\r"
+    "PV1|1|I|4W^401^B^NCH||||1234^Carter^Ann^^^Dr|||MED||||1|||1234^Carter^Ann^^^Dr|IN||BC|||||||||||||||||||NCH||A|||{ts}\r"
+    "AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives|20100101\r"
+    "DG1|1||I10^Essential hypertension^I10||{ts}|A\r"
+    "GT1|1||{family}^{given}||{num} Elm St^^Springfield^IL^62704|(217)555-{phone}|||||SEL\r"
+    "IN1|1|BCBS01^PPO|60054|Blue Cross Blue Shield|PO Box 1^^Chicago^IL^60601||||GRP{yy}|Acme Corp|||20240101|20261231|||{family}^{given}|SEL|19{yy}0412|||||||||||||||||||MEM{mrn}\r"
+)
+ORU = (
+    "MSH|^~\\&|LAB|NORTHLAB|ENGINE|HUB|{ts}||ORU^R01^ORU_R01|{cid}|P|2.5.1|||AL|NE\r"
+    "PID|1||{mrn}^^^NCH^MR||{family}^{given}||19{yy}0412|{sex}\r"
+    "ORC|RE|PO{cid}|FO{cid}\r"
+    "OBR|1|PO{cid}|FO{cid}|24323-8^Comprehensive metabolic panel^LN|||{ts}|||||||||1234^Carter^Ann||||||{ts}|||F\r"
+    "OBX|1|NM|2345-7^Glucose^LN||{glu}|mg/dL|70-99|{flag}|||F|||{ts}\r"
+    "OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|136-145|N|||F|||{ts}\r"
+    "OBX|3|NM|2823-3^Potassium^LN||4.1|mmol/L|3.5-5.1|N|||F|||{ts}\r"
+    "OBX|4|ST|8251-1^Comment^LN||Specimen slightly hemolyzed||||||F|||{ts}\r"
+)
+FAMILIES = ["Nguyen", "Garcia", "Smith", "Okafor", "Kowalski", "Haddad", "Larsen", "Moreau"]
+GIVEN = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana"]
+
+
+def make_messages(n: int, seed: int = 7) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        mrn = f"{100000 + rnd.randrange(n // 4 + 1):06d}"
+        fields = dict(ts=f"2026{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}0930", cid=f"B{i:08d}", mrn=mrn,
+                      ssn=f"{rnd.randint(100, 999)}-55-{rnd.randint(1000, 9999)}", family=rnd.choice(FAMILIES),
+                      given=rnd.choice(GIVEN), yy=rnd.randint(40, 99), sex=rnd.choice("MF"), num=rnd.randint(1, 999),
+                      phone=f"{rnd.randint(0, 9999):04d}", trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
+                      glu=rnd.randint(60, 200), flag="")
+        fields["flag"] = "H" if fields["glu"] > 99 else ("L" if fields["glu"] < 70 else "N")
+        template = ORU if i % 2 else ADT
+        out.append(template.format(**fields).encode())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Engine:
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+        self.lab, self.adt = free_port(), free_port()
+        env = dict(os.environ, ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
+                   ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
+                   ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db", ENGINE_LAB_PORT=str(self.lab),
+                   ENGINE_ADT_PORT=str(self.adt), ENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run"], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=open(self.dir / "engine.log", "wb"))
+        started = 0
+        while started < 2:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit((self.dir / "engine.log").read_text())
+            started += line.startswith(b"channel ")
+        self.db = create_engine(f"sqlite:///{self.dir}/messages.db")
+
+    def done_count(self) -> int:
+        with self.db.connect() as c:
+            return c.execute(text("select count(*) from messages where status in ('SENT','FILTERED','ERROR')")).scalar()
+
+    def error_count(self) -> int:
+        with self.db.connect() as c:
+            return c.execute(text("select count(*) from messages where status = 'ERROR'")).scalar()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[float, list[float], int]:
+    """Send over ``connections`` connections; returns (seconds, per-message ACK latencies, non-AA count)."""
+    latencies: list[float] = []
+    bad = 0
+    chunks = [messages[k::connections] for k in range(connections)]
+
+    async def run(chunk):
+        nonlocal bad
+        if not chunk:
+            return
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_for(chunk[0]))
+        writers = {}
+        for m in chunk:
+            port = port_for(m)
+            if port not in writers:
+                writers[port] = await asyncio.open_connection("127.0.0.1", port)
+            r, w = writers[port]
+            t0 = time.perf_counter()
+            w.write(VT + m + FS + CR)
+            ack = await r.readuntil(FS + CR)
+            latencies.append(time.perf_counter() - t0)
+            if b"MSA|AA|" not in ack:
+                bad += 1
+        for r, w in writers.values():
+            w.close()
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run(c) for c in chunks))
+    return time.perf_counter() - t0, latencies, bad
+
+
+def parse_rates(messages: list[bytes], limit: int = 300) -> dict[str, float]:
+    from hl7apy.parser import parse_message
+
+    from engine.formats.hl7 import Message
+
+    sample = [m.decode() for m in messages[:limit]]
+    t0 = time.perf_counter()
+    for m in sample:
+        parse_message(m, find_groups=True)
+    apy = len(sample) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for m in sample:
+        msg = Message(m)
+        for seg in msg.segments:
+            seg.fields
+    own = len(sample) / (time.perf_counter() - t0)
+    return {"hl7apy (find_groups=True)": apy, "engine tokenizer": own}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(int(len(values) * p), len(values) - 1)] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=5000, help="messages per run (half ADT, half ORU)")
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    args = ap.parse_args()
+    messages = make_messages(args.n)
+    print(f"{args.n} messages (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    for conns in args.connections:
+        eng = Engine()
+        try:
+            port_for = (lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt)
+            t_start = time.perf_counter()
+            seconds, lat, bad = asyncio.run(send_all(port_for, messages, conns))
+            while eng.done_count() < len(messages):
+                time.sleep(0.02)
+            end_to_end = time.perf_counter() - t_start
+            errors = eng.error_count()
+        finally:
+            eng.stop()
+        print(f"\n{conns} connection(s):")
+        print(f"  ACKed (durable)   {len(messages) / seconds:8.0f} msg/s   ({bad} not AA)")
+        print(f"  end-to-end        {len(messages) / end_to_end:8.0f} msg/s   (mapped into both stores; {errors} ERROR)")
+        print(f"  ACK latency       p50 {pct(lat, 0.5):6.2f} ms   p99 {pct(lat, 0.99):6.2f} ms")
+    rates = parse_rates(messages)
+    print("\nbare parse rate, one core, same messages:")
+    for k, v in rates.items():
+        print(f"  {k:28} {v:8.0f} msg/s")
+
+
+if __name__ == "__main__":
+    main()

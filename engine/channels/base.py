@@ -1,0 +1,83 @@
+"""What every destination shares: its name, retry policy and the two-step contract.
+
+A destination first ``prepare``s one parsed message (a store destination runs its mapping
+here; ``None`` means the message has nothing for this destination), then ``deliver``s a batch
+of prepared payloads. Batches let a store destination write many messages in one transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.channels.registry import ConnectorConfig
+from engine.formats.hl7 import Message
+
+
+class RetryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_attempts: int = Field(5, ge=1, le=1000)
+    """Attempts before the message goes to ERROR (the first delivery counts as one)."""
+    backoff_seconds: float = Field(1.0, ge=0)
+    """Wait before the second attempt; doubles with each further attempt."""
+    max_backoff_seconds: float = Field(300.0, ge=0)
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after ``attempts`` failed attempts."""
+        return min(self.backoff_seconds * (2 ** max(attempts - 1, 0)), self.max_backoff_seconds)
+
+
+class DestinationConfig(ConnectorConfig):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    retry: RetryConfig = RetryConfig()
+
+
+@dataclass
+class Item:
+    """One message's payload for one destination."""
+
+    message_id: int
+    payload: Any
+    content: bytes
+
+
+@dataclass
+class Context:
+    """What a destination may use, handed in at construction (no reaching for globals).
+
+    ``record_store(name)`` gives a store by its channels.yaml name; ``route(channel, content,
+    source_message_id)`` commits a message into another channel and dispatches it.
+    """
+
+    config: Any
+    record_store: Callable[[str], Any]
+    route: Callable[[str, bytes, int], None]
+
+
+class Destination(ABC):
+    """Base class; subclasses register with ``@registry.destination(type, Config)``."""
+
+    def __init__(self, config: DestinationConfig, context: Context):
+        self.config = config
+        self.context = context
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def prepare(self, message: Message) -> Any | None:
+        """The payload for ``message``, or None if it has nothing for this destination.
+
+        Raises MappingError when the message cannot be mapped (the message goes to ERROR).
+        """
+        return message
+
+    @abstractmethod
+    def deliver(self, items: list[Item]) -> list[Exception | None]:
+        """Deliver each item; one result per item: None when delivered, else the error."""
+
+    def close(self) -> None:
+        """Release connections; called once when the engine stops."""

@@ -1,0 +1,69 @@
+"""Destination ``store``: map each message with a mapping file and upsert into a record store.
+
+The mapping runs in ``prepare`` (a mapping error fails this destination for this message
+only); ``deliver`` writes a whole batch of messages in one transaction with one savepoint per
+message, so one bad message cannot cost the others their write.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from engine.channels import registry
+from engine.channels.base import Destination, DestinationConfig, Item
+from engine.errors import ConfigError, Problem
+from engine.formats.hl7 import Message
+
+
+class StoreDestinationConfig(DestinationConfig):
+    type: Literal["store"]
+    store: str
+    """A store named under ``stores:`` (kind clinical or pm)."""
+    mapping: str
+    """Mapping file, relative to ``mappings_dir`` (``.yaml`` may be left off)."""
+
+    def check(self, cfg, key, src, *, check_mappings: bool = True) -> list[Problem]:
+        problems = []
+        if self.store not in cfg.stores:
+            return [src.problem(key + ("store",), f"unknown store {self.store!r} (known: {', '.join(cfg.stores)})")]
+        kind = cfg.store_kind(self.store)
+        if kind == "messages":
+            return [src.problem(key + ("store",), "the message store cannot be a destination")]
+        path = cfg.mapping_path(self.mapping)
+        if not path.exists():
+            return [src.problem(key + ("mapping",), f"mapping file not found: {path}")]
+        if check_mappings:
+            try:
+                load_for(cfg, self)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        return problems
+
+
+def load_for(cfg, dest: StoreDestinationConfig):
+    """Load ``dest``'s mapping, checking its targets against the store's tables and columns."""
+    from engine.stores.schema import columns_of
+    from engine.transforms import load_mapping
+
+    kind = cfg.store_kind(dest.store)
+    columns = {dest.store: columns_of(kind)}
+    return load_mapping(cfg.mapping_path(dest.mapping), tables_dir=cfg.mappings_dir / "tables", columns=columns)
+
+
+@registry.destination("store", StoreDestinationConfig)
+class StoreDestination(Destination):
+    """Maps each message into records and upserts them into a clinical or PM store."""
+
+    def __init__(self, config: StoreDestinationConfig, context):
+        super().__init__(config, context)
+        self.mapping = load_for(context.config, config)
+        self.store = context.record_store(config.store)
+
+    def prepare(self, message: Message):
+        if not self.mapping.applies(message):
+            return None
+        records = self.mapping.run(message)
+        return records or None
+
+    def deliver(self, items: list[Item]) -> list[Exception | None]:
+        return self.store.apply_batch([(i.message_id, i.payload) for i in items])

@@ -1,0 +1,222 @@
+"""``engine``: the command line. Thin: parses arguments and calls the modules that do the work.
+
+Exit codes: 0 success, 1 a command's own failure (a NACK, a failed mapping test), 2 an
+invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+
+from engine.errors import ConfigError, EngineError
+
+DEFAULT_CONFIG = os.environ.get("ENGINE_CONFIG", "config/channels.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine", description="HL7 v2 integration engine")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, func, help: str, config: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if config:
+            sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="channels file (default %(default)s)")
+        sp.set_defaults(func=func)
+        return sp
+
+    cmd("run", cmd_run, "run every channel until SIGTERM/SIGINT")
+    cmd("check", cmd_check, "validate the config and every mapping it names")
+    sp = cmd("try", cmd_try, "show the records a mapping produces for the messages in a file", config=False)
+    sp.add_argument("mapping")
+    sp.add_argument("message_file")
+    sp = cmd("test", cmd_test, "run the mapping tests (<mapping>_test.yaml beside each mapping)", config=False)
+    sp.add_argument("mappings_dir", nargs="?", default="mappings")
+    sp = cmd("send", cmd_send, "send the messages in files over MLLP and print each ACK", config=False)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    sp.add_argument("files", nargs="+")
+    sp = cmd("messages", cmd_messages, "list stored messages (metadata; --content is audited)")
+    sp.add_argument("--channel")
+    sp.add_argument("--status", type=str.upper)
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--content", type=int, metavar="ID", help="print one message's content (audited)")
+    sp.add_argument("--purpose", default="", help="why the content is read (kept in the audit trail)")
+    sp = cmd("reprocess", cmd_reprocess, "process messages again (by id, or all with a status)")
+    sp.add_argument("ids", nargs="*", type=int)
+    sp.add_argument("--status", type=str.upper)
+    sp.add_argument("--channel")
+    sp = cmd("db", cmd_db, "database schema: `engine db upgrade`")
+    sp.add_argument("action", choices=["upgrade", "current"])
+    return p
+
+
+def _load(args, check_mappings: bool = True):
+    from engine.config import load_config
+
+    return load_config(args.config, check_mappings=check_mappings)
+
+
+def cmd_check(args) -> int:
+    cfg = _load(args)
+    print(f"{args.config}: OK ({len(cfg.channels)} channel(s))")
+    for ch in cfg.channels:
+        dests = ", ".join(f"{d.name} ({d.type})" for d in ch.destinations)
+        print(f"  {ch.name}: {ch.source.type} -> {dests}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from engine.runtime import Runtime
+
+    cfg = _load(args)
+    rt = Runtime(cfg)
+    rt.prepare_schemas()
+    rt.start()
+
+    async def serve() -> None:
+        for line in await rt.start_sources():
+            print(line, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping: no new connections; finishing queued messages", flush=True)
+        await rt.stop_sources()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        rt.wait_idle(30)
+        rt.stop()
+    return 0
+
+
+def cmd_try(args) -> int:
+    from engine.transforms.testing import try_mapping
+
+    print(try_mapping(args.mapping, args.message_file))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from engine.transforms.testing import run_all
+
+    passed, report = run_all(args.mappings_dir)
+    print(report)
+    return 0 if passed else 1
+
+
+def cmd_send(args) -> int:
+    from engine.sender import send_files
+
+    return send_files(args.files, args.host, args.port, timeout=args.timeout)
+
+
+def _message_store(args):
+    from engine.stores.message_store import MessageStore
+
+    cfg = _load(args, check_mappings=False)
+    store = MessageStore(cfg.message_store_url)
+    store.upgrade() if store.url.startswith("sqlite") else None
+    return cfg, store
+
+
+def cmd_messages(args) -> int:
+    _cfg, store = _message_store(args)
+    if args.content is not None:
+        who = os.environ.get("ENGINE_USER") or getpass.getuser()
+        content = store.read_content(args.content, who=who, purpose=args.purpose)
+        if content is None:
+            print(f"no message {args.content}", file=sys.stderr)
+            return 1
+        sys.stdout.write(content.decode("latin-1").replace("\r", "\n"))
+        return 0
+    rows = store.list(channel=args.channel, status=args.status, limit=args.limit)
+    if args.json:
+        out = []
+        for r in rows:
+            d = dict(r._mapping)
+            d["received_at"] = d["received_at"].isoformat()
+            d["updated_at"] = d["updated_at"].isoformat()
+            d["deliveries"] = [{"destination": x.destination, "status": x.status, "attempts": x.attempts,
+                                "error": x.error} for x in store.deliveries_of(r.id)]
+            out.append(d)
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':14} {'TYPE':8} {'CONTROL ID':20} {'STATUS':11} ERROR")
+    for r in rows:
+        kind = f"{r.message_type}^{r.trigger}" if r.trigger else r.message_type
+        print(f"{r.id:>8}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.channel:14} {kind:8} {r.control_id[:20]:20} "
+              f"{r.status:11} {(r.error or '')[:100]}")
+    return 0
+
+
+def cmd_reprocess(args) -> int:
+    from engine.runtime import Runtime
+
+    if not args.ids and not args.status:
+        print("give message ids or --status STATUS", file=sys.stderr)
+        return 2
+    cfg = _load(args)
+    rt = Runtime(cfg)
+    rt.prepare_schemas()
+    found = rt.message_store.reset_for_reprocess(args.ids or None, status=args.status, channel=args.channel)
+    if not found:
+        print("no matching messages")
+        return 1
+    failed = 0
+    by_channel: dict[str, list[int]] = {}
+    for mid, channel in found:
+        by_channel.setdefault(channel, []).append(mid)
+    for channel, ids in by_channel.items():
+        for i in range(0, len(ids), 200):
+            for o in rt.process_now(channel, ids[i:i + 200]):
+                failed += o.status == "ERROR"
+                print(f"{o.message_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
+    return 1 if failed else 0
+
+
+def cmd_db(args) -> int:
+    from engine.stores import migrate
+
+    cfg = _load(args, check_mappings=False)
+    stores = [("messages", "messages", cfg.message_store_url)] + [
+        (n, cfg.store_kind(n), s.url) for n, s in cfg.stores.items() if cfg.store_kind(n) != "messages"]
+    for name, kind, url in stores:
+        if args.action == "upgrade":
+            migrate.upgrade(url, kind)
+        print(f"{name} ({kind}): {migrate.current(url, kind) or 'empty'} (head {migrate.head(kind)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""``config/channels.yaml`` -> typed, validated configuration; every problem reported at once.
+
+Shape (see the sample ``config/channels.yaml``)::
+
+    stores:        name -> {url, kind}       kind: messages | clinical | pm (default: the name)
+    queue:         {type: memory}            the in-process queue (scale-out adds redis)
+    mappings_dir:  ../mappings               relative to this file
+    channels:      list of {name, source, filter?, validation?, ordering_key?, destinations}
+
+A source or destination is a tagged union on ``type``, resolved through the connector
+registry. Strings may use ``${VAR}`` and ``${VAR:-default}``; secrets belong in the
+environment, never in the file. :func:`load_config` raises ConfigError listing every problem
+as file:line: key: message, the same report ``engine check`` prints and ``engine run``
+refuses to start with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.channels import registry
+from engine.errors import ConfigError, Problem
+from engine.yamlfile import Located, load
+
+STORE_KINDS = ("messages", "clinical", "pm")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Model):
+    url: str
+    kind: Literal["messages", "clinical", "pm"] | None = None
+
+
+class QueueConfig(_Model):
+    type: Literal["memory"] = "memory"
+    batch_size: int = Field(200, ge=1, le=10_000)
+    """Most messages one worker step processes in one store transaction."""
+
+
+class ChannelConfig(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    enabled: bool = True
+    source: dict[str, Any]
+    filter: Any = None
+    validation: Literal["none", "strict"] = "none"
+    ordering_key: str = "PID-3.1"
+    """HL7 path whose value orders processing (updates for one patient apply in receive order)."""
+    duplicate_window_hours: float = Field(24.0, ge=0)
+    """A resend with the same MSH-4, MSH-10 and content within this window is not applied twice."""
+    destinations: list[dict[str, Any]] = Field(min_length=1)
+
+
+class _Top(_Model):
+    stores: dict[str, StoreConfig]
+    queue: QueueConfig = QueueConfig()
+    mappings_dir: str = "../mappings"
+    channels: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass
+class Channel:
+    """One validated channel: its config and its built source/destination configs."""
+
+    config: ChannelConfig
+    source: registry.ConnectorConfig
+    destinations: list[registry.ConnectorConfig]
+    filter: Any = None  # compiled condition, callable(Message) -> bool
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class Config:
+    file: Path
+    stores: dict[str, StoreConfig]
+    queue: QueueConfig
+    mappings_dir: Path
+    channels: list[Channel]
+    located: Located | None = field(default=None, repr=False)
+
+    def store_kind(self, name: str) -> str:
+        s = self.stores[name]
+        return s.kind or name
+
+    @property
+    def message_store_url(self) -> str:
+        for name, s in self.stores.items():
+            if (s.kind or name) == "messages":
+                return s.url
+        raise KeyError("messages")
+
+    def channel(self, name: str) -> Channel:
+        for ch in self.channels:
+            if ch.name == name:
+                return ch
+        raise KeyError(name)
+
+    def mapping_path(self, name: str) -> Path:
+        p = Path(name)
+        if p.suffix not in (".yaml", ".yml"):
+            p = p.with_suffix(".yaml")
+        return p if p.is_absolute() else self.mappings_dir / p
+
+
+def _pydantic_problems(src: Located, base: tuple, exc: ValidationError) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        key = base + tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(src.problem(key, msg))
+    return out
+
+
+def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
+    """Load and validate the whole configuration; raise ConfigError with every problem."""
+    registry.discover()
+    path = Path(path)
+    src = load(path, interpolate=True)
+    problems: list[Problem] = []
+    if not isinstance(src.data, dict):
+        raise ConfigError([src.problem((), "expected a mapping with stores and channels")])
+    try:
+        top = _Top.model_validate(src.data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(src, (), exc)) from None
+
+    for name, store in top.stores.items():
+        kind = store.kind or name
+        if kind not in STORE_KINDS:
+            problems.append(src.problem(("stores", name), f"unknown store kind {kind!r}; set kind: one of {', '.join(STORE_KINDS)}"))
+    if not any((s.kind or n) == "messages" for n, s in top.stores.items()):
+        problems.append(src.problem(("stores",), "no message store: add a store named 'messages' (or with kind: messages)"))
+
+    cfg = Config(path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src)
+    names: dict[str, int] = {}
+    for i, raw in enumerate(top.channels):
+        base = ("channels", i)
+        try:
+            ch = ChannelConfig.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(src, base, exc))
+            continue
+        if ch.name in names:
+            problems.append(src.problem(base + ("name",), f"duplicate channel name {ch.name!r} (also channels[{names[ch.name]}])"))
+        names.setdefault(ch.name, i)
+        source = _connector(src, base + ("source",), ch.source, registry.SOURCES, "source", problems)
+        dests = []
+        dest_names: set[str] = set()
+        for j, d in enumerate(ch.destinations):
+            dc = _connector(src, base + ("destinations", j), d, registry.DESTINATIONS, "destination", problems)
+            if dc is not None:
+                if dc.name in dest_names:
+                    problems.append(src.problem(base + ("destinations", j, "name"), f"duplicate destination name {dc.name!r}"))
+                dest_names.add(dc.name)
+                dests.append(dc)
+        cfg.channels.append(Channel(ch, source, dests))
+
+    problems.extend(_check_graph(cfg, src, check_mappings))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _connector(src: Located, key: tuple, raw: dict, table: dict, what: str, problems: list[Problem]):
+    type_name = raw.get("type") if isinstance(raw, dict) else None
+    if type_name not in table:
+        known = ", ".join(sorted(table))
+        problems.append(src.problem(key + ("type",), f"unknown {what} type {type_name!r} (known: {known})"))
+        return None
+    try:
+        return table[type_name].config.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(src, key, exc))
+        return None
+
+
+def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Problem]:
+    """Checks across channels: port clashes, destinations naming stores/channels/mappings.
+
+    Each connector config may define ``check(cfg, key, src) -> list[Problem]`` for its own
+    cross-references (a store that must exist, a mapping that must compile).
+    """
+    from engine.transforms.conditions import compile_condition
+
+    problems: list[Problem] = []
+    listeners: dict[tuple, str] = {}
+    for i, ch in enumerate(cfg.channels):
+        base = ("channels", i)
+        if ch.source is not None:
+            addr = getattr(ch.source, "listen_address", None)
+            if addr is not None and ch.config.enabled:
+                if addr in listeners:
+                    problems.append(src.problem(base + ("source", "port"), f"port {addr[1]} already used by channel {listeners[addr]!r}"))
+                listeners.setdefault(addr, ch.name)
+            if hasattr(ch.source, "check"):
+                problems.extend(ch.source.check(cfg, base + ("source",), src))
+        if ch.config.filter is not None:
+            try:
+                ch.filter = compile_condition(ch.config.filter)
+            except (ValueError, TypeError, KeyError) as exc:
+                problems.append(src.problem(base + ("filter",), str(exc)))
+            except ConfigError as exc:
+                problems.extend(src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems)
+        try:
+            from engine.formats.hl7 import parse_path
+
+            parse_path(ch.config.ordering_key)
+        except ValueError as exc:
+            problems.append(src.problem(base + ("ordering_key",), str(exc)))
+        for j, d in enumerate(ch.destinations):
+            if hasattr(d, "check"):
+                problems.extend(d.check(cfg, base + ("destinations", j), src, check_mappings=check_mappings))
+    return problems
+
+
+def _split_key(key: str) -> list:
+    return [k for k in key.replace("[", ".").replace("]", "").split(".") if k]

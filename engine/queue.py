@@ -1,0 +1,83 @@
+"""The processing queue: message-store ids waiting for filter, mapping and delivery.
+
+Only ids travel through the queue, never content (it may be PHI, and a queue broker's logs
+print task arguments). The embedded default is :class:`MemoryQueue`: one worker thread in the
+engine's process that takes ids in the order they were committed, so updates for one patient
+apply in receive order. Nothing is lost if the process dies: the ids are re-read from the
+message store's RECEIVED/QUEUED rows at the next start.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger("engine.queue")
+
+Handler = Callable[[str, list[int]], None]
+"""Processes a batch of message ids of one channel, in order; must not raise."""
+
+
+class MemoryQueue:
+    """In-process FIFO with one worker thread that hands the handler batches per channel."""
+
+    def __init__(self, handler: Handler, *, batch_size: int = 200):
+        self._handler = handler
+        self._batch_size = batch_size
+        self._items: collections.deque[tuple[str, int]] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def enqueue(self, channel: str, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._cond:
+            self._items.extend((channel, i) for i in ids)
+            self._cond.notify()
+
+    def depth(self) -> int:
+        return len(self._items)
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._items and not self._busy
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is queued (up to ``timeout`` seconds), then stop the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._stopping:
+                    self._cond.wait()
+                if not self._items and self._stopping:
+                    return
+                batch = [self._items.popleft() for _ in range(min(self._batch_size, len(self._items)))]
+                self._busy = True
+            try:
+                # consecutive runs of one channel keep their order; channels interleave as received
+                run: list[int] = []
+                current = batch[0][0]
+                for channel, mid in batch:
+                    if channel != current:
+                        self._handler(current, run)
+                        run, current = [], channel
+                    run.append(mid)
+                self._handler(current, run)
+            except Exception:  # the handler must not raise; if it does, the sweeper retries
+                log.exception("worker batch failed; messages stay pending for re-dispatch")
+            finally:
+                with self._cond:
+                    self._busy = False

@@ -1,0 +1,175 @@
+"""The running engine: stores, queue, committer, processor, sources and destinations, wired
+from a validated :class:`~engine.config.Config`. The CLI builds one; tests build one too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy.engine import make_url
+
+from engine.channels import registry
+from engine.channels.base import Context, Destination
+from engine.channels.pipeline import Committer, Processor, Receiver
+from engine.config import Config
+from engine.errors import ParseError
+from engine.formats import hl7
+from engine.queue import MemoryQueue
+from engine.stores.message_store import Inbound, MessageStore, Outcome
+
+log = logging.getLogger("engine.runtime")
+
+
+class Runtime:
+    """Everything one engine process runs. ``start()`` processing, then ``start_sources()``."""
+
+    def __init__(self, cfg: Config, *, sweep_seconds: float = 1.0, stuck_after_seconds: float = 300.0):
+        self.cfg = cfg
+        self.message_store = MessageStore(cfg.message_store_url)
+        self._record_stores: dict[str, object] = {}
+        self._inflight: set[int] = set()
+        self._inflight_lock = threading.Lock()
+        self.queue = MemoryQueue(self._handle, batch_size=cfg.queue.batch_size)
+        self.committer = Committer(self.message_store, self._dispatch)
+        self.receiver = Receiver(self.committer)
+        context = Context(cfg, self.record_store, self.route)
+        self.destinations: dict[str, list[Destination]] = {
+            ch.name: [registry.DESTINATIONS[d.type].factory(d, context) for d in ch.destinations]
+            for ch in cfg.channels
+        }
+        self.processor = Processor(self.message_store, {ch.name: ch for ch in cfg.channels}, self.destinations,
+                                   on_outcomes=self.committer.notify)
+        self.sources: list = []
+        self._sweep_seconds = sweep_seconds
+        self._stuck_after = timedelta(seconds=stuck_after_seconds)
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="engine-sweeper", daemon=True)
+
+    # -- stores -----------------------------------------------------------------------------------
+    def record_store(self, name: str):
+        if name not in self._record_stores:
+            from engine.stores.records_store import RecordStore
+
+            self._record_stores[name] = RecordStore(self.cfg.stores[name].url, self.cfg.store_kind(name))
+        return self._record_stores[name]
+
+    def _all_stores(self):
+        yield "messages", self.message_store
+        for name in self.cfg.stores:
+            if self.cfg.store_kind(name) != "messages":
+                yield name, self.record_store(name)
+
+    def prepare_schemas(self, *, upgrade: bool | None = None) -> None:
+        """Bring schemas up to date (``upgrade``), or refuse to run on a stale one.
+
+        ``upgrade=None`` upgrades embedded SQLite stores automatically and only checks others.
+        """
+        from engine.stores import migrate
+
+        for name, store in self._all_stores():
+            kind = "messages" if name == "messages" else self.cfg.store_kind(name)
+            auto = upgrade if upgrade is not None else make_url(store.url).get_backend_name() == "sqlite"
+            if auto:
+                migrate.upgrade(store.url, kind, engine=store.engine)
+            else:
+                migrate.check(store.url, kind, engine=store.engine, name=name)
+
+    # -- processing -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the committer, the worker and the sweeper; re-dispatch what was left pending."""
+        self.committer.start()
+        self.queue.start()
+        for channel, ids in _group(self.message_store.pending()):
+            self._dispatch(channel, ids)
+        self._sweeper.start()
+
+    def _dispatch(self, channel: str, ids: list[int]) -> None:
+        with self._inflight_lock:
+            ids = [i for i in ids if i not in self._inflight]
+            self._inflight.update(ids)
+        self.queue.enqueue(channel, ids)
+
+    def _handle(self, channel: str, ids: list[int]) -> None:
+        try:
+            self.processor.process(channel, ids)
+        except Exception as exc:  # e.g. the message store is down: ids stay pending, the sweeper retries
+            log.error("channel=%s processing of %d message(s) failed: %s", channel, len(ids), type(exc).__name__)
+        finally:
+            with self._inflight_lock:
+                self._inflight.difference_update(ids)
+
+    def _sweep(self) -> None:
+        """Re-dispatch retries that are due and messages stuck beyond ``stuck_after_seconds``."""
+        while not self._stop.wait(self._sweep_seconds):
+            try:
+                for channel, ids in _group(self.message_store.pending(older_than=self._stuck_after)):
+                    self._dispatch(channel, ids)
+            except Exception as exc:
+                log.warning("sweeper could not read the message store: %s", type(exc).__name__)
+
+    def process_now(self, channel: str, ids: list[int]) -> list[Outcome]:
+        """Process synchronously in the caller's thread (``engine reprocess``)."""
+        return self.processor.process(channel, ids)
+
+    def route(self, channel: str, content: bytes, source_message_id: int) -> None:
+        """Commit ``content`` into ``channel`` (a channel destination) and dispatch it."""
+        ch = self.cfg.channel(channel)
+        try:
+            h = hl7.read_header(content)
+        except ParseError:
+            h = None
+        item = Inbound(channel=ch.name, content=content, source_message_id=source_message_id,
+                       charset=h.charset if h else "", message_type=h.message_type if h else "",
+                       trigger=h.trigger if h else "", control_id=h.control_id if h else "",
+                       sending_app=h.sending_app if h else "", sending_facility=h.sending_facility if h else "",
+                       version=h.version if h else "", duplicate_window=None)
+        self.committer.submit_sync([item])
+
+    # -- sources ----------------------------------------------------------------------------------
+    async def start_sources(self) -> list[str]:
+        """Start every enabled channel's source; returns one line per channel for the console."""
+        lines = []
+        for ch in self.cfg.channels:
+            if not ch.config.enabled:
+                lines.append(f"channel {ch.name}: disabled")
+                continue
+            src = registry.SOURCES[ch.source.type].factory(ch, ch.source, self.receiver)
+            where = await src.start()
+            self.sources.append(src)
+            dests = ", ".join(d.name for d in ch.destinations)
+            lines.append(f"channel {ch.name}: {where} -> {dests}")
+        return lines
+
+    async def stop_sources(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
+        self.sources.clear()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the queue is drained; True if it was within ``timeout`` seconds."""
+        deadline = threading.Event()
+        waited = 0.0
+        while waited < timeout:
+            if self.queue.idle() and not self._inflight:
+                return True
+            deadline.wait(0.02)
+            waited += 0.02
+        return False
+
+    def stop(self) -> None:
+        """Finish queued work, then stop every thread and close destinations."""
+        self._stop.set()
+        self.committer.stop()
+        self.queue.stop()
+        for dests in self.destinations.values():
+            for d in dests:
+                d.close()
+
+
+def _group(pairs: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
+    out: dict[str, list[int]] = {}
+    for mid, channel in pairs:
+        out.setdefault(channel, []).append(mid)
+    return list(out.items())

@@ -1,0 +1,321 @@
+"""The message store: every inbound message, committed before it is acknowledged.
+
+One row per message per channel (raw bytes exactly as received, header fields, status), one
+row per message per destination (attempts, result, error), and an audit trail of who read
+message content. Statuses::
+
+    RECEIVED     committed, waiting for processing (re-dispatched at start-up)
+    FILTERED     dropped on purpose: the channel filter, or a duplicate resend (duplicate_of set)
+    TRANSFORMED  mapped; destinations not yet all delivered
+    QUEUED       a destination failed and waits for its next attempt (next_attempt_at)
+    SENT         every destination delivered
+    ERROR        a fault, with its reason in ``error``; ``engine reprocess`` puts it back
+
+Writes on the receive path are grouped: :meth:`MessageStore.insert_received` commits many
+inbound messages in one transaction (one fsync), which is what lets one process ACK thousands
+of messages a second durably.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
+    Text, UniqueConstraint, and_, func, select, update,
+)
+from sqlalchemy.engine import Engine
+
+from engine.stores.db import UTCDateTime, make_engine, write_transaction
+
+metadata = MetaData()
+
+RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR = (
+    "RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR")
+STATUSES = (RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR)
+PENDING = (RECEIVED, TRANSFORMED, QUEUED)
+
+messages = Table(
+    "messages", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("channel", String(100), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("charset", String(40), nullable=False, default=""),
+    Column("content_hash", String(64), nullable=False),
+    Column("message_type", String(20), nullable=False, default=""),
+    Column("trigger", String(20), nullable=False, default=""),
+    Column("control_id", String(200), nullable=False, default=""),
+    Column("sending_app", String(200), nullable=False, default=""),
+    Column("sending_facility", String(200), nullable=False, default=""),
+    Column("version", String(20), nullable=False, default=""),
+    Column("ordering_key", String(200)),
+    Column("status", String(12), nullable=False),
+    Column("error", Text),
+    Column("duplicate_of", BigInteger().with_variant(Integer, "sqlite")),
+    Column("flags", String(200), nullable=False, default=""),
+    Column("peer", String(100), nullable=False, default=""),
+    Column("source_message_id", BigInteger().with_variant(Integer, "sqlite")),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messages.c.control_id)
+Index("ix_messages_status", messages.c.status, messages.c.channel)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id"), nullable=False),
+    Column("destination", String(100), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("result", Text),
+    Column("error", Text),
+    Column("next_attempt_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
+)
+
+content_access = Table(
+    "content_access", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("accessed_by", String(200), nullable=False),
+    Column("accessed_at", UTCDateTime, nullable=False),
+    Column("purpose", String(200), nullable=False, default=""),
+)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Inbound:
+    """One message as the receive path saw it, before it is committed."""
+
+    channel: str
+    content: bytes
+    charset: str = ""
+    message_type: str = ""
+    trigger: str = ""
+    control_id: str = ""
+    sending_app: str = ""
+    sending_facility: str = ""
+    version: str = ""
+    ordering_key: str | None = None
+    peer: str = ""
+    error: str | None = None  # set when the header is unreadable: stored as ERROR, answered AR
+    duplicate_window: timedelta | None = timedelta(hours=24)
+    source_message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What committing one Inbound produced: its id, status and, for a resend, the original."""
+
+    id: int
+    status: str
+    duplicate_of: int | None = None
+    flags: str = ""
+
+
+@dataclass
+class Outcome:
+    """The result of processing one message, written back by :meth:`MessageStore.record`."""
+
+    message_id: int
+    status: str
+    error: str | None = None
+    deliveries: list[dict[str, Any]] | None = None  # destination, status, attempts, result, error, next_attempt_at
+
+
+class MessageStore:
+    """Message store over any SQLAlchemy URL (SQLite by default, PostgreSQL for scale-out)."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None):
+        self.url = url
+        self.engine = engine or make_engine(url, durable=True)
+
+    def upgrade(self) -> None:
+        from engine.stores.migrate import upgrade
+
+        upgrade(self.url, "messages", engine=self.engine)
+
+    # -- receive path ---------------------------------------------------------------------------
+    def insert_received(self, items: list[Inbound]) -> list[Stored]:
+        """Commit ``items`` in one transaction; returns one Stored per item, in order.
+
+        Duplicate detection: a message whose channel, MSH-4 and MSH-10 match an earlier one
+        within its window is FILTERED with ``duplicate_of`` when the content is identical, and
+        processed but flagged ``control_id_reused`` when the content differs.
+        Raises the driver's error when the store cannot commit (the caller answers AE).
+        """
+        stamp = now()
+        out: list[Stored] = []
+        seen: dict[tuple, tuple[int, str]] = {}
+        with write_transaction(self.engine) as conn:
+            for item in items:
+                digest = hashlib.sha256(item.content).hexdigest()
+                status, dup, flags = (ERROR if item.error else RECEIVED), None, ""
+                if not item.error and item.control_id and item.duplicate_window is not None:
+                    k = (item.channel, item.sending_facility, item.control_id)
+                    prior = seen.get(k)
+                    if prior is None:
+                        row = conn.execute(
+                            select(messages.c.id, messages.c.content_hash)
+                            .where(messages.c.channel == item.channel,
+                                   messages.c.sending_facility == item.sending_facility,
+                                   messages.c.control_id == item.control_id,
+                                   messages.c.received_at >= stamp - item.duplicate_window,
+                                   messages.c.duplicate_of.is_(None))
+                            .order_by(messages.c.id.desc()).limit(1)).first()
+                        prior = (row[0], row[1]) if row else None
+                    if prior is not None:
+                        if prior[1] == digest:
+                            status, dup = FILTERED, prior[0]
+                        else:
+                            flags = "control_id_reused"
+                row_id = conn.execute(messages.insert().values(
+                    channel=item.channel, received_at=stamp, content=item.content, charset=item.charset,
+                    content_hash=digest, message_type=item.message_type[:20], trigger=item.trigger[:20],
+                    control_id=item.control_id[:200], sending_app=item.sending_app[:200],
+                    sending_facility=item.sending_facility[:200], version=item.version[:20],
+                    ordering_key=(item.ordering_key or None), status=status,
+                    error=item.error if item.error else (f"duplicate of message {dup}" if dup else None),
+                    duplicate_of=dup, flags=flags, peer=item.peer[:100],
+                    source_message_id=item.source_message_id, updated_at=stamp,
+                ).returning(messages.c.id)).scalar_one()
+                if status != ERROR and item.control_id and dup is None:
+                    seen[(item.channel, item.sending_facility, item.control_id)] = (row_id, digest)
+                out.append(Stored(row_id, status, dup, flags))
+        return out
+
+    # -- processing -----------------------------------------------------------------------------
+    def load(self, ids: Iterable[int]) -> list[Any]:
+        """Rows (with content) for ``ids``, in id order."""
+        ids = list(ids)
+        if not ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(messages).where(messages.c.id.in_(ids)).order_by(messages.c.id)).all()
+            dl = conn.execute(select(deliveries).where(deliveries.c.message_id.in_(ids))).all()
+        by_msg: dict[int, dict[str, Any]] = {}
+        for d in dl:
+            by_msg.setdefault(d.message_id, {})[d.destination] = d
+        return [_Loaded(r, by_msg.get(r.id, {})) for r in rows]
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        """Write processing outcomes (message status and per-destination rows) in one transaction."""
+        if not outcomes:
+            return
+        stamp = now()
+        with write_transaction(self.engine) as conn:
+            for o in outcomes:
+                conn.execute(update(messages).where(messages.c.id == o.message_id)
+                             .values(status=o.status, error=o.error, updated_at=stamp))
+                for d in o.deliveries or ():
+                    values = dict(status=d["status"], attempts=d.get("attempts", 1), result=d.get("result"),
+                                  error=d.get("error"), next_attempt_at=d.get("next_attempt_at"), updated_at=stamp)
+                    res = conn.execute(update(deliveries).where(
+                        deliveries.c.message_id == o.message_id, deliveries.c.destination == d["destination"]
+                    ).values(**values))
+                    if res.rowcount == 0:
+                        conn.execute(deliveries.insert().values(message_id=o.message_id, destination=d["destination"], **values))
+
+    def pending(self, *, channel: str | None = None, older_than: timedelta = timedelta(0),
+                limit: int = 10_000) -> list[tuple[int, str]]:
+        """(id, channel) of messages that still need processing, oldest first.
+
+        RECEIVED and TRANSFORMED older than ``older_than`` (lost from the queue, worker killed),
+        and QUEUED whose next attempt is due.
+        """
+        cutoff = now() - older_than
+        t = now()
+        due = select(deliveries.c.message_id).where(
+            deliveries.c.status == QUEUED, deliveries.c.next_attempt_at > t)
+        q = select(messages.c.id, messages.c.channel).where(
+            ((messages.c.status.in_((RECEIVED, TRANSFORMED))) & (messages.c.updated_at <= cutoff))
+            | ((messages.c.status == QUEUED) & messages.c.id.not_in(due)))
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(q.order_by(messages.c.id).limit(limit))]
+
+    # -- operations -----------------------------------------------------------------------------
+    def list(self, *, channel: str | None = None, status: str | None = None, limit: int = 100,
+             before_id: int | None = None) -> list[Any]:
+        """Message metadata (never content), newest first."""
+        cols = [c for c in messages.c if c.name != "content"]
+        q = select(*cols)
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        if status:
+            q = q.where(messages.c.status == status)
+        if before_id:
+            q = q.where(messages.c.id < before_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q.order_by(messages.c.id.desc()).limit(limit)).all()
+
+    def deliveries_of(self, message_id: int) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(select(deliveries).where(deliveries.c.message_id == message_id)
+                                .order_by(deliveries.c.id)).all()
+
+    def read_content(self, message_id: int, *, who: str, purpose: str = "") -> bytes | None:
+        """The raw content of one message; every read is audited with ``who`` and ``purpose``."""
+        with write_transaction(self.engine) as conn:
+            content = conn.execute(select(messages.c.content).where(messages.c.id == message_id)).scalar()
+            if content is not None:
+                conn.execute(content_access.insert().values(message_id=message_id, accessed_by=who,
+                                                            accessed_at=now(), purpose=purpose))
+        return content
+
+    def access_log(self, message_id: int | None = None) -> list[Any]:
+        q = select(content_access).order_by(content_access.c.id)
+        if message_id is not None:
+            q = q.where(content_access.c.message_id == message_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).all()
+
+    def reset_for_reprocess(self, ids: list[int] | None = None, *, status: str | None = None,
+                            channel: str | None = None) -> list[tuple[int, str]]:
+        """Put messages back to RECEIVED (delivered destinations stay delivered); returns (id, channel)."""
+        q = select(messages.c.id, messages.c.channel).where(messages.c.duplicate_of.is_(None))
+        if ids:
+            q = q.where(messages.c.id.in_(ids))
+        if status:
+            q = q.where(messages.c.status == status)
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        with write_transaction(self.engine) as conn:
+            found = [(r[0], r[1]) for r in conn.execute(q.order_by(messages.c.id))]
+            if found:
+                conn.execute(update(messages).where(messages.c.id.in_([f[0] for f in found]))
+                             .values(status=RECEIVED, error=None, updated_at=now()))
+                conn.execute(update(deliveries).where(and_(deliveries.c.message_id.in_([f[0] for f in found]),
+                                                           deliveries.c.status != SENT))
+                             .values(attempts=0, next_attempt_at=None))
+        return found
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(channel, status) -> number of messages."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(messages.c.channel, messages.c.status, func.count())
+                                .group_by(messages.c.channel, messages.c.status)).all()
+        return {(r[0], r[1]): r[2] for r in rows}
+
+
+class _Loaded:
+    """A message row plus its delivery rows keyed by destination name."""
+
+    __slots__ = ("row", "deliveries")
+
+    def __init__(self, row, deliveries):
+        self.row = row
+        self.deliveries = deliveries
+
+    def __getattr__(self, name):
+        return getattr(self.row, name)

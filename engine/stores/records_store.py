@@ -1,0 +1,233 @@
+"""The record writer: applies mappings' :class:`~engine.records.Record`s to a clinical or PM store.
+
+``apply_batch`` is the hot path. It writes many messages in ONE transaction (one commit, one
+fsync on SQLite) with one SAVEPOINT per message: a message whose records fail rolls back alone
+and gets its exception in the result list; the others commit. Upserts are keyed on each
+table's natural key, so applying the same message twice leaves the same rows (only
+``updated_at`` moves). MRNs are resolved through ``merged_into`` on the way in, so records for
+a merged-away MRN land on the survivor.
+
+Errors: a record the schema cannot take (unknown table or column, wrong type, missing key) is
+a :class:`DeliveryError` with ``retryable=False`` naming the table/column; a database
+refusal of one message's rows is non-retryable too; a database that cannot be reached or
+locked past the busy timeout gives every unfailed message a retryable DeliveryError. No
+message text carries patient values (database driver texts are never copied, they quote
+values).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from engine.errors import DeliveryError, EngineError
+from engine.records import Record
+from engine.stores import migrate
+from engine.stores.columns import StoreSpec
+from engine.stores.db import make_engine, write_transaction
+from engine.stores.merge import apply_merge, load_resolution
+from engine.stores.schema import MANAGED as NOT_MAPPABLE
+from engine.stores.upsert import Planner, Upsert
+
+log = logging.getLogger("engine.stores")
+
+KINDS = ("clinical", "pm")
+
+
+class _Merge:
+    """One checked merge record: old MRN into survivor, plus optional survivor values."""
+
+    __slots__ = ("old", "new", "extra")
+
+    def __init__(self, old: str, new: str, extra: Upsert | None):
+        self.old, self.new, self.extra = old, new, extra
+
+
+class RecordStore:
+    """A clinical or PM store at ``url`` (``sqlite:///./data/clinical.db``, ``postgresql+psycopg://...``).
+
+    ``schema`` is the store kind, ``"clinical"`` or ``"pm"``. ``engine`` (optional) reuses an
+    existing SQLAlchemy Engine; otherwise one is made (SQLite: WAL, synchronous=NORMAL,
+    busy_timeout, savepoint-safe transactions; see :mod:`engine.stores.db`).
+    """
+
+    def __init__(self, url: str, schema: str, *, engine: Engine | None = None):
+        if schema not in KINDS:
+            raise ValueError(f"unknown record store kind {schema!r} (known: {', '.join(KINDS)})")
+        self.url = url
+        self.schema = schema
+        self.engine = engine or make_engine(url, durable=False)
+        self.spec: StoreSpec = importlib.import_module(f"engine.stores.{schema}").SPEC
+        self._planner = Planner(self.spec, self.engine.dialect.name)
+
+    # -- schema -------------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Apply this store's Alembic migrations up to head."""
+        migrate.upgrade(self.url, self.schema, engine=self.engine)
+
+    def check_schema(self) -> None:
+        """Raise :class:`~engine.stores.migrate.SchemaOutOfDate` ("run `engine db upgrade`")
+        unless the database is at the code's head revision."""
+        migrate.check(self.url, self.schema, engine=self.engine)
+
+    def columns(self) -> dict[str, set[str]]:
+        """{table: column names a mapping may write} (no id/updated_at/last_message_id/merged_into,
+        no merge audit table)."""
+        return {name: {c.name for c in t.columns if c.name not in NOT_MAPPABLE}
+                for name, t in self.spec.tables.items() if name != self.spec.merge_audit}
+
+    def key_columns(self, table: str) -> tuple[str, ...]:
+        """The natural key of ``table`` (the UNIQUE constraint upserts conflict on)."""
+        self._planner.table(table)
+        return self.spec.keys[table]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ------------------------------------------------------------------------------
+    def apply_batch(self, batch: list[tuple[int, list[Record]]]) -> list[Exception | None]:
+        """Apply each (message_id, records) in one transaction, one SAVEPOINT per message.
+
+        Returns, in order, None for a message whose records were all written, or the
+        exception that rolled that message back. Never raises for a single message's fault.
+        """
+        results: list[Exception | None] = [None] * len(batch)
+        plans: list[tuple[int, int, list[Any]]] = []
+        mrns: set[str] = set()
+        for i, (message_id, records) in enumerate(batch):
+            try:
+                ops = [self._plan(r) for r in records]
+            except Exception as exc:  # noqa: BLE001 - a record that cannot be read fails its message only
+                results[i] = self._wrap(exc, message_id)
+                continue
+            for op in ops:
+                if isinstance(op, _Merge):
+                    mrns.update((op.old, op.new))
+                elif "mrn" in op.params:
+                    mrns.add(op.params["mrn"])
+            plans.append((i, message_id, ops))
+        if not plans:
+            return results
+
+        now = datetime.now(timezone.utc)
+        try:
+            with write_transaction(self.engine) as conn:
+                resolved = load_resolution(conn, self.spec, mrns)
+                for i, message_id, ops in plans:
+                    try:
+                        with conn.begin_nested():
+                            after = self._apply_ops(conn, ops, message_id, now, resolved)
+                    except Exception as exc:  # noqa: BLE001 - one message's fault, reported in its slot
+                        results[i] = self._wrap(exc, message_id)
+                    else:
+                        if after is not None:  # the message merged patients: its resolution now holds
+                            resolved.clear()
+                            resolved.update(after)
+        except Exception as exc:  # noqa: BLE001 - the transaction as a whole failed: nothing committed
+            err = DeliveryError(f"{self.schema} store: batch not committed ({type(exc).__name__})",
+                                retryable=True)
+            err.__cause__ = exc
+            log.warning("%s store: batch of %d message(s) not committed: %s", self.schema, len(batch),
+                        type(exc).__name__)
+            return [r if r is not None else err for r in results]
+        return results
+
+    def _plan(self, record: Record) -> Upsert | _Merge:
+        """Check one record against the schema (no SQL)."""
+        if "." not in record.target:
+            raise DeliveryError(f"record target {record.target!r} is not <store>.<table>", retryable=False)
+        table = record.table
+        if record.op == "upsert":
+            return self._planner.upsert(table, tuple(record.key), record.values)
+        if record.op != "merge":
+            raise DeliveryError(f"{self.schema}.{table}: unknown record op {record.op!r}", retryable=False)
+        self._planner.table(table)
+        values = dict(record.values)
+        old, new = values.pop("old_mrn", None), values.get("mrn")
+        if not isinstance(old, str) or not old or not isinstance(new, str) or not new:
+            raise DeliveryError(f"{self.schema}.{table}: merge needs text values mrn and old_mrn", retryable=False)
+        if old == new:
+            raise DeliveryError(f"{self.schema}.{table}: merge of an MRN into itself", retryable=False)
+        extra = None
+        if len(values) > 1:  # survivor values besides mrn: upserted onto the survivor's identity row
+            extra = self._planner.upsert(self.spec.identity, ("mrn",), values)
+        return _Merge(old, new, extra)
+
+    def _apply_ops(self, conn, ops: list, message_id: int, now: datetime,
+                   resolved: dict[str, str]) -> dict[str, str] | None:
+        """Run one message's checked records. A message with merges works on a copy of the MRN
+        resolution and returns it (adopted once its savepoint is released); otherwise None."""
+        merges = any(isinstance(o, _Merge) for o in ops)
+        local = dict(resolved) if merges else resolved
+        stamp = {"updated_at": now, "last_message_id": message_id}
+        group: list[dict[str, Any]] = []
+        shape = None
+        for op in ops:
+            if isinstance(op, _Merge):
+                self._flush(conn, shape, group)
+                group, shape = [], None
+                delta = apply_merge(conn, self.spec, op.old, op.new, message_id=message_id, now=now,
+                                    resolve=lambda m: local.get(m, m))
+                _update_resolution(local, delta)
+                if op.extra is not None:
+                    self._flush(conn, op.extra.shape, [_params(op.extra, local, stamp)])
+                continue
+            if op.shape != shape:  # consecutive records of one shape go as one executemany
+                self._flush(conn, shape, group)
+                group, shape = [], op.shape
+            group.append(_params(op, local, stamp))
+        self._flush(conn, shape, group)
+        return local if merges else None
+
+    def _flush(self, conn, shape, group: list[dict[str, Any]]) -> None:
+        if group:
+            conn.execute(self._planner.statement(shape), group)
+
+    def _wrap(self, exc: Exception, message_id: int) -> Exception:
+        """A message's failure as a DeliveryError whose text carries no patient values."""
+        if isinstance(exc, EngineError):
+            return exc
+        retryable = isinstance(exc, OperationalError)
+        err = DeliveryError(f"{self.schema} store refused message {message_id}'s records ({type(exc).__name__}"
+                            + (f": {type(exc.orig).__name__}" if isinstance(exc, DBAPIError) else "") + ")",
+                            retryable=retryable)
+        err.__cause__ = exc
+        log.warning("%s store: message %s rolled back: %s", self.schema, message_id, type(exc).__name__)
+        return err
+
+    # -- reading ------------------------------------------------------------------------------
+    def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
+        """Rows of logical ``table`` whose columns equal ``where``'s values, in insertion order."""
+        t = self._planner.table(table)
+        for col in where:
+            if col not in t.c:
+                raise DeliveryError(f"{self.schema}.{table} has no column {col!r}", retryable=False)
+        stmt = select(t).where(*[t.c[c] == v for c, v in where.items()]).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def _params(op: Upsert, resolved: dict[str, str], stamp: dict[str, Any]) -> dict[str, Any]:
+    params = {**op.params, **stamp}
+    mrn = params.get("mrn")
+    if mrn is not None and mrn in resolved:
+        params["mrn"] = resolved[mrn]
+    return params
+
+
+def _update_resolution(resolved: dict[str, str], changes: dict[str, str]) -> None:
+    """Fold a merge's {mrn: survivor} changes into ``resolved``, keeping chains one hop deep."""
+    for old, new in changes.items():
+        for k, v in list(resolved.items()):
+            if v == old:
+                resolved[k] = new
+        resolved[old] = new
+    for k in [k for k, v in resolved.items() if k == v]:
+        del resolved[k]
+

@@ -1,0 +1,183 @@
+"""Checking records against a store's schema and building the upsert statements that write them.
+
+A record is checked in Python before any SQL runs, so a bad one fails with a
+:class:`~engine.errors.DeliveryError` (``retryable=False``) that names the table and column,
+never a value. Values are coerced lightly where the meaning is unambiguous (an int into a
+text column becomes its decimal text, ``"2"`` into an integer column becomes 2); anything else
+of the wrong type is refused, so SQLite stores exactly what PostgreSQL would.
+
+Upserts are ``INSERT ... ON CONFLICT (natural key) DO UPDATE SET`` the columns present in the
+record (absent columns keep the stored value, ``None`` clears), plus ``updated_at`` and
+``last_message_id``. One statement is built per (table, key, column set) and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Callable
+
+from sqlalchemy import Boolean, Date, Float, Integer, Table, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.errors import DeliveryError
+from engine.stores.columns import MANAGED, JSONText, StoreSpec
+from engine.stores.db import UTCDateTime
+
+NOT_WRITABLE = frozenset({"id", "merged_into", *MANAGED})
+
+
+class _Refused(Exception):
+    """A value of the wrong type (raised by a coercer; turned into a DeliveryError)."""
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool):
+        return str(v)
+    raise _Refused("text")
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            pass
+    raise _Refused("an integer")
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            pass
+    raise _Refused("a number")
+
+
+def _boolean(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise _Refused("a boolean")
+
+
+def _date(v: Any) -> date:
+    if isinstance(v, date) and not isinstance(v, datetime):
+        return v
+    raise _Refused("a date")
+
+
+def _datetime(v: Any) -> datetime:
+    if isinstance(v, datetime) and v.tzinfo is not None and v.utcoffset() is not None:
+        return v
+    raise _Refused("a timezone-aware datetime")
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, (str, list, dict)):
+        return v
+    raise _Refused("JSON text, a list or a dict")
+
+
+def coercer(column) -> Callable[[Any], Any]:
+    """The value check/coercion for one column, chosen by its type."""
+    t = column.type
+    if isinstance(t, UTCDateTime):
+        return _datetime
+    if isinstance(t, JSONText):
+        return _json
+    if isinstance(t, Boolean):
+        return _boolean
+    if isinstance(t, Date):
+        return _date
+    if isinstance(t, Float):
+        return _number
+    if isinstance(t, Integer):
+        return _integer
+    return _text
+
+
+@dataclass
+class Upsert:
+    """One checked upsert: ``shape`` identifies its cached statement, ``params`` its values."""
+
+    table: str
+    shape: tuple[str, tuple[str, ...], tuple[str, ...]]  # (table, key, columns)
+    params: dict[str, Any]
+
+
+class Planner:
+    """Checks records against one store's schema and caches their upsert statements."""
+
+    def __init__(self, spec: StoreSpec, dialect_name: str):
+        self.spec = spec
+        self._insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+        self._coercers = {name: {c.name: coercer(c) for c in t.columns} for name, t in spec.tables.items()}
+        self._statements: dict[tuple, Any] = {}
+
+    def table(self, name: str) -> Table:
+        """The Table for logical ``name``; DeliveryError (not retryable) when unknown."""
+        t = self.spec.tables.get(name)
+        if t is None:
+            raise DeliveryError(f"{self.spec.kind} store has no table {name!r}", retryable=False)
+        return t
+
+    def writable(self, table: str) -> Table:
+        t = self.table(table)
+        if table == self.spec.merge_audit:
+            raise DeliveryError(f"{self.spec.kind}.{table} is written by merges only", retryable=False)
+        return t
+
+    def check_values(self, table: str, values: dict[str, Any], *, allow: frozenset = frozenset()) -> dict[str, Any]:
+        """Coerced copy of ``values``; refuses unknown, store-managed and mistyped columns."""
+        coercers = self._coercers[table]
+        out = {}
+        for col, v in values.items():
+            fn = coercers.get(col)
+            if fn is None:
+                raise DeliveryError(f"{self.spec.kind}.{table} has no column {col!r}", retryable=False)
+            if col in NOT_WRITABLE and col not in allow:
+                raise DeliveryError(f"{self.spec.kind}.{table}.{col} is maintained by the store", retryable=False)
+            if v is None:
+                out[col] = None
+                continue
+            try:
+                out[col] = fn(v)
+            except _Refused as why:
+                raise DeliveryError(
+                    f"{self.spec.kind}.{table}.{col}: expected {why.args[0]}, got {type(v).__name__}",
+                    retryable=False) from None
+        return out
+
+    def upsert(self, table: str, key: tuple[str, ...], values: dict[str, Any]) -> Upsert:
+        """Check one upsert record; ``key`` must be the table's natural key (any order)."""
+        self.writable(table)
+        natural = self.spec.keys[table]
+        if key and set(key) != set(natural):
+            raise DeliveryError(
+                f"{self.spec.kind}.{table}: key ({', '.join(key)}) is not the natural key ({', '.join(natural)})",
+                retryable=False)
+        params = self.check_values(table, values)
+        for k in natural:
+            if params.get(k) in (None, ""):
+                raise DeliveryError(f"{self.spec.kind}.{table}: key column {k!r} has no value", retryable=False)
+        return Upsert(table, (table, natural, tuple(sorted(params))), params)
+
+    def statement(self, shape: tuple[str, tuple[str, ...], tuple[str, ...]]):
+        """The cached INSERT ... ON CONFLICT DO UPDATE for ``shape`` (binds: columns + managed)."""
+        stmt = self._statements.get(shape)
+        if stmt is None:
+            table, key, cols = shape
+            t = self.spec.tables[table]
+            ins = self._insert(t).values({c: bindparam(c) for c in (*cols, *MANAGED)})
+            update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in key}
+            stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update)
+            self._statements[shape] = stmt
+        return stmt
