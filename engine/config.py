@@ -191,8 +191,6 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
     Each connector config may define ``check(cfg, key, src) -> list[Problem]`` for its own
     cross-references (a store that must exist, a mapping that must compile).
     """
-    from engine.transforms.conditions import compile_condition
-
     problems: list[Problem] = []
     listeners: dict[tuple, str] = {}
     for i, ch in enumerate(cfg.channels):
@@ -206,6 +204,8 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
             if hasattr(ch.source, "check"):
                 problems.extend(ch.source.check(cfg, base + ("source",), src))
         if ch.config.filter is not None:
+            from engine.transforms.conditions import compile_condition
+
             try:
                 ch.filter = compile_condition(ch.config.filter)
             except (ValueError, TypeError, KeyError) as exc:

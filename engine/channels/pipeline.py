@@ -163,7 +163,8 @@ class Receiver:
             stored: Stored = await committed
         except StoreUnavailable as exc:
             return self._ack(header, hl7.ACK_ERROR, ParseError(str(exc), code=207, reject=False))
-        log.info("channel=%s message=%s status=%s", cfg.name, stored.id, stored.status)
+        if stored.status != RECEIVED:
+            log.info("channel=%s message=%s status=%s", cfg.name, stored.id, stored.status)
         if problem is not None:
             return self._ack(header, hl7.ACK_REJECT if problem.reject else hl7.ACK_ERROR, problem)
         if processed is not None and stored.status == RECEIVED:

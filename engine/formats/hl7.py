@@ -366,7 +366,11 @@ def read_header(raw: bytes) -> Header:
     """
     data = raw.strip(b"\x0b\x1c\r\n \t")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:8]:
-        data = data.decode("utf-16").encode("utf-8")
+        try:
+            data = data.decode("utf-16").encode("utf-8")
+        except UnicodeError as exc:  # NUL bytes but not UTF-16 (binary junk, odd length)
+            raise ParseError("message bytes are neither ASCII-compatible nor UTF-16", code=100,
+                             segment="MSH") from exc
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if not data.startswith(b"MSH"):
@@ -490,7 +494,7 @@ def build_ack(
     ])
     if h and h.charset:
         msh += fs * 6 + h.charset
-    msa_text = _escape(text or (str(error) if error else ""), fs, enc)[:80]
+    msa_text = _escape((text or (str(error) if error else ""))[:80], fs, enc)  # cut, then escape
     segments = [msh, fs.join(["MSA", code, h.control_id if h else "", msa_text]).rstrip(fs)]
     if error is not None and code != ACK_ACCEPT:
         loc = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or "")]).rstrip(cs)
@@ -564,6 +568,7 @@ def iter_frames(buffer: bytearray) -> Iterator[bytes]:
             if start:
                 del buffer[:start]
             return
+        start = buffer.rfind(VT, start, end)  # a VT inside means the frame before it was cut off
         payload = bytes(buffer[start + 1:end])
         del buffer[:end + 1]
         if buffer[:1] == CR:

@@ -1,6 +1,6 @@
 """message store: messages, deliveries, content access
 
-Revision ID: d66792883785
+Revision ID: messages_0001
 Revises: 
 Create Date: 2026-11-27 03:03:44.196263
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = 'd66792883785'
+revision: str = 'messages_0001'
 down_revision: Union[str, Sequence[str], None] = None
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
