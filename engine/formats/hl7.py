@@ -219,11 +219,28 @@ def parse_path(text: str) -> Path:
 
 Span = tuple[int, int]  # [start, end) indexes into Message.segments
 
+# Segments that may follow a group's anchor inside its group, across v2.3-v2.8 (ORU_R01,
+# OML/ORM, ADT_A01, DFT). A span of one of these anchors ends at the first segment not listed.
+_OBSERVATION = {"OBX", "NTE", "PRT", "TCD", "SID", "TQ1", "TQ2", "CTD", "CTI", "FT1", "SPM", "ROL"}
+GROUP_CHILDREN: dict[str, frozenset[str]] = {
+    "ORC": frozenset({"OBR", "TQ1", "TQ2", "RQD", "RXO", "RXE", "RXA", "RXR", "RXC", "ODS", "ODT", "CTD",
+                      "NTE", "PRT", "FT1", "CTI", "BLG", "DG1", "OBX", "SPM", "SAC", "TCD", "SID"}),
+    "OBR": frozenset(_OBSERVATION),
+    "OBX": frozenset({"NTE", "PRT"}),
+    "SPM": frozenset({"OBX", "NTE", "SAC"}),
+    "IN1": frozenset({"IN2", "IN3", "ROL", "AUT", "RF1"}),
+    "NK1": frozenset(),
+    "AL1": frozenset(),
+    "DG1": frozenset(),
+    "PR1": frozenset({"ROL"}),
+    "GT1": frozenset(),
+}
+
 
 class Message:
     """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included."""
 
-    __slots__ = ("text", "delimiters", "segments")
+    __slots__ = ("text", "delimiters", "segments", "_spans", "_taken")
 
     def __init__(self, text: str):
         text = text.strip("\x0b\x1c\r\n \t\ufeff")
@@ -233,6 +250,8 @@ class Message:
         self.text = text
         self.delimiters = d = Delimiters.from_msh(lines[0])
         self.segments = [Segment(s.rstrip(), d) for s in lines]
+        self._spans: dict = {}
+        self._taken: dict = {}
         for i, seg in enumerate(self.segments):
             if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
                 raise ParseError(f"segment {i + 1} has no valid segment id", code=100,
@@ -248,24 +267,59 @@ class Message:
 
     # -- paths ------------------------------------------------------------------------------
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
-        """Each occurrence of ``segment`` in ``within``, extended up to the next one of its kind.
+        """Each occurrence of ``segment`` in ``within`` with the segments that belong to it.
 
-        This is how repeating groups are walked: each OBR of an ORU spans its OBX and NTE
-        segments up to the next OBR, and each OBX spans its NTEs.
+        This is how repeating groups are walked. For the group anchors the standard defines
+        (OBR, OBX, ORC, IN1, NK1, ...) a span covers the segments that may follow the anchor
+        in its group (OBR: its OBX, NTE, PRT ...; IN1: IN2, IN3) and Z-segments, and ends at
+        the first segment that cannot; any other anchor spans up to the next one of its kind.
         """
+        key = (segment, within)
+        cached = self._spans.get(key)
+        if cached is not None:
+            return cached
         lo, hi = within or (0, len(self.segments))
-        starts = [i for i in range(lo, hi) if self.segments[i].name == segment]
-        return [(s, starts[k + 1] if k + 1 < len(starts) else hi) for k, s in enumerate(starts)]
+        names = [s.name for s in self.segments]
+        children = GROUP_CHILDREN.get(segment)
+        out: list[Span] = []
+        i = lo
+        while i < hi:
+            if names[i] != segment:
+                i += 1
+                continue
+            j = i + 1
+            while j < hi and names[j] != segment and (
+                    children is None or names[j] in children or names[j][0] == "Z"):
+                j += 1
+            out.append((i, j))
+            i = j
+        self._spans[key] = out
+        return out
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
-        """Segments matching ``path`` in the innermost scope that has any, else the whole message."""
+        """Segments matching ``path``: in the innermost scope that has any, then outwards.
+
+        An enclosing scope never lends a segment from a sibling group: inside the OBX loop,
+        ``NTE-3`` is this OBX's note or the OBR's own note, never another OBX's.
+        """
+        inner: Span | None = None
         for lo, hi in (*reversed(scopes), (0, len(self.segments))):
-            found = [s for s in self.segments[lo:hi] if s.name == path.segment]
+            if inner is None:
+                idx = range(lo, hi)
+            else:
+                anchor = self.segments[inner[0]].name
+                taken = self._taken.get((anchor, lo, hi))
+                if taken is None:
+                    taken = frozenset(i for a, b in self.spans(anchor, (lo, hi)) for i in range(a, b))
+                    self._taken[(anchor, lo, hi)] = taken
+                idx = (i for i in range(lo, hi) if i not in taken)
+            found = [self.segments[i] for i in idx if self.segments[i].name == path.segment]
             if found:
                 if path.occurrence == 0:
                     return found
                 k = (path.occurrence or 1) - 1
                 return [found[k]] if k < len(found) else []
+            inner = (lo, hi)
         return []
 
     def values(self, path: Path | str, scopes: tuple[Span, ...] = ()) -> list[str | None]:

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import (
     BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, and_, func, select, update,
+    Text, UniqueConstraint, and_, bindparam, func, select, update,
 )
 from sqlalchemy.engine import Engine
 
@@ -212,18 +212,31 @@ class MessageStore:
         if not outcomes:
             return
         stamp = now()
+        ids = [o.message_id for o in outcomes]
         with write_transaction(self.engine) as conn:
+            existing = set(conn.execute(select(deliveries.c.message_id, deliveries.c.destination)
+                                        .where(deliveries.c.message_id.in_(ids))).all())
+            conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))
+                         .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp),
+                         [{"b_id": o.message_id, "b_status": o.status, "b_error": o.error} for o in outcomes])
+            inserts, updates = [], []
             for o in outcomes:
-                conn.execute(update(messages).where(messages.c.id == o.message_id)
-                             .values(status=o.status, error=o.error, updated_at=stamp))
                 for d in o.deliveries or ():
                     values = dict(status=d["status"], attempts=d.get("attempts", 1), result=d.get("result"),
                                   error=d.get("error"), next_attempt_at=d.get("next_attempt_at"), updated_at=stamp)
-                    res = conn.execute(update(deliveries).where(
-                        deliveries.c.message_id == o.message_id, deliveries.c.destination == d["destination"]
-                    ).values(**values))
-                    if res.rowcount == 0:
-                        conn.execute(deliveries.insert().values(message_id=o.message_id, destination=d["destination"], **values))
+                    if (o.message_id, d["destination"]) in existing:
+                        updates.append({"b_mid": o.message_id, "b_dest": d["destination"],
+                                        **{f"b_{k}": v for k, v in values.items()}})
+                    else:
+                        inserts.append(dict(message_id=o.message_id, destination=d["destination"], **values))
+            if inserts:
+                conn.execute(deliveries.insert(), inserts)
+            if updates:
+                conn.execute(update(deliveries).where(deliveries.c.message_id == bindparam("b_mid"),
+                                                      deliveries.c.destination == bindparam("b_dest"))
+                             .values(**{k: bindparam(f"b_{k}") for k in
+                                        ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")}),
+                             updates)
 
     def pending(self, *, channel: str | None = None, older_than: timedelta = timedelta(0),
                 limit: int = 10_000) -> list[tuple[int, str]]:
