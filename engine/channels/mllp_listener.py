@@ -118,6 +118,7 @@ class MllpListener:
                                 self.channel.name, peer)
                 return
             buf += data
+            answers: list = []  # frames complete in this read: committed together, ACKed in order
             while buf:
                 if not in_frame:
                     start = buf.find(hl7.VT)
@@ -133,6 +134,12 @@ class MllpListener:
                                     self.channel.name, junk, peer)
                         junk = 0
                 end = buf.find(hl7.FS)
+                restart = buf.find(hl7.VT, 0, end if end >= 0 else len(buf))
+                if restart >= 0 and not oversized:
+                    # a new frame began before this one ended: the sender gave up on it
+                    log.warning("channel=%s dropped a truncated frame from %s", self.channel.name, peer)
+                    del buf[:restart + 1]
+                    continue
                 if end < 0:
                     if len(buf) > cfg.max_message_bytes and not oversized:
                         oversized, head = True, bytes(buf[:_HEAD_KEEP])
@@ -145,12 +152,15 @@ class MllpListener:
                     del buf[:1]
                 in_frame = False
                 if oversized or len(payload) > cfg.max_message_bytes:
-                    ack = self._refuse_oversized(head or payload[:_HEAD_KEEP])
+                    answers.append(self._refuse_oversized(head or payload[:_HEAD_KEEP]))
                 else:
-                    ack = await self._answer(payload, peer)
-                # header fields were read as latin-1 from the raw bytes: latin-1 gives them back
-                # byte for byte, whatever the message's own character set
-                writer.write(hl7.frame(ack.encode("latin-1", "replace")))
+                    answers.append(asyncio.ensure_future(self._answer(payload, peer)))
+            if answers:
+                for ack in answers:
+                    text = ack if isinstance(ack, str) else await ack
+                    # header fields were read as latin-1 from the raw bytes: latin-1 gives them
+                    # back byte for byte, whatever the message's own character set
+                    writer.write(hl7.frame(text.encode("latin-1", "replace")))
                 await writer.drain()
 
     async def _answer(self, payload: bytes, peer: str) -> str:
