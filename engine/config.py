@@ -72,6 +72,7 @@ class Channel:
     source: registry.ConnectorConfig
     destinations: list[registry.ConnectorConfig]
     filter: Any = None  # compiled condition, callable(Message) -> bool
+    destination_index: list[int] = field(default_factory=list)  # position of each in the file
 
     @property
     def name(self) -> str:
@@ -127,13 +128,13 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
     registry.discover()
     path = Path(path)
     src = load(path, interpolate=True)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(src.problems)
     if not isinstance(src.data, dict):
         raise ConfigError([src.problem((), "expected a mapping with stores and channels")])
     try:
         top = _Top.model_validate(src.data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(src, (), exc)) from None
+        raise ConfigError(problems + _pydantic_problems(src, (), exc)) from None
 
     for name, store in top.stores.items():
         kind = store.kind or name
@@ -155,7 +156,7 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
             problems.append(src.problem(base + ("name",), f"duplicate channel name {ch.name!r} (also channels[{names[ch.name]}])"))
         names.setdefault(ch.name, i)
         source = _connector(src, base + ("source",), ch.source, registry.SOURCES, "source", problems)
-        dests = []
+        dests, index = [], []
         dest_names: set[str] = set()
         for j, d in enumerate(ch.destinations):
             dc = _connector(src, base + ("destinations", j), d, registry.DESTINATIONS, "destination", problems)
@@ -164,7 +165,8 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
                     problems.append(src.problem(base + ("destinations", j, "name"), f"duplicate destination name {dc.name!r}"))
                 dest_names.add(dc.name)
                 dests.append(dc)
-        cfg.channels.append(Channel(ch, source, dests))
+                index.append(j)
+        cfg.channels.append(Channel(ch, source, dests, destination_index=index))
 
     problems.extend(_check_graph(cfg, src, check_mappings))
     if problems:
@@ -218,7 +220,7 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
             parse_path(ch.config.ordering_key)
         except ValueError as exc:
             problems.append(src.problem(base + ("ordering_key",), str(exc)))
-        for j, d in enumerate(ch.destinations):
+        for j, d in zip(ch.destination_index, ch.destinations):
             if hasattr(d, "check"):
                 problems.extend(d.check(cfg, base + ("destinations", j), src, check_mappings=check_mappings))
     return problems

@@ -22,10 +22,12 @@ Key = tuple[Any, ...]
 class Located:
     """Plain data from a YAML file plus the line of every key and list item (1-based)."""
 
-    def __init__(self, file: str, data: Any, lines: dict[Key, int]):
+    def __init__(self, file: str, data: Any, lines: dict[Key, int], problems: list[Problem] | None = None):
         self.file = file
         self.data = data
         self.lines = lines
+        self.problems = problems or []
+        """Problems found while loading that do not stop validation (an unset ``${VAR}``)."""
 
     def line(self, key: Key) -> int | None:
         """The line of ``key`` or, failing that, of its nearest located parent."""
@@ -52,7 +54,8 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
     """Load one YAML file; raise ConfigError (with line) if it is not valid YAML or missing.
 
     With ``interpolate``, ``${VAR}`` and ``${VAR:-default}`` in string values are replaced from
-    the environment; an unset variable without default is a problem naming the key.
+    the environment; an unset variable without default is a problem naming the key, kept in
+    ``Located.problems`` so that validation goes on and reports everything at once.
     """
     file = str(path)
     try:
@@ -67,6 +70,7 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
                                    f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
     lines: dict[Key, int] = {(): 1}
     problems: list[Problem] = []
+    soft: list[Problem] = []
     constructor = yaml.SafeLoader("")
 
     def walk(n: yaml.Node | None, key: Key) -> Any:
@@ -89,14 +93,14 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
             return items
         value = constructor.construct_object(n, deep=True)
         if interpolate and isinstance(value, str) and "${" in value:
-            value = _interpolate(value, lambda msg: problems.append(
+            value = _interpolate(value, lambda msg: soft.append(
                 Problem(file, n.start_mark.line + 1, dotted(key), msg)))
         return value
 
     data = walk(node, ())
     if problems:
         raise ConfigError(problems)
-    return Located(file, data, lines)
+    return Located(file, data, lines, soft)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

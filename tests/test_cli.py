@@ -38,7 +38,7 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
         mappings_dir: MAPPINGS
         channels:
           - name: one
-            source: {type: mllp, port: 7001, ack_mode: sometimes}
+            source: {type: mllp, port: 7001}
             destinations:
               - {name: c, type: store, store: clinical, mapping: adt_clinical, retries: 3}
           - name: one
@@ -50,7 +50,7 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
               - {name: f, type: channel, channel: ghost}
             ordering_key: PID-x
           - name: three
-            source: {type: mllp, port: "${ENGINE_UNSET_PORT_VAR}"}
+            source: {type: mllp, port: "${ENGINE_UNSET_PORT_VAR}", ack_mode: sometimes}
             destinations:
               - {name: c, type: store, store: clinical, mapping: adt_clinical}
         """)
@@ -59,7 +59,6 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
     err = out.stderr
     f = str(cfg)
     expected = [
-        (7, "channels[0].source.ack_mode"),
         (9, "channels[0].destinations[0].retries"),
         (10, "channels[1].name"),
         (11, "channels[1].source.port"),
@@ -69,6 +68,7 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
         (16, "channels[1].destinations[3].channel"),
         (17, "channels[1].ordering_key"),
         (19, "channels[2].source.port"),
+        (19, "channels[2].source.ack_mode"),
     ]
     for line, key in expected:
         assert f"{f}:{line}: {key}:" in err, (line, key, err)

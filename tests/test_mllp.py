@@ -248,7 +248,8 @@ def test_after_processing_acks_reflect_the_mapping_result(fresh_engine, tmp_path
     lines = [b"PID|1||" + b"|".join(l.split(b"|")[4:]) if l.startswith(b"PID|") else l for l in lines]
     ack = ack_fields(conn.send(b"\r".join(lines)))
     assert ack["MSA"][1] == "AE"
-    assert "mrn" in ack["ERR"][8].lower() or "mrn" in ack["MSA"][3].lower()
+    assert "mrn" in ack["MSA"][3].lower()
+    assert ack["ERR"][1].split("^")[3].split("&")[0] == "101"  # v2.3: ERR-1 with table 0357 code
     conn.close()
 
 

@@ -1,0 +1,12 @@
+"""The declarative mapping language: HL7 v2 messages -> store records.
+
+Public API: :func:`load_mapping` (compile a ``mappings/*.yaml`` file once, ConfigError listing
+every problem), :class:`Mapping` (``name``, ``applies(msg)``, ``run(msg)``),
+:func:`compile_condition` (shared with channel filters) and, in
+:mod:`engine.transforms.testing`, the mapping test runner and ``engine try``.
+"""
+
+from engine.transforms.conditions import compile_condition
+from engine.transforms.mapping import Mapping, load_mapping
+
+__all__ = ["Mapping", "compile_condition", "load_mapping"]

@@ -1,0 +1,350 @@
+"""Field expressions of the mapping language, compiled once into closures.
+
+A field's value is a string (an HL7 path, the common case) or a mapping with exactly one
+function key plus that function's options and the common modifiers::
+
+    family_name: PID-5.1.1                                     # path shorthand
+    mrn:         {pick: PID-3, where: {component: 5, equals: MR}, component: 1, fallback: first}
+    other_ids:   {json_list: PID-3, where: {component: 5, not_equals: MR}, item: {id: 1, authority: "4.1", type: 5}}
+    status:      {literal: final}
+    name:        {concat: [PID-5.2, PID-5.1.1], separator: " "}   # empties skipped
+    phone:       {coalesce: [PID-13.1, PID-14.1]}                  # first non-empty
+    sex:         {table: sex, value: PID-8}                        # mappings/tables/sex.yaml
+    birth_date:  {date: PID-7}
+    admit_at:    {datetime: PV1-44, timezone: America/Chicago}     # UTC-normalised
+    result:      {number: OBX-5, when: {path: OBX-2, equals: NM}}
+    priority:    {integer: IN1-1}
+    mrn_again:   {use: mrn}                                        # a value under define:
+
+Modifiers on any expression: ``when`` (a condition; false -> absent), ``default`` (used when
+the value is absent), ``required: true`` (absent or HL7 null -> MappingError). Function
+arguments are expressions themselves (a string is a path). A compiled :class:`Expr` is
+``fn(msg, scopes) -> value | MISSING`` raising ValueProblem; ``source`` says where it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import tzinfo
+from typing import Any, Callable
+
+from engine.errors import ConfigError
+from engine.transforms.build import Build, component_spec
+from engine.transforms.conditions import REPETITION, compile_condition, component_getter
+from engine.transforms.tables import Tables
+from engine.transforms.values import (MISSING, ValueProblem, to_date, to_datetime, to_integer,
+                                      to_number, zone)
+from engine.yamlfile import Key
+
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "path": (), "literal": (), "use": (), "concat": ("separator",), "coalesce": (),
+    "table": ("value",), "date": (), "datetime": ("timezone",), "number": (), "integer": (),
+    "pick": ("where", "component", "fallback"), "json_list": ("where", "item"),
+}
+MODIFIERS = ("when", "default", "required")
+
+
+class Expr:
+    """A compiled expression: ``fn(msg, scopes)``; ``many`` lists every value of a ``[*]`` path."""
+
+    __slots__ = ("fn", "source", "many")
+
+    def __init__(self, fn: Callable, source: str, many: Callable | None = None):
+        self.fn, self.source, self.many = fn, source, many
+
+
+_BAD = Expr(lambda m, s: MISSING, "<invalid>")
+
+
+class Compiler:
+    """Compiles expressions of one mapping file (problems go to ``build``)."""
+
+    def __init__(self, build: Build, tables: Tables, default_zone: tzinfo):
+        self.b = build
+        self.tables = tables
+        self.zone = default_zone
+        self.defines: dict[str, Expr] = {}
+
+    def field(self, spec: Any, key: Key) -> tuple[Expr, Any, bool]:
+        """A field's expression without its top-level ``default``/``required``, and those two."""
+        default, required = MISSING, False
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            if "default" in spec:
+                default = self._literal(spec.pop("default"), key + ("default",))
+            if "required" in spec:
+                required = spec.pop("required")
+                if not isinstance(required, bool):
+                    self.b.problem(key + ("required",), "required takes true or false")
+                    required = False
+        return self.expr(spec, key), default, required
+
+    def expr(self, spec: Any, key: Key) -> Expr:
+        if isinstance(spec, str):
+            return self._path(spec, key)
+        if not isinstance(spec, dict):
+            self.b.problem(key, "expected an HL7 path (PID-5.1) or a function such as {literal: ...}; "
+                                "write fixed values as {literal: ...}")
+            return _BAD
+        tags = [k for k in spec if k in FUNCTIONS]
+        if len(tags) != 1:
+            unknown = [k for k in spec if k not in MODIFIERS and k not in FUNCTIONS]
+            if tags:
+                self.b.problem(key, f"one function per expression, found {', '.join(tags)}")
+            elif unknown:
+                self.b.problem(key, f"unknown function {unknown[0]!r} (known: {', '.join(FUNCTIONS)})")
+            else:
+                self.b.problem(key, f"no function given (one of: {', '.join(FUNCTIONS)})")
+            return _BAD
+        tag = tags[0]
+        self.b.keys(spec, key, (tag, *FUNCTIONS[tag], *MODIFIERS), f"a {tag} expression")
+        e = getattr(self, "_f_" + tag)(spec, key)
+        if "required" in spec:
+            e = self._required(e, spec["required"], key + ("required",))
+        if "default" in spec:
+            e = self._default(e, self._literal(spec["default"], key + ("default",)))
+        if "when" in spec:
+            e = self._when(e, spec["when"], key + ("when",))
+        return e
+
+    # -- modifiers ----------------------------------------------------------------------------
+    def _when(self, e: Expr, spec: Any, key: Key) -> Expr:
+        cond = compile_condition(spec, build=self.b, key=key)
+        fn, many = e.fn, e.many
+        return Expr(lambda m, s: fn(m, s) if cond(m, s) else MISSING, e.source,
+                    (lambda m, s: many(m, s) if cond(m, s) else []) if many else None)
+
+    def _default(self, e: Expr, default: Any) -> Expr:
+        fn = e.fn
+
+        def with_default(m, s):
+            v = fn(m, s)
+            return default if v is MISSING else v
+
+        return Expr(with_default, e.source)
+
+    def _required(self, e: Expr, flag: Any, key: Key) -> Expr:
+        if not isinstance(flag, bool):
+            self.b.problem(key, "required takes true or false")
+            return e
+        if not flag:
+            return e
+        fn = e.fn
+
+        def required(m, s):
+            v = fn(m, s)
+            if v is MISSING or v is None:
+                raise ValueProblem(f"required value is {'missing' if v is MISSING else 'HL7 null'} at {e.source}")
+            return v
+
+        return Expr(required, e.source)
+
+    def _literal(self, value: Any, key: Key) -> Any:
+        if isinstance(value, (dict, list)):
+            self.b.problem(key, "expected a single value (text, number, true/false, a date or null)")
+            return None
+        return value
+
+    # -- functions ----------------------------------------------------------------------------
+    def _path(self, text: Any, key: Key) -> Expr:
+        p = self.b.path(text, key)
+        if p is None:
+            return _BAD
+
+        def one(m, s):
+            null = False
+            for v in m.values(p, s):
+                if v:
+                    return v
+                if v is None:
+                    null = True
+            return None if null else MISSING
+
+        return Expr(one, p.text, (lambda m, s: m.values(p, s)) if p.many else None)
+
+    def _f_path(self, spec: dict, key: Key) -> Expr:
+        return self._path(spec["path"], key + ("path",))
+
+    def _f_literal(self, spec: dict, key: Key) -> Expr:
+        value = self._literal(spec["literal"], key + ("literal",))
+        return Expr(lambda m, s: value, "literal")
+
+    def _f_use(self, spec: dict, key: Key) -> Expr:
+        name = spec["use"]
+        if name not in self.defines:
+            known = ", ".join(self.defines) or "none defined"
+            self.b.problem(key + ("use",), f"unknown value {name!r} (define it under define:; known: {known})")
+            return _BAD
+        return self.defines[name]
+
+    def _list(self, spec: dict, tag: str, key: Key) -> list[Expr]:
+        items = spec[tag]
+        if not isinstance(items, list) or not items:
+            self.b.problem(key + (tag,), f"{tag} takes a non-empty list of expressions")
+            return []
+        return [self.expr(item, key + (tag, i)) for i, item in enumerate(items)]
+
+    def _f_concat(self, spec: dict, key: Key) -> Expr:
+        items = self._list(spec, "concat", key)
+        sep = spec.get("separator", " ")
+        if not isinstance(sep, str):
+            self.b.problem(key + ("separator",), "separator must be text (quote it)")
+            sep = " "
+
+        def concat(m, s):
+            parts, null = [], False
+            for e in items:
+                for v in (e.many(m, s) if e.many else (e.fn(m, s),)):
+                    if v is None:
+                        null = True
+                    elif v is not MISSING and v != "":
+                        parts.append(v if isinstance(v, str) else str(v))
+            if parts:
+                return sep.join(parts)
+            return None if null else MISSING
+
+        return Expr(concat, f"concat({', '.join(e.source for e in items)})")
+
+    def _f_coalesce(self, spec: dict, key: Key) -> Expr:
+        items = self._list(spec, "coalesce", key)
+
+        def coalesce(m, s):
+            null = False
+            for e in items:
+                v = e.fn(m, s)
+                if v is None:
+                    null = True
+                elif v is not MISSING and v != "":
+                    return v
+            return None if null else MISSING
+
+        return Expr(coalesce, f"coalesce({', '.join(e.source for e in items)})")
+
+    def _f_table(self, spec: dict, key: Key) -> Expr:
+        name = spec["table"]
+        if "value" not in spec:
+            self.b.problem(key, "table needs value: (the code to translate, e.g. value: PID-8)")
+            return _BAD
+        inner = self.expr(spec["value"], key + ("value",))
+        try:
+            table = self.tables.get(str(name))
+        except KeyError:
+            self.b.problem(key + ("table",), f"unknown table {name!r} (known: {', '.join(self.tables.known()) or 'none'})")
+            return _BAD
+        except ConfigError as exc:
+            self.b.problems.extend(exc.problems)
+            return _BAD
+        fn, lookup = inner.fn, table.lookup
+        return Expr(lambda m, s: lookup(fn(m, s)), f"table {table.name}({inner.source})")
+
+    def _convert(self, spec: dict, tag: str, key: Key, convert: Callable) -> Expr:
+        inner = self.expr(spec[tag], key + (tag,))
+        fn = inner.fn
+
+        def converted(m, s):
+            v = fn(m, s)
+            if v is MISSING or v is None:
+                return v
+            return convert(v if isinstance(v, str) else str(v))
+
+        return Expr(converted, f"{tag}({inner.source})")
+
+    def _f_date(self, spec: dict, key: Key) -> Expr:
+        return self._convert(spec, "date", key, to_date)
+
+    def _f_datetime(self, spec: dict, key: Key) -> Expr:
+        tz = self.zone
+        if "timezone" in spec:
+            try:
+                tz = zone(str(spec["timezone"]))
+            except ValueError as exc:
+                self.b.problem(key + ("timezone",), str(exc))
+        return self._convert(spec, "datetime", key, lambda v: to_datetime(v, tz))
+
+    def _f_number(self, spec: dict, key: Key) -> Expr:
+        return self._convert(spec, "number", key, to_number)
+
+    def _f_integer(self, spec: dict, key: Key) -> Expr:
+        return self._convert(spec, "integer", key, to_integer)
+
+    def _field_path(self, spec: dict, tag: str, key: Key):
+        p = self.b.path(spec[tag], key + (tag,))
+        if p is not None and (p.field is None or p.component is not None or p.repetition is not None
+                              or p.occurrence == 0):
+            self.b.problem(key + (tag,), f"{tag} takes a field without repetition or component, e.g. PID-3")
+            return None
+        return p
+
+    def _where(self, spec: dict, key: Key):
+        if "where" not in spec:
+            return None
+        return compile_condition(spec["where"], build=self.b, key=key + ("where",), context=REPETITION)
+
+    def _f_pick(self, spec: dict, key: Key) -> Expr:
+        p = self._field_path(spec, "pick", key)
+        where = self._where(spec, key)
+        comp = component_spec(spec.get("component"))
+        if comp is None:
+            self.b.problem(key + ("component",), "pick needs component: the component to take (1, or \"4.1\")")
+        fallback = spec.get("fallback", "none")
+        if fallback not in ("first", "none"):
+            self.b.problem(key + ("fallback",), "fallback must be first or none")
+        if p is None or comp is None or where is None and "where" in spec:
+            return _BAD
+        get, first = component_getter(*comp), fallback == "first"
+
+        def pick(m, s):
+            segs = m.find_segments(p, s)
+            raw = segs[0].field(p.field) if segs else ""
+            if not raw:
+                return MISSING
+            d = m.delimiters
+            reps = raw.split(d.repetition)
+            chosen = reps[0] if where is None else next((r for r in reps if where(r, d)), None)
+            if chosen is None:
+                if not first:
+                    return MISSING
+                chosen = reps[0]
+            v = get(chosen, d)
+            return MISSING if v == "" else v
+
+        cond = "" if where is None else f"{where.text}{', else first' if first else ''}"
+        return Expr(pick, f"{p.text}[{cond or 'first'}].{'.'.join(str(c) for c in comp if c)}")
+
+    def _f_json_list(self, spec: dict, key: Key) -> Expr:
+        p = self._field_path(spec, "json_list", key)
+        where = self._where(spec, key)
+        item = spec.get("item")
+        getters: list[tuple[str, Callable]] = []
+        if not isinstance(item, dict) or not item:
+            self.b.problem(key + ("item",), "json_list needs item: {name: component, ...}, e.g. {id: 1, type: 5}")
+        else:
+            for name, c in item.items():
+                comp = component_spec(c)
+                if comp is None:
+                    self.b.problem(key + ("item", name), "expected a component number such as 5 or \"4.1\"")
+                else:
+                    getters.append((str(name), component_getter(*comp)))
+        if p is None or not getters:
+            return _BAD
+
+        def json_list(m, s):
+            segs = m.find_segments(p, s)
+            raw = segs[0].field(p.field) if segs else ""
+            if not raw:
+                return MISSING
+            if raw == '""':
+                return None
+            d = m.delimiters
+            out = []
+            for rep in raw.split(d.repetition):
+                if where is not None and not where(rep, d):
+                    continue
+                entry = {name: v for name, get in getters if (v := get(rep, d))}
+                if entry:
+                    out.append(entry)
+            return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+        names = ", ".join(f"{n}={c}" for n, c in item.items())
+        cond = f"[{where.text}]" if where is not None else ""
+        return Expr(json_list, f"json_list({p.text}{cond}: {names})")

@@ -1,0 +1,264 @@
+"""A mapping file compiled into a :class:`Mapping`: which messages it applies to, which records it emits.
+
+File shape (``mappings/<name>.yaml``; the mapping's name is the file name)::
+
+    description: ADT -> clinical store
+    timezone: America/New_York        # for date/times sent without offset (default UTC)
+    applies_when: {all: [{path: MSH-9.1, equals: ADT}, {path: MSH-9.2, in: [A01, A04]}]}
+    define:                           # named values, used in fields as {use: mrn}
+      mrn: {pick: PID-3, where: {component: 5, equals: MR}, component: 1, fallback: first}
+    records:
+      - target: clinical.patient      # store.table
+        key: [mrn]                    # the columns the store upserts on (always required)
+        when: {path: MSH-9.2, not_equals: A40}
+        fields:
+          mrn: {use: mrn}
+          family_name: PID-5.1.1
+      - target: clinical.observation
+        for_each: [OBR, OBX]          # each OBX within each OBR (scopes nest)
+        key: [filler_order_number, set_id]
+        fields: {filler_order_number: OBR-3.1, set_id: OBX-1, value: OBX-5}
+      - target: clinical.patient
+        op: merge                     # A40: fields are exactly mrn (survivor) and old_mrn
+        fields: {mrn: {use: mrn}, old_mrn: MRG-1.1}
+
+Inside ``for_each`` a path reads the innermost segment group that has its segment, then the
+enclosing ones (``OBX-5`` the current OBX, ``OBR-3`` its OBR, ``PID-3`` the message's PID).
+Expressions are described in :mod:`engine.transforms.expressions`, conditions in
+:mod:`engine.transforms.conditions`, tables in :mod:`engine.transforms.tables`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.errors import ConfigError, MappingError
+from engine.formats.hl7 import Message
+from engine.records import Record
+from engine.transforms.build import Build
+from engine.transforms.conditions import compile_condition
+from engine.transforms.expressions import Compiler, Expr
+from engine.transforms.reader import Reader
+from engine.transforms.tables import Tables
+from engine.transforms.values import MISSING, ValueProblem, zone
+from engine.yamlfile import Key, load
+
+TOP_KEYS = ("description", "timezone", "applies_when", "define", "records")
+RECORD_KEYS = ("description", "target", "op", "key", "when", "for_each", "fields")
+_TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+_SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
+MERGE_FIELDS = ("mrn", "old_mrn")
+
+
+class _Field:
+    __slots__ = ("column", "fn", "source", "default", "required")
+
+    def __init__(self, column: str, expr: Expr, default: Any, required: bool):
+        self.column, self.fn, self.source = column, expr.fn, expr.source
+        self.default, self.required = default, required
+
+
+class RecordRule:
+    """One ``records:`` entry: emits zero or more records per message."""
+
+    def __init__(self, mapping: str, index: int, target: str, op: str, key: tuple[str, ...],
+                 fields: list[_Field], when=None, for_each: tuple[str, ...] = ()):
+        self.mapping, self.index, self.target, self.op, self.key = mapping, index, target, op, key
+        self.fields, self.when, self.for_each = fields, when, for_each
+
+    def scopes(self, msg: Reader) -> Iterator[tuple[tuple, str]]:
+        """Each (scopes, where) this rule runs in; ``where`` names the group for errors (``OBR 2/OBX 3``)."""
+        if not self.for_each:
+            yield (), ""
+            return
+
+        def walk(level: int, within, scopes: tuple, where: str):
+            seg = self.for_each[level]
+            for n, span in enumerate(msg.spans(seg, within), 1):
+                here = f"{where}/{seg} {n}" if where else f"{seg} {n}"
+                if level + 1 == len(self.for_each):
+                    yield scopes + (span,), here
+                else:
+                    yield from walk(level + 1, span, scopes + (span,), here)
+
+        yield from walk(0, None, (), "")
+
+    def emit(self, msg: Reader, out: list[Record]) -> None:
+        for scopes, where in self.scopes(msg):
+            if self.when is not None and not self.when(msg, scopes):
+                continue
+            values: dict[str, Any] = {}
+            sources: dict[str, str] = {}
+            for f in self.fields:
+                try:
+                    v = f.fn(msg, scopes)
+                except ValueProblem as exc:
+                    raise self._error(f, exc.reason, where) from None
+                source = f.source
+                if v is MISSING:
+                    if f.default is not MISSING:
+                        v, source = f.default, "default"
+                    elif f.required:
+                        raise self._error(f, "required value is missing", where)
+                    else:
+                        continue
+                elif v is None and f.required:
+                    raise self._error(f, "required value is an HL7 null (\"\")", where)
+                values[f.column] = v
+                sources[f.column] = source
+            out.append(Record(self.target, self.key, values, self.op, sources))
+
+    def _error(self, f: _Field, reason: str, where: str) -> MappingError:
+        at = f" in {where}" if where else ""
+        # column and reason first: an ACK's MSA-3 keeps only the first 80 characters
+        return MappingError(
+            f"{self.target}.{f.column}: {reason} (mapping {self.mapping}, records[{self.index}],"
+            f" from {f.source}{at})", mapping=self.mapping, field=f.column, path=f.source)
+
+
+class Mapping:
+    """A compiled mapping. ``applies(msg)`` decides; ``run(msg)`` builds the records."""
+
+    def __init__(self, name: str, path: Path, rules: list[RecordRule], applies_when=None,
+                 description: str = ""):
+        self.name, self.path, self.rules = name, path, rules
+        self._applies = applies_when
+        self.description = description
+
+    @property
+    def applies_text(self) -> str:
+        """The ``applies_when`` condition in words (``engine try`` prints it)."""
+        return "always" if self._applies is None else self._applies.text
+
+    def applies(self, msg: Message) -> bool:
+        """True when the mapping's ``applies_when`` holds (always, without one)."""
+        return self._applies is None or bool(self._applies(msg, ()))
+
+    def run(self, msg: Message) -> list[Record]:
+        """Every record for ``msg``, in rule order; raises MappingError (no patient values in it).
+
+        Does not test ``applies``: callers ask that first.
+        """
+        out: list[Record] = []
+        reader = Reader(msg)
+        for rule in self.rules:
+            rule.emit(reader, out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Mapping {self.name} records={len(self.rules)}>"
+
+
+def load_mapping(path: str | Path, *, tables_dir: str | Path | None = None,
+                 columns: dict[str, dict[str, set[str]]] | None = None) -> Mapping:
+    """Load and compile a mapping file; raise ConfigError listing every problem found.
+
+    ``tables_dir`` defaults to ``tables/`` beside the mapping. With ``columns``
+    (``{store: {table: {column, ...}}}``) targets and columns are checked against it.
+    """
+    path = Path(path)
+    src = load(path)
+    b = Build(src)
+    data = src.data
+    if not isinstance(data, dict):
+        b.problem((), "expected a mapping with records: (and optionally applies_when:, define:, timezone:)")
+        raise ConfigError(b.problems)
+    b.keys(data, (), TOP_KEYS, "a mapping")
+    tz = zone("UTC")
+    if "timezone" in data:
+        try:
+            tz = zone(str(data["timezone"]))
+        except ValueError as exc:
+            b.problem(("timezone",), str(exc))
+    tables = Tables(Path(tables_dir) if tables_dir is not None else path.parent / "tables")
+    c = Compiler(b, tables, tz)
+    applies = compile_condition(data["applies_when"], build=b, key=("applies_when",)) if "applies_when" in data else None
+    defines = data.get("define") or {}
+    if not isinstance(defines, dict):
+        b.problem(("define",), "expected name: expression pairs")
+        defines = {}
+    for name, spec in defines.items():
+        c.defines[name] = c.expr(spec, ("define", name))
+    records = data.get("records")
+    rules: list[RecordRule] = []
+    if not isinstance(records, list) or not records:
+        b.problem(("records",), "expected a non-empty list of records")
+        records = []
+    for i, spec in enumerate(records):
+        rule = _record(spec, ("records", i), i, path.stem, c, b, columns)
+        if rule is not None:
+            rules.append(rule)
+    if b.problems:
+        raise ConfigError(b.problems)
+    return Mapping(path.stem, path, rules, applies, str(data.get("description") or ""))
+
+
+def _record(spec: Any, key: Key, index: int, name: str, c: Compiler, b: Build,
+            columns: dict | None) -> RecordRule | None:
+    if not isinstance(spec, dict):
+        b.problem(key, "expected a record with target:, key: and fields:")
+        return None
+    b.keys(spec, key, RECORD_KEYS, "a record")
+    target = spec.get("target")
+    if not isinstance(target, str) or not _TARGET.match(target):
+        b.problem(key + ("target",), "target must be store.table, e.g. clinical.patient")
+        target = None
+    op = spec.get("op", "upsert")
+    if op not in ("upsert", "merge"):
+        b.problem(key + ("op",), "op must be upsert or merge")
+    fields_spec = spec.get("fields")
+    if not isinstance(fields_spec, dict) or not fields_spec:
+        b.problem(key + ("fields",), "expected column: expression pairs")
+        fields_spec = {}
+    if op == "merge":
+        keys = tuple(spec.get("key", ["mrn"])) if isinstance(spec.get("key", ["mrn"]), list) else ()
+        if keys != ("mrn",):
+            b.problem(key + ("key",), "a merge record's key is [mrn]")
+        if set(fields_spec) != set(MERGE_FIELDS):
+            b.problem(key + ("fields",), "a merge record has exactly the fields mrn (survivor) and old_mrn")
+    else:
+        keys = spec.get("key")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            b.problem(key + ("key",), "key must list the columns to upsert on, e.g. [mrn]")
+            keys = []
+        keys = tuple(keys)
+        for k in keys:
+            if k not in fields_spec:
+                b.problem(key + ("key",), f"key column {k!r} has no field")
+    _check_target(target, op, fields_spec, key, b, columns)
+    when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
+    for_each = spec.get("for_each", [])
+    for_each = [for_each] if isinstance(for_each, str) else for_each
+    if not isinstance(for_each, list) or not all(isinstance(s, str) and _SEGMENT.match(s) for s in for_each):
+        b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
+        for_each = []
+    fields = []
+    for column, fspec in fields_spec.items():
+        fkey = key + ("fields", column)
+        if not isinstance(column, str) or not _COLUMN.match(column):
+            b.problem(fkey, "a column name is lower_case_with_underscores")
+            continue
+        expr, default, required = c.field(fspec, fkey)
+        fields.append(_Field(column, expr, default, required or column in keys))
+    return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each))
+
+
+def _check_target(target, op, fields_spec, key, b: Build, columns) -> None:
+    if columns is None or target is None:
+        return
+    store, table = target.split(".", 1)
+    if store not in columns:
+        b.problem(key + ("target",), f"unknown store {store!r} for this mapping (known: {', '.join(columns)})")
+        return
+    if table not in columns[store]:
+        b.problem(key + ("target",), f"unknown table {table!r} in store {store!r} (known: {', '.join(sorted(columns[store]))})")
+        return
+    if op == "merge":
+        return
+    known = columns[store][table]
+    for column in fields_spec:
+        if column not in known:
+            b.problem(key + ("fields", column), f"unknown column {column!r} in {target}")

@@ -1,0 +1,249 @@
+"""Mapping tests (``mappings/<name>_test.yaml`` beside each mapping) and ``engine try``.
+
+Test file shape::
+
+    mapping: adt_clinical            # optional: defaults to the file name without _test
+    cases:
+      - name: A01 admits a patient
+        message: |                   # the HL7 message, one segment per line
+          MSH|^~\\&|...
+          PID|...
+        records:                     # every record expected, in order ([] = nothing / not applicable)
+          - target: clinical.patient
+            op: upsert               # optional (default upsert)
+            key: [mrn]               # optional (compared when given)
+            values: {mrn: MRN100001, birth_date: 1958-07-22, ...}   # exactly these columns
+      - name: no MRN is an error
+        message: |
+          ...
+        error: {column: mrn, contains: required}     # a MappingError for this column
+
+Values compare as text: dates ISO (``1958-07-22``), date/times in UTC as
+``2024-03-14T15:05:00Z``, numbers without a trailing ``.0``, ``true``/``false``, ``null``
+(HL7 ``""``). A failing case shows a unified diff of expected against actual records.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, MappingError, ParseError
+from engine.formats.hl7 import Message, decode, split_batch
+from engine.records import Record
+from engine.transforms.build import Build
+from engine.transforms.mapping import Mapping, load_mapping
+from engine.yamlfile import load
+
+CASE_KEYS = ("name", "message", "records", "error")
+RECORD_KEYS = ("target", "op", "key", "values")
+ERROR_KEYS = ("column", "contains")
+
+
+@dataclass
+class TestCase:
+    __test__ = False  # not a pytest class
+
+    file: Path
+    index: int
+    line: int | None
+    name: str
+    mapping_path: Path
+    message: str
+    records: list[dict] | None = None
+    error: dict | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.file.name}::{self.name}"
+
+
+@dataclass
+class CaseResult:
+    case: TestCase
+    passed: bool
+    diff: str = ""
+    actual: list[Record] = field(default_factory=list)
+
+
+def discover(mappings_dir: str | Path) -> list[TestCase]:
+    """Every case of every ``*_test.yaml`` in ``mappings_dir``; ConfigError lists malformed ones."""
+    cases: list[TestCase] = []
+    problems = []
+    for file in sorted(Path(mappings_dir).glob("*_test.yaml")):
+        try:
+            cases.extend(_cases(file))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return cases
+
+
+def _cases(file: Path) -> list[TestCase]:
+    src = load(file)
+    b = Build(src)
+    data = src.data if isinstance(src.data, dict) else {}
+    b.keys(data, (), ("mapping", "cases"), "a mapping test file")
+    name = data.get("mapping") or file.name[: -len("_test.yaml")]
+    mapping_path = file.parent / f"{name}.yaml"
+    if not mapping_path.is_file():
+        b.problem(("mapping",), f"mapping file not found: {mapping_path.name}")
+    raw_cases = data.get("cases")
+    if not isinstance(raw_cases, list) or not raw_cases:
+        b.problem(("cases",), "expected a non-empty list of cases")
+        raw_cases = []
+    out = []
+    for i, c in enumerate(raw_cases):
+        key = ("cases", i)
+        if not isinstance(c, dict):
+            b.problem(key, "expected a case with name:, message: and records: or error:")
+            continue
+        b.keys(c, key, CASE_KEYS, "a test case")
+        if not isinstance(c.get("name"), str) or not isinstance(c.get("message"), str):
+            b.problem(key, "a case needs name: and message: (the HL7 message as a block scalar)")
+            continue
+        if ("records" in c) == ("error" in c):
+            b.problem(key, "a case states exactly one of records: (expected records) or error: (expected error)")
+            continue
+        records, error = c.get("records"), c.get("error")
+        if records is not None:
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                b.problem(key + ("records",), "expected a list of {target, op?, key?, values}")
+                continue
+            for j, r in enumerate(records):
+                b.keys(r, key + ("records", j), RECORD_KEYS, "an expected record")
+                if not isinstance(r.get("values"), dict) or "target" not in r:
+                    b.problem(key + ("records", j), "an expected record needs target: and values:")
+        if error is not None and (not isinstance(error, dict) or not b.keys(error, key + ("error",), ERROR_KEYS, "an expected error")):
+            b.problem(key + ("error",), "expected {column: <column>, contains: <text>} (both optional)")
+        out.append(TestCase(file, i, src.line(key), c["name"], mapping_path, c["message"], records, error))
+    if b.problems:
+        raise ConfigError(b.problems)
+    return out
+
+
+_loaded: dict[tuple[str, int], Mapping] = {}
+
+
+def _mapping(path: Path) -> Mapping:
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _loaded:
+        _loaded[key] = load_mapping(path)
+    return _loaded[key]
+
+
+def render(value: Any) -> str:
+    """A value as the tests compare it (see the module docstring)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat()
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _lines(target: str, op: str, key: Any, values: dict) -> list[str]:
+    head = f"{target} {op}" + (f" key=[{', '.join(key)}]" if key else "")
+    return [head] + [f"    {col}: {render(values[col])}" for col in sorted(values)]
+
+
+def _actual_lines(records: list[Record]) -> list[str]:
+    return [line for r in records for line in _lines(r.target, r.op, r.key, r.values)]
+
+
+def run_case(case: TestCase) -> CaseResult:
+    """Run one case; ``passed`` and, when it failed, a unified ``diff`` (expected -> actual)."""
+    try:
+        mapping = _mapping(case.mapping_path)
+        msg = Message(case.message)
+        records = mapping.run(msg) if mapping.applies(msg) else []
+        outcome: Exception | None = None
+    except MappingError as exc:
+        records, outcome = [], exc
+    except (ConfigError, ParseError) as exc:
+        return CaseResult(case, False, f"cannot run: {type(exc).__name__}: {exc}")
+    actual = [f"error: column {outcome.field}: {outcome}"] if outcome else _actual_lines(records)
+    if case.error is not None:
+        want_col, want_text = case.error.get("column"), case.error.get("contains")
+        passed = (outcome is not None and (want_col is None or outcome.field == want_col)
+                  and (want_text is None or str(want_text) in str(outcome)))
+        expected = [f"error: column {want_col or '*'}: ...{want_text or ''}..."]
+    else:
+        expected = []
+        for i, r in enumerate(case.records or []):
+            key = r.get("key", list(records[i].key) if i < len(records) else None)
+            expected += _lines(r.get("target", "?"), r.get("op", "upsert"), key, r.get("values") or {})
+        passed = outcome is None and expected == actual
+    diff = "" if passed else "\n".join(difflib.unified_diff(expected, actual, "expected", "actual", lineterm="", n=2))
+    return CaseResult(case, passed, diff, records)
+
+
+def run_all(mappings_dir: str | Path) -> tuple[bool, str]:
+    """Run every case in ``mappings_dir``: (all passed, a readable report)."""
+    try:
+        cases = discover(mappings_dir)
+    except ConfigError as exc:
+        return False, f"invalid mapping test files:\n{exc}"
+    lines, failed = [], 0
+    for case in cases:
+        result = run_case(case)
+        lines.append(f"{'PASS' if result.passed else 'FAIL'}  {case.id}")
+        if not result.passed:
+            failed += 1
+            lines.append(f"      ({case.file}:{case.line})")
+            lines.extend("      " + d for d in result.diff.splitlines())
+    lines.append(f"{len(cases) - failed} passed, {failed} failed" if cases else f"no *_test.yaml cases in {mappings_dir}")
+    return failed == 0 and bool(cases), "\n".join(lines)
+
+
+def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
+    """Every record ``mapping_path`` produces for each message in ``message_path``, with sources.
+
+    The file may hold several messages or a batch (FHS/BHS); it is decoded as MSH-18 says.
+    ConfigError when the mapping is invalid; problems with single messages are reported inline.
+    """
+    path = Path(mapping_path)
+    if not path.exists() and path.suffix not in (".yaml", ".yml"):
+        path = path.with_suffix(".yaml")
+    mapping = load_mapping(path)
+    out = [f"mapping {mapping.name} ({path})"]
+    raw = Path(message_path).read_bytes()
+    try:
+        texts = split_batch(decode(raw))
+    except ParseError as exc:
+        return "\n".join(out + [f"cannot read {message_path}: {exc}"])
+    for n, text in enumerate(texts, 1):
+        try:
+            msg = Message(text)
+            h = msg.header()
+        except ParseError as exc:
+            out.append(f"\nmessage {n}: cannot parse: {exc}")
+            continue
+        out.append(f"\nmessage {n}: {h.message_type}^{h.trigger} control id {h.control_id} (v{h.version})")
+        if not mapping.applies(msg):
+            out.append(f"  does not apply (applies_when: {mapping.applies_text})")
+            continue
+        try:
+            records = mapping.run(msg)
+        except MappingError as exc:
+            out.append(f"  ERROR {exc}")
+            continue
+        if not records:
+            out.append("  no records")
+        for i, r in enumerate(records, 1):
+            out.append(f"  record {i}: {r.target} {r.op} key=[{', '.join(r.key)}]")
+            width = max((len(c) for c in r.values), default=0)
+            for col, value in r.values.items():
+                out.append(f"    {col.ljust(width)} = {render(value):<30} <- {r.sources.get(col, '?')}")
+    return "\n".join(out)

@@ -1,0 +1,106 @@
+"""Value conversions used by mappings: HL7 DTM to date/datetime, numbers; the MISSING marker.
+
+Three states of a value while a mapping runs: ``MISSING`` (the message does not have it: the
+column is left out of ``Record.values``, the store keeps what it has), ``None`` (HL7 explicit
+null ``""``: the column is cleared) and a real value. Conversions leave MISSING and None as
+they are. A value that cannot be converted raises :class:`ValueProblem`, whose reason never
+contains the value itself (it may be PHI); the record compiler adds mapping, column and path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING = _Missing()
+
+
+class ValueProblem(Exception):
+    """A value could not be produced; ``reason`` is safe to log (no patient data)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]
+_DTM = re.compile(
+    r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6})\d*)?)?)?)?)?)?"
+    r"(?:([+-])(\d{2})(\d{2}))?"
+)
+
+
+def parse_dtm(text: str) -> tuple[datetime, tzinfo | None]:
+    """Parse an HL7 DTM/TS (first component) into a naive datetime and its offset, if given.
+
+    Reduced precision is the first instant of the period HL7 allows it to denote
+    (``2024`` -> 2024-01-01 00:00). Raises ValueProblem for anything else.
+    """
+    m = _DTM.fullmatch(text.strip())
+    if not m:
+        raise ValueProblem("not a valid HL7 date/time (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+    y, mo, d, h, mi, s, frac, sign, oh, om = m.groups()
+    try:
+        value = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0),
+                         int((frac or "0").ljust(6, "0")))
+    except ValueError:
+        raise ValueProblem("not a valid HL7 date/time (a month, day or time is out of range)") from None
+    offset = None
+    if sign:
+        if int(oh) > 14 or int(om) > 59:
+            raise ValueProblem("not a valid HL7 date/time (time zone offset out of range)")
+        delta = timedelta(hours=int(oh), minutes=int(om))
+        offset = timezone(-delta if sign == "-" else delta)
+    return value, offset
+
+
+def to_date(text: str) -> date:
+    """The calendar date as written (an offset does not move it: a birth date stays put)."""
+    return parse_dtm(text)[0].date()
+
+
+def to_datetime(text: str, default_zone: tzinfo) -> datetime:
+    """A timezone-aware UTC datetime; ``default_zone`` applies when the value has no offset."""
+    value, offset = parse_dtm(text)
+    return value.replace(tzinfo=offset or default_zone).astimezone(timezone.utc)
+
+
+def zone(name: str) -> tzinfo:
+    """A zoneinfo time zone by IANA name (``America/New_York``); ValueError when unknown."""
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as America/New_York)") from None
+
+
+_NM = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def to_number(text: str) -> float:
+    """A float from an NM value (``+3.5``, ``-.5``, ``12``); ValueProblem when not numeric."""
+    text = text.strip()
+    if not _NM.fullmatch(text):
+        raise ValueProblem("not a number (HL7 NM: optional sign, digits, optional decimal point)")
+    return float(text)
+
+
+def to_integer(text: str) -> int:
+    """An int from an NM/SI value (``1``, ``+2``, ``3.0``); ValueProblem when not whole."""
+    value = to_number(text)
+    if not value.is_integer():
+        raise ValueProblem("not a whole number")
+    return int(value)
