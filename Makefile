@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/engine run --config config/channels.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 check: $(STAMP)
 	$(BIN)/engine check --config config/channels.yaml

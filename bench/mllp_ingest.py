@@ -34,11 +34,11 @@ ADT = (
     "MSH|^~\\&|REG|NORTHCLINIC|ENGINE|HUB|{ts}||ADT^{trigger}^ADT_A01|{cid}|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
     "EVN|{trigger}|{ts}\r"
     "PID|1||{mrn}^^^NCH^MR~{ssn}^^^SSA^SS||{family}^{given}^Q||19{yy}0412|{sex}|||{num} Elm St^^Springfield^IL^62704^USA||(217)555-{phone}|||M||ACC{mrn}\r"
-    "PV1|1|I|4W^401^B^NCH||||1234^Carter^Ann^^^Dr|||MED||||1|||1234^Carter^Ann^^^Dr|IN||BC|||||||||||||||||||NCH||A|||{ts}\r"
+    "{pv1}\r"
     "AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives|20100101\r"
     "DG1|1||I10^Essential hypertension^I10||{ts}|A\r"
     "GT1|1||{family}^{given}||{num} Elm St^^Springfield^IL^62704|(217)555-{phone}|||||SEL\r"
-    "IN1|1|BCBS01^PPO|60054|Blue Cross Blue Shield|PO Box 1^^Chicago^IL^60601||||GRP{yy}|Acme Corp|||20240101|20261231|||{family}^{given}|SEL|19{yy}0412|||||||||||||||||||MEM{mrn}\r"
+    "{in1}\r"
 )
 ORU = (
     "MSH|^~\\&|LAB|NORTHLAB|ENGINE|HUB|{ts}||ORU^R01^ORU_R01|{cid}|P|2.5.1|||AL|NE\r"
@@ -54,6 +54,11 @@ FAMILIES = ["Nguyen", "Garcia", "Smith", "Okafor", "Kowalski", "Haddad", "Larsen
 GIVEN = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana"]
 
 
+def segment(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: value}, so that field positions are explicit."""
+    return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
+
+
 def make_messages(n: int, seed: int = 7) -> list[bytes]:
     rnd = random.Random(seed)
     out = []
@@ -65,6 +70,14 @@ def make_messages(n: int, seed: int = 7) -> list[bytes]:
                       phone=f"{rnd.randint(0, 9999):04d}", trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
                       glu=rnd.randint(60, 200), flag="")
         fields["flag"] = "H" if fields["glu"] > 99 else ("L" if fields["glu"] < 70 else "N")
+        fields["pv1"] = segment("PV1", {1: "1", 2: "I", 3: "4W^401^B^NCH", 7: "1234^Carter^Ann^^^Dr", 10: "MED",
+                                        14: "1", 17: "1234^Carter^Ann^^^Dr", 18: "IN",
+                                        19: f"V{mrn}{i % 3}^^^NCH^VN", 20: "BC", 39: "NCH", 41: "A",
+                                        44: fields["ts"]})
+        fields["in1"] = segment("IN1", {1: "1", 2: "BCBS01^PPO", 3: "60054", 4: "Blue Cross Blue Shield",
+                                        5: "PO Box 1^^Chicago^IL^60601", 8: f"GRP{fields['yy']}", 9: "Acme Corp",
+                                        12: "20240101", 13: "20261231", 16: f"{fields['family']}^{fields['given']}",
+                                        17: "SEL", 18: f"19{fields['yy']}0412", 36: f"MEM{mrn}"})
         template = ORU if i % 2 else ADT
         out.append(template.format(**fields).encode())
     return out
