@@ -138,6 +138,11 @@ class MessageStore:
     def __init__(self, url: str, *, engine: Engine | None = None):
         self.url = url
         self.engine = engine or make_engine(url, durable=True)
+        # Processing statuses need not reach the disk before the worker goes on: if they are
+        # lost, the message is still RECEIVED and is processed again (writes are idempotent).
+        # On SQLite they commit without fsync; the next durable commit flushes them too.
+        self.status_engine = (make_engine(url, durable=False)
+                              if engine is None and self.engine.dialect.name == "sqlite" else self.engine)
 
     def upgrade(self) -> None:
         from engine.stores.migrate import upgrade
@@ -213,7 +218,7 @@ class MessageStore:
             return
         stamp = now()
         ids = [o.message_id for o in outcomes]
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.status_engine) as conn:
             existing = set(conn.execute(select(deliveries.c.message_id, deliveries.c.destination)
                                         .where(deliveries.c.message_id.in_(ids))).all())
             conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))

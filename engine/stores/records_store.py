@@ -116,6 +116,13 @@ class RecordStore:
             return results
 
         now = datetime.now(timezone.utc)
+        if not any(isinstance(op, _Merge) for _i, _m, ops in plans for op in ops):
+            try:
+                self._apply_grouped(plans, mrns, now)
+                return results
+            except Exception as exc:  # noqa: BLE001 - find the culprit message by message below
+                log.info("%s store: grouped write of %d message(s) failed (%s); retrying one savepoint each",
+                         self.schema, len(plans), type(exc).__name__)
         try:
             with write_transaction(self.engine) as conn:
                 resolved = load_resolution(conn, self.spec, mrns)
@@ -137,6 +144,30 @@ class RecordStore:
                         type(exc).__name__)
             return [r if r is not None else err for r in results]
         return results
+
+    def _apply_grouped(self, plans: list[tuple[int, int, list[Any]]], mrns: set[str], now: datetime) -> None:
+        """The fast path for a batch without merges: one executemany per run of one shape.
+
+        Tables have no foreign keys between them, so each table's upserts can go together;
+        within a table the batch order is kept (a later message's values win), so a run only
+        joins records of the same shape that are consecutive for that table.
+        """
+        with write_transaction(self.engine) as conn:
+            resolved = load_resolution(conn, self.spec, mrns)
+            per_table: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+            for _i, message_id, ops in plans:
+                stamp = {"updated_at": now, "last_message_id": message_id}
+                for op in ops:
+                    per_table.setdefault(op.shape[0], []).append(
+                        (op.shape, _params(op, resolved, stamp)))
+            for entries in per_table.values():
+                shape, group = None, []
+                for op_shape, params in entries:
+                    if op_shape != shape:
+                        self._flush(conn, shape, group)
+                        shape, group = op_shape, []
+                    group.append(params)
+                self._flush(conn, shape, group)
 
     def _plan(self, record: Record) -> Upsert | _Merge:
         """Check one record against the schema (no SQL)."""
