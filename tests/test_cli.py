@@ -165,3 +165,28 @@ def test_db_upgrade_reports_each_store_at_head(tmp_path):
     out = run("db", "upgrade", "--config", "config/channels.yaml", env={**os.environ, **env})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("(head") == 3
+
+
+def test_try_prints_each_record_and_where_every_field_came_from():
+    out = run("try", "mappings/adt_clinical.yaml", str(FIXTURES / "adt_a01.hl7"))
+    assert out.returncode == 0, out.stderr
+    assert "clinical.patient upsert key=[mrn]" in out.stdout
+    assert "<- PID-5.1.1" in out.stdout and "<- table sex(PID-8)" in out.stdout
+
+
+def test_engine_test_passes_the_shipped_mapping_tests_and_fails_with_a_diff(tmp_path):
+    out = run("test", "mappings")
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.strip().splitlines()[-1].endswith(" 0 failed")
+    # copy one mapping and break its expectation: exit 1 and a readable diff
+    import shutil
+
+    work = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", work)
+    test_file = work / "adt_pm_test.yaml"
+    text = test_file.read_text()
+    assert "account_number: ACC" in text
+    test_file.write_text(text.replace("account_number: ACC", "account_number: XYZ", 1))
+    out = run("test", str(work))
+    assert out.returncode == 1
+    assert "FAIL" in out.stdout and "XYZ" in out.stdout and "-" in out.stdout

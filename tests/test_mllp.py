@@ -262,3 +262,67 @@ def test_an_idle_connection_is_closed(fresh_engine, tmp_path):
     conn = MllpConnection(eng.adt_port, timeout=5)
     assert conn.sock.recv(10) == b""  # closed by the engine after 1 s of silence
     conn.close()
+
+
+def test_an_a40_merges_the_old_mrn_into_the_survivor_in_both_stores(fresh_engine):
+    eng = fresh_engine()
+    a01 = fixture_bytes("adt_a01.hl7")
+    a40 = fixture_bytes("adt_a40.hl7")
+    survivor, old = seg_field(a40, "PID", 3, 1), seg_field(a40, "MRG", 1, 1)
+    # the old MRN had its own registration and visit before the merge
+    old_a04 = with_control_id(fixture_bytes("adt_a01.hl7"), "OLD-REG").replace(
+        survivor.encode(), old.encode()).replace(seg_field(a01, "PV1", 19, 1).encode(), b"V-OLD-1")
+    conn = MllpConnection(eng.adt_port)
+    for m in (a01, old_a04):
+        assert ack_fields(conn.send(m))["MSA"][1] == "AA"
+    eng.wait_for("pm", "select * from visit where visit_number = 'V-OLD-1'")
+    assert ack_fields(conn.send(a40))["MSA"][1] == "AA"
+    conn.close()
+    for store, table in (("clinical", "patient"), ("pm", "registration")):
+        rows = eng.wait_for(store, f"select mrn, merged_into from {table} where mrn = :o", lambda r: r and r[0]["merged_into"],
+                            o=old)
+        assert rows[0]["merged_into"] == survivor
+    for store, table in (("clinical", "encounter"), ("pm", "visit")):
+        assert eng.query(store, f"select mrn from {table} where visit_number = 'V-OLD-1'")[0]["mrn"] == survivor
+    assert eng.query("clinical", "select * from patient_merge where old_mrn = :o", o=old)
+
+
+STRICT = """\
+stores:
+  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
+  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
+mappings_dir: MAPPINGS
+channels:
+  - name: strict-lab
+    validation: strict
+    source: {type: mllp, port: "${ENGINE_LAB_PORT}"}
+    destinations:
+      - {name: clinical, type: store, store: clinical, mapping: oru_clinical}
+  - name: lenient
+    source: {type: mllp, port: "${ENGINE_ADT_PORT}"}
+    destinations:
+      - {name: clinical, type: store, store: clinical, mapping: oru_clinical}
+"""
+
+
+def test_strict_validation_uses_hl7apy_structures_and_errors_what_it_rejects(fresh_engine, tmp_path):
+    from conftest import ROOT
+
+    cfg = tmp_path / "strict.yaml"
+    cfg.write_text(STRICT.replace("MAPPINGS", str(ROOT / "mappings")))
+    eng = fresh_engine(cfg)
+    good = fixture_bytes("oru_r01.hl7")
+    # an ORU_R01 without its required OBR breaks the structure; the lenient channel takes it anyway
+    broken = b"\r".join(s for s in with_control_id(good, "STRICT-BAD").split(b"\r") if not s.startswith(b"OBR|"))
+    for port in (eng.lab_port, eng.adt_port):
+        conn = MllpConnection(port)
+        assert ack_fields(conn.send(good))["MSA"][1] == "AA"
+        assert ack_fields(conn.send(broken))["MSA"][1] == "AA"
+        conn.close()
+    rows = eng.wait_for("messages", "select channel, control_id, status, error from messages where control_id = 'STRICT-BAD'",
+                        lambda r: len(r) == 2 and all(x["status"] != "RECEIVED" for x in r))
+    by_channel = {r["channel"]: r for r in rows}
+    assert by_channel["strict-lab"]["status"] == "ERROR" and "strict validation" in by_channel["strict-lab"]["error"]
+    assert by_channel["lenient"]["status"] != "ERROR"
+    ok = eng.wait_for("messages", "select status from messages where channel = 'strict-lab' and control_id != 'STRICT-BAD'")
+    assert ok[0]["status"] == "SENT"
