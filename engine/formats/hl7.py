@@ -326,36 +326,7 @@ class Message:
         """Every value at ``path`` (escape sequences decoded); ``None`` for an HL7 null (``""``)."""
         if isinstance(path, str):
             path = parse_path(path)
-        d = self.delimiters
-        out: list[str | None] = []
-        for seg in self.find_segments(path, scopes):
-            if path.field is None:
-                out.append(seg.text)
-                continue
-            raw = seg.field(path.field)
-            if seg.name == "MSH" and path.field <= 2:
-                out.append(raw)
-                continue
-            reps = raw.split(d.repetition) if raw else [""]
-            if path.repetition:
-                reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
-            elif path.repetition is None:
-                reps = reps[:1]
-            for rep in reps:
-                value = rep
-                if path.component is not None:
-                    comps = rep.split(d.component)
-                    value = comps[path.component - 1] if path.component <= len(comps) else ""
-                    if path.subcomponent is not None:
-                        subs = value.split(d.subcomponent)
-                        value = subs[path.subcomponent - 1] if path.subcomponent <= len(subs) else ""
-                if value == '""':
-                    out.append(None)
-                elif value:
-                    out.append(unescape(value, d))
-                elif path.many:
-                    out.append("")
-        return out
+        return values_in(self.find_segments(path, scopes), path, self.delimiters)
 
     def value(self, path: Path | str, scopes: tuple[Span, ...] = ()) -> str | None:
         """The first non-empty value at ``path``, or ``None``."""
@@ -366,6 +337,43 @@ class Message:
 
     def segment_names(self) -> list[str]:
         return [s.name for s in self.segments]
+
+
+def values_in(segments: list[Segment], path: Path, d: Delimiters) -> list[str | None]:
+    """The values ``path`` names in ``segments`` (already chosen by segment name and occurrence).
+
+    Empty values are left out unless the path asks for every repetition (``[*]``), where they
+    keep their place; an HL7 null (``""``) is ``None``; escape sequences are decoded.
+    """
+    out: list[str | None] = []
+    for seg in segments:
+        if path.field is None:
+            out.append(seg.text)
+            continue
+        raw = seg.field(path.field)
+        if seg.name == "MSH" and path.field <= 2:
+            out.append(raw)
+            continue
+        reps = raw.split(d.repetition) if raw else [""]
+        if path.repetition:
+            reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
+        elif path.repetition is None:
+            reps = reps[:1]
+        for rep in reps:
+            value = rep
+            if path.component is not None:
+                comps = rep.split(d.component)
+                value = comps[path.component - 1] if path.component <= len(comps) else ""
+                if path.subcomponent is not None:
+                    subs = value.split(d.subcomponent)
+                    value = subs[path.subcomponent - 1] if path.subcomponent <= len(subs) else ""
+            if value == '""':
+                out.append(None)
+            elif value:
+                out.append(unescape(value, d))
+            elif path.many:
+                out.append("")
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ tests compare both over the fixtures.
 
 from __future__ import annotations
 
-from engine.formats.hl7 import Message, Path, Segment, Span, unescape
+from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 
 
 class Reader:
@@ -88,33 +88,4 @@ class Reader:
         return [seg] if (path.occurrence or 1) == 1 or path.occurrence == 0 else []
 
     def _values(self, path: Path, segments: list[Segment]) -> list[str | None]:
-        d = self.delimiters
-        out: list[str | None] = []
-        for seg in segments:
-            if path.field is None:
-                out.append(seg.text)
-                continue
-            raw = seg.field(path.field)
-            if seg.name == "MSH" and path.field <= 2:
-                out.append(raw)
-                continue
-            reps = raw.split(d.repetition) if raw else [""]
-            if path.repetition:
-                reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
-            elif path.repetition is None:
-                reps = reps[:1]
-            for rep in reps:
-                value = rep
-                if path.component is not None:
-                    comps = rep.split(d.component)
-                    value = comps[path.component - 1] if path.component <= len(comps) else ""
-                    if path.subcomponent is not None:
-                        subs = value.split(d.subcomponent)
-                        value = subs[path.subcomponent - 1] if path.subcomponent <= len(subs) else ""
-                if value == '""':
-                    out.append(None)
-                elif value:
-                    out.append(unescape(value, d))
-                elif path.many:
-                    out.append("")
-        return out
+        return values_in(segments, path, self.delimiters)
