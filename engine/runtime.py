@@ -41,7 +41,7 @@ class Runtime:
             for ch in cfg.channels
         }
         self.processor = Processor(self.message_store, {ch.name: ch for ch in cfg.channels}, self.destinations,
-                                   on_outcomes=self.committer.notify)
+                                   on_outcomes=self.committer.notify, dispatch=self._dispatch)
         self.sources: list = []
         self._sweep_seconds = sweep_seconds
         self._stuck_after = timedelta(seconds=stuck_after_seconds)

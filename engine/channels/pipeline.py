@@ -155,6 +155,7 @@ class Receiver:
             sending_facility=header.sending_facility if header else "",
             version=header.version if header else "",
             error=str(problem) if problem else None,
+            ordering_key=None if problem else ordering_key(raw, cfg.ordering_key, charset),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None
@@ -181,6 +182,19 @@ class Receiver:
         return Ack(code, hl7.build_ack(header, code, error=error, app=self._app, facility=self._facility))
 
 
+def ordering_key(raw: bytes, path: str, charset: str = "utf-8") -> str | None:
+    """The value at the channel's ordering path (default PID-3.1, the patient's id), or None.
+
+    Read at receive time, because a later message of the same key must see it before this one
+    is processed. Only the segment named by the path is split; an unreadable message has none.
+    """
+    try:
+        value = hl7.Message(hl7.decode(raw, charset)).value(path)
+    except (ParseError, ValueError, IndexError):
+        return None
+    return value[:200] if value else None
+
+
 def _error_for(reason: str) -> ParseError:
     code = 101 if "required" in reason else 207
     return ParseError(reason, code=code, reject=False)
@@ -190,16 +204,21 @@ class Processor:
     """Filter, map and deliver committed messages of one channel; record every outcome."""
 
     def __init__(self, store: MessageStore, channels: dict[str, Any], destinations: dict[str, list[Destination]],
-                 *, on_outcomes: Callable[[list[Outcome]], None] = lambda o: None):
+                 *, on_outcomes: Callable[[list[Outcome]], None] = lambda o: None,
+                 dispatch: Callable[[str, list[int]], None] = lambda c, i: None, lease_seconds: float = 60.0):
+        """``dispatch(channel, ids)`` hands on messages that waited for an earlier one of their
+        ordering key; ``lease_seconds`` is how long a claim holds if this worker dies."""
         self._store = store
         self._channels = channels
         self._destinations = destinations
         self._on_outcomes = on_outcomes
+        self._dispatch = dispatch
+        self._lease = lease_seconds
 
     def process(self, channel_name: str, ids: list[int]) -> list[Outcome]:
         """Process ``ids`` (already committed) in order; returns and records their outcomes."""
         channel = self._channels.get(channel_name)
-        rows = [r for r in self._store.load(ids) if r.status in PENDING]
+        rows = [r for r in self._store.load(self._store.claim(ids, lease_seconds=self._lease)) if r.status in PENDING]
         if channel is None:
             outcomes = [Outcome(r.id, ERROR, f"channel {channel_name!r} is not configured") for r in rows]
             self._store.record(outcomes)
@@ -270,6 +289,9 @@ class Processor:
         result = list(outcomes.values())
         self._store.record(result)
         self._on_outcomes(result)
+        done = {r.ordering_key: r.id for r in rows if r.ordering_key}
+        if done:
+            self._dispatch(channel_name, self._store.next_in_line(channel_name, done))
         return result
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import (
     BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, and_, bindparam, func, select, update,
+    Text, UniqueConstraint, and_, bindparam, func, or_, select, update,
 )
 from sqlalchemy.engine import Engine
 
@@ -60,9 +60,11 @@ messages = Table(
     Column("peer", String(100), nullable=False, default=""),
     Column("source_message_id", BigInteger().with_variant(Integer, "sqlite")),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("claim_until", UTCDateTime),
 )
 Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messages.c.control_id)
 Index("ix_messages_status", messages.c.status, messages.c.channel)
+Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
 
 deliveries = Table(
     "deliveries", metadata,
@@ -199,6 +201,45 @@ class MessageStore:
         return out
 
     # -- processing -----------------------------------------------------------------------------
+    def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> list[int]:
+        """Claim ``ids`` for processing by this worker for ``lease_seconds``; returns those claimed.
+
+        A message is claimed only if it still needs processing, nobody else holds an
+        unexpired claim on it, and no earlier message of its channel with the same ordering
+        key is still pending outside ``ids`` (that one goes first: :meth:`next_in_line` hands
+        this one on when it is done). This is what keeps one patient's updates in receive
+        order with any number of workers. One UPDATE, so concurrent workers cannot both win.
+        """
+        if not ids:
+            return []
+        stamp = now()
+        e = messages.alias("e")
+        earlier = (select(e.c.id)
+                   .where(e.c.channel == messages.c.channel, e.c.ordering_key == messages.c.ordering_key,
+                          e.c.id < messages.c.id, e.c.status.in_(PENDING), e.c.id.not_in(ids))
+                   .exists())
+        stmt = (update(messages)
+                .where(messages.c.id.in_(ids), messages.c.status.in_(PENDING),
+                       or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
+                       or_(messages.c.ordering_key.is_(None), ~earlier))
+                .values(claim_until=stamp + timedelta(seconds=lease_seconds))
+                .returning(messages.c.id))
+        with write_transaction(self.status_engine) as conn:
+            return sorted(r[0] for r in conn.execute(stmt))
+
+    def next_in_line(self, channel: str, done: dict[str, int]) -> list[int]:
+        """For each ordering key -> last processed id, the next pending unclaimed message, if any."""
+        if not done:
+            return []
+        stamp = now()
+        q = (select(messages.c.ordering_key, func.min(messages.c.id))
+             .where(messages.c.channel == channel, messages.c.ordering_key.in_(list(done)),
+                    messages.c.status.in_(PENDING),
+                    or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp))
+             .group_by(messages.c.ordering_key))
+        with self.engine.connect() as conn:
+            return sorted(mid for key, mid in conn.execute(q) if mid > done[key])
+
     def load(self, ids: Iterable[int]) -> list[Any]:
         """Rows (with content) for ``ids``, in id order."""
         ids = list(ids)
@@ -222,7 +263,8 @@ class MessageStore:
             existing = set(conn.execute(select(deliveries.c.message_id, deliveries.c.destination)
                                         .where(deliveries.c.message_id.in_(ids))).all())
             conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))
-                         .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp),
+                         .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp,
+                                 claim_until=None),
                          [{"b_id": o.message_id, "b_status": o.status, "b_error": o.error} for o in outcomes])
             inserts, updates = [], []
             for o in outcomes:
@@ -256,7 +298,8 @@ class MessageStore:
             deliveries.c.status == QUEUED, deliveries.c.next_attempt_at > t)
         q = select(messages.c.id, messages.c.channel).where(
             ((messages.c.status.in_((RECEIVED, TRANSFORMED))) & (messages.c.updated_at <= cutoff))
-            | ((messages.c.status == QUEUED) & messages.c.id.not_in(due)))
+            | ((messages.c.status == QUEUED) & messages.c.id.not_in(due)),
+            or_(messages.c.claim_until.is_(None), messages.c.claim_until < t))
         if channel:
             q = q.where(messages.c.channel == channel)
         with self.engine.connect() as conn:
