@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     cmd("run", cmd_run, "run every channel until SIGTERM/SIGINT")
+    sp = cmd("worker", cmd_worker, "process messages from the Redis queue (scale-out)")
+    sp.add_argument("--processes", type=int, default=1, help="worker processes (default %(default)s)")
+    sp.add_argument("--threads", type=int, default=4, help="threads per process (default %(default)s)")
+    cmd("status", cmd_status, "messages per channel and status, queue depth, oldest pending, workers alive")
     cmd("check", cmd_check, "validate the config and every mapping it names")
     sp = cmd("try", cmd_try, "show the records a mapping produces for the messages in a file", config=False)
     sp.add_argument("mapping")
@@ -118,6 +122,79 @@ def cmd_run(args) -> int:
     finally:
         rt.wait_idle(30)
         rt.stop()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import subprocess
+    import threading
+
+    from engine.runtime import WORKER, Runtime
+
+    cfg = _load(args)
+    if cfg.queue.url.startswith("memory:"):
+        print("error: the queue is in-process (memory://): `engine run` does the processing; "
+              "set queue.url (ENGINE_QUEUE_URL) to redis://... to run workers", file=sys.stderr)
+        return 2
+    if args.processes > 1:
+        children = [subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--config", args.config,
+                                      "--processes", "1", "--threads", str(args.threads)])
+                    for _ in range(args.processes)]
+
+        def forward(sig, _frame):
+            for c in children:
+                if c.poll() is None:
+                    c.send_signal(sig)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        return max(c.wait() for c in children)
+    rt = Runtime(cfg, role=WORKER, threads=args.threads)
+    rt.prepare_schemas()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    rt.start()
+    print(f"worker {os.getpid()}: {args.threads} thread(s) on the queue", flush=True)
+    stop.wait()
+    print(f"worker {os.getpid()}: stopping after the messages in hand", flush=True)
+    rt.stop()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from datetime import datetime, timezone
+
+    from engine.queue import make_queue
+    from engine.stores.message_store import STATUSES
+
+    cfg, store = _message_store(args)
+    counts = store.counts()
+    oldest = store.oldest_pending()
+    now = datetime.now(timezone.utc)
+    channels = sorted({c for c, _ in counts} | {ch.name for ch in cfg.channels})
+    print(f"{'CHANNEL':16}" + "".join(f"{s:>12}" for s in STATUSES) + "   OLDEST PENDING")
+    for ch in channels:
+        age = f"{(now - oldest[ch]).total_seconds():.0f} s" if ch in oldest else "-"
+        print(f"{ch:16}" + "".join(f"{counts.get((ch, s), 0):>12}" for s in STATUSES) + f"   {age}")
+    dl = store.delivery_counts()
+    if dl:
+        print("\ndestinations waiting or failed:")
+        for (ch, dest, st), n in sorted(dl.items()):
+            print(f"  {ch}/{dest}: {n} {st}")
+    queue = cfg.queue.url.split("://", 1)[0]
+    if queue == "memory":
+        print("\nqueue: in-process (memory://)")
+    else:
+        try:
+            q = make_queue(cfg.queue.url, None)
+            print(f"\nqueue: redis, {q.depth()} batch(es) waiting")
+        except Exception as exc:
+            print(f"\nqueue: redis UNREACHABLE ({type(exc).__name__})")
+    seen = store.workers_seen()
+    print(f"processes alive: {len(seen)}")
+    for w in seen:
+        print(f"  {w.name:32} {w.role:9} seen {(now - w.seen_at).total_seconds():.0f} s ago, processed {w.processed}")
     return 0
 
 

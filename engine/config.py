@@ -39,9 +39,16 @@ class StoreConfig(_Model):
 
 
 class QueueConfig(_Model):
-    type: Literal["memory"] = "memory"
+    url: str = Field("memory://", pattern=r"^(memory://.*|rediss?://.+|unix://.+)$")
+    """``memory://`` (in-process, the embedded default) or ``redis://host:port/db`` (dramatiq)."""
     batch_size: int = Field(200, ge=1, le=10_000)
     """Most messages one worker step processes in one store transaction."""
+    claim_seconds: float = Field(60.0, gt=0)
+    """How long a worker's claim on a message holds; a dead worker's messages go again after it."""
+    stuck_after_seconds: float = Field(120.0, gt=0)
+    """A message pending (not claimed) this long is dispatched again (lost from the queue)."""
+    sweep_seconds: float = Field(1.0, gt=0)
+    """How often a processing process looks for due retries and stuck messages."""
 
 
 class ChannelConfig(_Model):

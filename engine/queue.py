@@ -84,3 +84,76 @@ class MemoryQueue:
             finally:
                 with self._cond:
                     self._busy = False
+
+
+class RedisQueue:
+    """dramatiq on Redis: listeners enqueue, ``engine worker`` processes consume.
+
+    One actor, ``engine.process(channel, ids)``, carries ids only (dramatiq prints actor
+    arguments in its logs; ids are not PHI). It never retries by itself (``max_retries=0``):
+    retries, backoff and the error queue live in the message store, where operators see them.
+    If Redis is unreachable, :meth:`enqueue` raises and the caller keeps the ids for later;
+    if Redis loses what it held, the sweeper finds the messages still pending in the store.
+    """
+
+    QUEUE = "engine"
+
+    def __init__(self, url: str, handler: Handler | None = None, *, threads: int = 4):
+        import dramatiq
+        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+        # the default middleware minus Prometheus (it binds a port per process)
+        self.broker = RedisBroker(url=url, middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(),
+                                                       Callbacks(), Pipelines(), Retries(max_retries=0)])
+        self._handler = handler
+        self._threads = threads
+        self._worker = None
+
+        def process(channel: str, ids: list[int]) -> None:
+            if self._handler is not None:
+                self._handler(channel, ids)
+
+        self.actor = dramatiq.actor(process, actor_name="engine.process", queue_name=self.QUEUE,
+                                    broker=self.broker, max_retries=0, time_limit=10 * 60 * 1000)
+
+    def start(self) -> None:
+        """Start consuming (workers only; a listener process only enqueues)."""
+        import dramatiq
+
+        if self._handler is None:
+            return
+        self._worker = dramatiq.Worker(self.broker, queues={self.QUEUE}, worker_threads=self._threads,
+                                       worker_timeout=200)
+        self._worker.start()
+
+    def enqueue(self, channel: str, ids: list[int]) -> None:
+        if ids:
+            self.actor.send(channel, list(ids))
+
+    def depth(self) -> int:
+        """Messages waiting in Redis (each carries a batch of ids)."""
+        client = self.broker.client
+        return int(client.llen(f"{self.broker.namespace}:{self.QUEUE}") or 0) + \
+            int(client.zcard(f"{self.broker.namespace}:{self.QUEUE}.DQ") or 0)
+
+    def idle(self) -> bool:
+        try:
+            return self.depth() == 0
+        except Exception:
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the messages in hand, then stop (dramatiq's graceful shutdown)."""
+        if self._worker is not None:
+            self._worker.stop(timeout=int(timeout * 1000))
+        self.broker.close()
+
+
+def make_queue(url: str, handler: Handler | None, *, batch_size: int = 200, threads: int = 4):
+    """The queue a URL names: ``memory://`` (in-process) or ``redis://host:port/db``."""
+    if url.startswith("memory:"):
+        return MemoryQueue(handler, batch_size=batch_size)
+    if url.startswith(("redis:", "rediss:", "unix:")):
+        return RedisQueue(url, handler, threads=threads)
+    raise ValueError(f"unknown queue URL scheme in {url.split(':', 1)[0]!r} (memory:// or redis://)")

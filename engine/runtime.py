@@ -17,34 +17,48 @@ from engine.channels.pipeline import Committer, Processor, Receiver
 from engine.config import Config
 from engine.errors import ParseError
 from engine.formats import hl7
-from engine.queue import MemoryQueue
+from engine.queue import make_queue
 from engine.stores.message_store import Inbound, MessageStore, Outcome
+
+ALL, LISTENER, WORKER = "all", "listener", "worker"
 
 log = logging.getLogger("engine.runtime")
 
 
 class Runtime:
-    """Everything one engine process runs. ``start()`` processing, then ``start_sources()``."""
+    """Everything one engine process runs. ``start()`` processing, then ``start_sources()``.
 
-    def __init__(self, cfg: Config, *, sweep_seconds: float = 1.0, stuck_after_seconds: float = 300.0):
+    ``role``: ``all`` (embedded: listeners and processing in this process, in-process
+    queue), ``listener`` (``engine run`` with a Redis queue: receive, commit, ACK, enqueue)
+    or ``worker`` (``engine worker``: consume the Redis queue and process).
+    """
+
+    def __init__(self, cfg: Config, *, role: str | None = None, threads: int = 4):
         self.cfg = cfg
+        q = cfg.queue
+        self.distributed = not q.url.startswith("memory:")
+        self.role = role or (LISTENER if self.distributed else ALL)
         self.message_store = MessageStore(cfg.message_store_url)
         self._record_stores: dict[str, object] = {}
         self._inflight: set[int] = set()
         self._inflight_lock = threading.Lock()
-        self.queue = MemoryQueue(self._handle, batch_size=cfg.queue.batch_size)
+        self._undispatched: dict[str, set[int]] = {}
+        self.queue = make_queue(q.url, self._handle if self.role != LISTENER else None,
+                                batch_size=q.batch_size, threads=threads)
         self.committer = Committer(self.message_store, self._dispatch)
-        self.receiver = Receiver(self.committer)
+        self.receiver = Receiver(self.committer, poll_results=self.distributed)
         context = Context(cfg, self.record_store, self.route)
         self.destinations: dict[str, list[Destination]] = {
             ch.name: [registry.DESTINATIONS[d.type].factory(d, context) for d in ch.destinations]
             for ch in cfg.channels
         }
         self.processor = Processor(self.message_store, {ch.name: ch for ch in cfg.channels}, self.destinations,
-                                   on_outcomes=self.committer.notify, dispatch=self._dispatch)
+                                   on_outcomes=self.committer.notify, dispatch=self._dispatch,
+                                   lease_seconds=q.claim_seconds)
         self.sources: list = []
-        self._sweep_seconds = sweep_seconds
-        self._stuck_after = timedelta(seconds=stuck_after_seconds)
+        self.processed = 0
+        self._sweep_seconds = q.sweep_seconds
+        self._stuck_after = timedelta(seconds=q.stuck_after_seconds)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="engine-sweeper", daemon=True)
 
@@ -79,22 +93,32 @@ class Runtime:
 
     # -- processing -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the committer, the worker and the sweeper; re-dispatch what was left pending."""
+        """Start this role's threads; a processing role re-dispatches what was left pending."""
         self.committer.start()
         self.queue.start()
-        for channel, ids in _group(self.message_store.pending()):
-            self._dispatch(channel, ids)
+        if self.role != LISTENER:
+            for channel, ids in _group(self.message_store.pending()):
+                self._dispatch(channel, ids)
         self._sweeper.start()
 
     def _dispatch(self, channel: str, ids: list[int]) -> None:
+        """Hand ids to the queue; if the queue is unreachable, keep them and retry each sweep."""
         with self._inflight_lock:
             ids = [i for i in ids if i not in self._inflight]
-            self._inflight.update(ids)
-        self.queue.enqueue(channel, ids)
+            if not self.distributed:
+                self._inflight.update(ids)
+        try:
+            self.queue.enqueue(channel, ids)
+        except Exception as exc:  # Redis is down: the ids are safe in the store, dispatch later
+            with self._inflight_lock:
+                self._undispatched.setdefault(channel, set()).update(ids)
+            log.warning("channel=%s queue unreachable (%s); %d message(s) wait in the store",
+                        channel, type(exc).__name__, len(ids))
 
     def _handle(self, channel: str, ids: list[int]) -> None:
         try:
             self.processor.process(channel, ids)
+            self.processed += len(ids)
         except Exception as exc:  # e.g. the message store is down: ids stay pending, the sweeper retries
             log.error("channel=%s processing of %d message(s) failed: %s", channel, len(ids), type(exc).__name__)
         finally:
@@ -102,11 +126,23 @@ class Runtime:
                 self._inflight.difference_update(ids)
 
     def _sweep(self) -> None:
-        """Re-dispatch retries that are due and messages stuck beyond ``stuck_after_seconds``."""
+        """Every ``sweep_seconds``: retry dispatches the queue refused; in a processing role,
+        re-dispatch retries that are due and messages stuck beyond ``stuck_after_seconds``
+        (lost from Redis, or claimed by a worker that died); record a heartbeat."""
+        import os
+        import socket
+
+        name = f"{socket.gethostname()}:{os.getpid()}"
         while not self._stop.wait(self._sweep_seconds):
+            with self._inflight_lock:
+                waiting, self._undispatched = self._undispatched, {}
+            for channel, ids in waiting.items():
+                self._dispatch(channel, sorted(ids))
             try:
-                for channel, ids in _group(self.message_store.pending(older_than=self._stuck_after)):
-                    self._dispatch(channel, ids)
+                self.message_store.heartbeat(name, self.role, self.processed)
+                if self.role != LISTENER:
+                    for channel, ids in _group(self.message_store.pending(older_than=self._stuck_after)):
+                        self._dispatch(channel, ids)
             except Exception as exc:
                 log.warning("sweeper could not read the message store: %s", type(exc).__name__)
 
@@ -148,7 +184,11 @@ class Runtime:
         self.sources.clear()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until the queue is drained; True if it was within ``timeout`` seconds."""
+        """Wait until the queue is drained; True if it was within ``timeout`` seconds.
+
+        A listener only waits for nothing: its queue is drained by the workers."""
+        if self.role == LISTENER:
+            return True
         deadline = threading.Event()
         waited = 0.0
         while waited < timeout:

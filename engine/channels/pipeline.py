@@ -63,6 +63,14 @@ class Committer:
         self._dispatch_stored(items, stored)
         return stored
 
+    async def poll_outcome(self, message_id: int, every: float = 0.02) -> Outcome:
+        """Wait for a message processed elsewhere to reach a final status (SENT, FILTERED, ERROR)."""
+        while True:
+            row = await asyncio.to_thread(self._store.status_of, message_id)
+            if row is not None and row[0] in (SENT, FILTERED, ERROR):
+                return Outcome(message_id, row[0], row[1])
+            await asyncio.sleep(every)
+
     def notify(self, outcomes: list[Outcome]) -> None:
         """Resolve after_processing waiters for these outcomes."""
         with self._lock:
@@ -130,10 +138,14 @@ class Ack:
 class Receiver:
     """Turns one inbound HL7 message into a committed row and the ACK to send back."""
 
-    def __init__(self, committer: Committer, *, app: str = "ENGINE", facility: str = ""):
+    def __init__(self, committer: Committer, *, app: str = "ENGINE", facility: str = "",
+                 poll_results: bool = False):
+        """``poll_results``: processing happens in other processes (workers), so an
+        after_processing ACK waits by reading the message's status from the store."""
         self._committer = committer
         self._app = app
         self._facility = facility
+        self._poll = poll_results
 
     async def receive(self, channel, raw: bytes, *, peer: str = "", charset: str = "utf-8",
                       ack_mode: str = "on_receive", result_timeout: float = 30.0) -> Ack:
@@ -158,7 +170,7 @@ class Receiver:
             ordering_key=None if problem else ordering_key(raw, cfg.ordering_key, charset),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
-        want = ack_mode == "after_processing" and problem is None
+        want = ack_mode == "after_processing" and problem is None and not self._poll
         try:
             committed, processed = self._committer.submit(item, want_result=want)
             stored: Stored = await committed
@@ -168,6 +180,8 @@ class Receiver:
             log.info("channel=%s message=%s status=%s", cfg.name, stored.id, stored.status)
         if problem is not None:
             return self._ack(header, hl7.ACK_REJECT if problem.reject else hl7.ACK_ERROR, problem)
+        if self._poll and ack_mode == "after_processing" and stored.status == RECEIVED:
+            processed = asyncio.ensure_future(self._committer.poll_outcome(stored.id))
         if processed is not None and stored.status == RECEIVED:
             try:
                 outcome: Outcome = await asyncio.wait_for(processed, result_timeout)

@@ -80,6 +80,15 @@ deliveries = Table(
     UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
 )
 
+workers = Table(
+    "workers", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("processed", BigInteger().with_variant(Integer, "sqlite"), nullable=False, default=0),
+)
+
 content_access = Table(
     "content_access", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
@@ -361,12 +370,54 @@ class MessageStore:
                              .values(attempts=0, next_attempt_at=None))
         return found
 
+    def status_of(self, message_id: int) -> tuple[str, str | None] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(messages.c.status, messages.c.error).where(messages.c.id == message_id)).first()
+        return (row[0], row[1]) if row else None
+
+    def heartbeat(self, name: str, role: str, processed: int) -> None:
+        """Record that process ``name`` (host:pid) is alive; ``engine status`` lists them."""
+        stamp = now()
+        with write_transaction(self.status_engine) as conn:
+            res = conn.execute(update(workers).where(workers.c.name == name)
+                               .values(role=role, seen_at=stamp, processed=processed))
+            if res.rowcount == 0:
+                conn.execute(workers.insert().values(name=name, role=role, started_at=stamp, seen_at=stamp,
+                                                     processed=processed))
+
+    def workers_seen(self, within: timedelta = timedelta(seconds=15)) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(select(workers).where(workers.c.seen_at >= now() - within)
+                                .order_by(workers.c.name)).all()
+
+    def oldest_pending(self) -> dict[str, datetime]:
+        """channel -> receive time of its oldest message still to process."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(messages.c.channel, func.min(messages.c.received_at))
+                                .where(messages.c.status.in_(PENDING)).group_by(messages.c.channel)).all()
+        return {r[0]: _aware(r[1]) for r in rows}
+
+    def delivery_counts(self) -> dict[tuple[str, str, str], int]:
+        """(channel, destination, status) -> deliveries, for QUEUED and ERROR."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(messages.c.channel, deliveries.c.destination, deliveries.c.status, func.count())
+                                .join(messages, messages.c.id == deliveries.c.message_id)
+                                .where(deliveries.c.status.in_((QUEUED, ERROR)))
+                                .group_by(messages.c.channel, deliveries.c.destination, deliveries.c.status)).all()
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
     def counts(self) -> dict[tuple[str, str], int]:
         """(channel, status) -> number of messages."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(messages.c.channel, messages.c.status, func.count())
                                 .group_by(messages.c.channel, messages.c.status)).all()
         return {(r[0], r[1]): r[2] for r in rows}
+
+
+def _aware(value):
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class _Loaded:
