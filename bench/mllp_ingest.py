@@ -90,14 +90,21 @@ def free_port() -> int:
 
 
 class Engine:
-    def __init__(self):
+    """``engine run`` on the sample config; SQLite in a temporary folder unless ``env`` says
+    otherwise, plus ``workers`` ``engine worker`` processes when the queue is Redis."""
+
+    def __init__(self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 4):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         self.lab, self.adt = free_port(), free_port()
-        env = dict(os.environ, ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
-                   ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
-                   ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db", ENGINE_LAB_PORT=str(self.lab),
-                   ENGINE_ADT_PORT=str(self.adt), ENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run"], cwd=ROOT, env=env,
+        self.env = dict(os.environ, ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
+                        ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
+                        ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db", ENGINE_LAB_PORT=str(self.lab),
+                        ENGINE_ADT_PORT=str(self.adt), ENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        self.env.update(env or {})
+        if workers:
+            subprocess.run([sys.executable, "-m", "engine.cli", "db", "upgrade"], cwd=ROOT, env=self.env,
+                           check=True, capture_output=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run"], cwd=ROOT, env=self.env,
                                      stdout=subprocess.PIPE, stderr=open(self.dir / "engine.log", "wb"))
         started = 0
         while started < 2:
@@ -105,7 +112,10 @@ class Engine:
             if not line:
                 raise SystemExit((self.dir / "engine.log").read_text())
             started += line.startswith(b"channel ")
-        self.db = create_engine(f"sqlite:///{self.dir}/messages.db")
+        self.workers = [subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads)],
+                                         cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
+                                         stderr=open(self.dir / f"worker{k}.log", "wb")) for k in range(workers)]
+        self.db = create_engine(self.env["ENGINE_MESSAGE_STORE_URL"])
 
     def done_count(self) -> int:
         with self.db.connect() as c:
@@ -116,8 +126,29 @@ class Engine:
             return c.execute(text("select count(*) from messages where status = 'ERROR'")).scalar()
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(60)
+        for p in [self.proc, *self.workers]:
+            p.terminate()
+        for p in [self.proc, *self.workers]:
+            p.wait(60)
+        self.db.dispose()
+
+
+def run_once(messages: list[bytes], connections: int, env: dict[str, str] | None = None,
+             workers: int = 0) -> dict[str, float]:
+    """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles."""
+    eng = Engine(env, workers)
+    try:
+        port_for = (lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt)
+        t_start = time.perf_counter()
+        seconds, lat, bad = asyncio.run(send_all(port_for, messages, connections))
+        while eng.done_count() < len(messages):
+            time.sleep(0.02)
+        end_to_end = time.perf_counter() - t_start
+        errors = eng.error_count()
+    finally:
+        eng.stop()
+    return {"acked": len(messages) / seconds, "e2e": len(messages) / end_to_end, "p50": pct(lat, 0.5),
+            "p99": pct(lat, 0.99), "bad": bad, "errors": errors}
 
 
 async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[float, list[float], int]:
@@ -185,21 +216,11 @@ def main() -> None:
     print(f"{args.n} messages (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     for conns in args.connections:
-        eng = Engine()
-        try:
-            port_for = (lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt)
-            t_start = time.perf_counter()
-            seconds, lat, bad = asyncio.run(send_all(port_for, messages, conns))
-            while eng.done_count() < len(messages):
-                time.sleep(0.02)
-            end_to_end = time.perf_counter() - t_start
-            errors = eng.error_count()
-        finally:
-            eng.stop()
+        r = run_once(messages, conns)
         print(f"\n{conns} connection(s):")
-        print(f"  ACKed (durable)   {len(messages) / seconds:8.0f} msg/s   ({bad} not AA)")
-        print(f"  end-to-end        {len(messages) / end_to_end:8.0f} msg/s   (mapped into both stores; {errors} ERROR)")
-        print(f"  ACK latency       p50 {pct(lat, 0.5):6.2f} ms   p99 {pct(lat, 0.99):6.2f} ms")
+        print(f"  ACKed (durable)   {r['acked']:8.0f} msg/s   ({r['bad']} not AA)")
+        print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (mapped into both stores; {r['errors']} ERROR)")
+        print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
     rates = parse_rates(messages)
     print("\nbare parse rate, one core, same messages:")
     for k, v in rates.items():
