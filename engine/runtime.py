@@ -43,6 +43,9 @@ class Runtime:
         self._inflight: set[int] = set()
         self._inflight_lock = threading.Lock()
         self._undispatched: dict[str, set[int]] = {}
+        self._outbox: dict[str, list[int]] = {}
+        self._outbox_ready = threading.Condition()
+        self._outbox_thread = threading.Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
         self.queue = make_queue(q.url, self._handle if self.role != LISTENER else None,
                                 batch_size=q.batch_size, threads=threads)
         self.committer = Committer(self.message_store, self._dispatch)
@@ -96,17 +99,47 @@ class Runtime:
         """Start this role's threads; a processing role re-dispatches what was left pending."""
         self.committer.start()
         self.queue.start()
+        if self.distributed:
+            self._outbox_thread.start()
         if self.role != LISTENER:
             for channel, ids in _group(self.message_store.pending()):
                 self._dispatch(channel, ids)
         self._sweeper.start()
 
     def _dispatch(self, channel: str, ids: list[int]) -> None:
-        """Hand ids to the queue; if the queue is unreachable, keep them and retry each sweep."""
+        """Hand ids to the queue; if the queue is unreachable, keep them and retry each sweep.
+
+        With Redis, ids gather for up to ``DISPATCH_LINGER`` seconds first: one queue message
+        per batch lets a worker claim, load and write a whole batch in a few round trips.
+        """
+        if self.distributed:
+            with self._outbox_ready:
+                self._outbox.setdefault(channel, []).extend(ids)
+                self._outbox_ready.notify()
+            return
         with self._inflight_lock:
             ids = [i for i in ids if i not in self._inflight]
-            if not self.distributed:
-                self._inflight.update(ids)
+            self._inflight.update(ids)
+        self._enqueue(channel, ids)
+
+    DISPATCH_LINGER = 0.01
+
+    def _run_outbox(self) -> None:
+        while True:
+            with self._outbox_ready:
+                while not self._outbox and not self._stop.is_set():
+                    self._outbox_ready.wait(0.5)
+                if self._stop.is_set() and not self._outbox:
+                    return
+                if sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size:
+                    self._outbox_ready.wait(self.DISPATCH_LINGER)
+                out, self._outbox = self._outbox, {}
+            size = self.cfg.queue.batch_size
+            for channel, ids in out.items():
+                for k in range(0, len(ids), size):
+                    self._enqueue(channel, ids[k:k + size])
+
+    def _enqueue(self, channel: str, ids: list[int]) -> None:
         try:
             self.queue.enqueue(channel, ids)
         except Exception as exc:  # Redis is down: the ids are safe in the store, dispatch later
@@ -137,7 +170,7 @@ class Runtime:
             with self._inflight_lock:
                 waiting, self._undispatched = self._undispatched, {}
             for channel, ids in waiting.items():
-                self._dispatch(channel, sorted(ids))
+                self._enqueue(channel, sorted(ids))
             try:
                 self.message_store.heartbeat(name, self.role, self.processed)
                 if self.role != LISTENER:
@@ -202,6 +235,10 @@ class Runtime:
         """Finish queued work, then stop every thread and close destinations."""
         self._stop.set()
         self.committer.stop()
+        if self._outbox_thread.is_alive():
+            with self._outbox_ready:
+                self._outbox_ready.notify()
+            self._outbox_thread.join(10)  # what the listener committed reaches the queue
         self.queue.stop()
         for dests in self.destinations.values():
             for d in dests:

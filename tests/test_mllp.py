@@ -326,3 +326,15 @@ def test_strict_validation_uses_hl7apy_structures_and_errors_what_it_rejects(fre
     assert by_channel["lenient"]["status"] != "ERROR"
     ok = eng.wait_for("messages", "select status from messages where channel = 'strict-lab' and control_id != 'STRICT-BAD'")
     assert ok[0]["status"] == "SENT"
+
+
+def test_a_resend_pipelined_in_the_same_write_is_still_a_duplicate(engine):
+    msg = with_control_id(fixture_bytes("adt_a04.hl7"), "PIPE-DUP")
+    conn = MllpConnection(engine.adt_port)
+    conn.send_raw((b"\x0b" + msg + b"\x1c\r") * 2)
+    acks = [ack_fields(conn.read_frame()), ack_fields(conn.read_frame())]
+    conn.close()
+    assert [a["MSA"][1] for a in acks] == ["AA", "AA"]
+    rows = engine.wait_for("messages", "select id, status, duplicate_of from messages where control_id = 'PIPE-DUP' order by id",
+                           lambda r: len(r) == 2)
+    assert rows[1]["status"] == "FILTERED" and rows[1]["duplicate_of"] == rows[0]["id"]

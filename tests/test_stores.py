@@ -277,7 +277,7 @@ def test_sqlite_relative_url_creates_dir_and_uses_wal(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "clinical.db").exists()
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: records are durable  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
     store.dispose()
 

@@ -41,16 +41,18 @@ class UTCDateTime(TypeDecorator):
 
 
 def make_engine(url: str, *, durable: bool = False) -> Engine:
-    """An Engine for ``url``. ``durable`` SQLite commits reach the disk (synchronous=FULL).
+    """An Engine for ``url``. ``durable`` commits reach the disk before they return.
 
-    The message store is durable: a message is on disk before it is acknowledged. The
-    clinical and PM stores can be rebuilt by reprocessing, so they use synchronous=NORMAL
-    (safe against a process crash; a power cut may lose the last commits, which the message
-    store then re-dispatches).
+    Every store write that says "done" is durable: the message store's receipt (before the
+    ACK) and the clinical and PM stores' records (before the message is SENT). Only the
+    message store's processing bookkeeping (claims, statuses) uses ``durable=False``: if a
+    crash loses it, the message is simply still pending and is processed again, idempotently.
+    SQLite: synchronous=FULL or NORMAL (WAL). PostgreSQL: synchronous_commit on or off.
     """
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        args = {} if durable else {"connect_args": {"options": "-c synchronous_commit=off"}}
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **args)
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

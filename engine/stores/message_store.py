@@ -150,10 +150,8 @@ class MessageStore:
         self.url = url
         self.engine = engine or make_engine(url, durable=True)
         # Processing statuses need not reach the disk before the worker goes on: if they are
-        # lost, the message is still RECEIVED and is processed again (writes are idempotent).
-        # On SQLite they commit without fsync; the next durable commit flushes them too.
-        self.status_engine = (make_engine(url, durable=False)
-                              if engine is None and self.engine.dialect.name == "sqlite" else self.engine)
+        # lost, the message is still pending and is processed again (writes are idempotent).
+        self.status_engine = make_engine(url, durable=False) if engine is None else self.engine
 
     def upgrade(self) -> None:
         from engine.stores.migrate import upgrade
@@ -167,34 +165,26 @@ class MessageStore:
         Duplicate detection: a message whose channel, MSH-4 and MSH-10 match an earlier one
         within its window is FILTERED with ``duplicate_of`` when the content is identical, and
         processed but flagged ``control_id_reused`` when the content differs.
+        Two statements per batch, whatever its size: one SELECT for the earlier messages with
+        these control ids, one multi-row INSERT ... RETURNING.
         Raises the driver's error when the store cannot commit (the caller answers AE).
         """
         stamp = now()
-        out: list[Stored] = []
-        seen: dict[tuple, tuple[int, str]] = {}
         with write_transaction(self.engine) as conn:
+            prior = self._prior(conn, items, stamp)
+            rows, out_meta = [], []
             for item in items:
                 digest = hashlib.sha256(item.content).hexdigest()
                 status, dup, flags = (ERROR if item.error else RECEIVED), None, ""
+                key = (item.channel, item.sending_facility, item.control_id)
                 if not item.error and item.control_id and item.duplicate_window is not None:
-                    k = (item.channel, item.sending_facility, item.control_id)
-                    prior = seen.get(k)
-                    if prior is None:
-                        row = conn.execute(
-                            select(messages.c.id, messages.c.content_hash)
-                            .where(messages.c.channel == item.channel,
-                                   messages.c.sending_facility == item.sending_facility,
-                                   messages.c.control_id == item.control_id,
-                                   messages.c.received_at >= stamp - item.duplicate_window,
-                                   messages.c.duplicate_of.is_(None))
-                            .order_by(messages.c.id.desc()).limit(1)).first()
-                        prior = (row[0], row[1]) if row else None
-                    if prior is not None:
-                        if prior[1] == digest:
-                            status, dup = FILTERED, prior[0]
+                    earlier = prior.get(key)
+                    if earlier is not None and earlier[2] >= stamp - item.duplicate_window:
+                        if earlier[1] == digest:
+                            status, dup = FILTERED, earlier[0]
                         else:
                             flags = "control_id_reused"
-                row_id = conn.execute(messages.insert().values(
+                rows.append(dict(
                     channel=item.channel, received_at=stamp, content=item.content, charset=item.charset,
                     content_hash=digest, message_type=item.message_type[:20], trigger=item.trigger[:20],
                     control_id=item.control_id[:200], sending_app=item.sending_app[:200],
@@ -202,12 +192,40 @@ class MessageStore:
                     ordering_key=(item.ordering_key or None), status=status,
                     error=item.error if item.error else (f"duplicate of message {dup}" if dup else None),
                     duplicate_of=dup, flags=flags, peer=item.peer[:100],
-                    source_message_id=item.source_message_id, updated_at=stamp,
-                ).returning(messages.c.id)).scalar_one()
-                if status != ERROR and item.control_id and dup is None:
-                    seen[(item.channel, item.sending_facility, item.control_id)] = (row_id, digest)
+                    source_message_id=item.source_message_id, updated_at=stamp, claim_until=None))
+                out_meta.append((status, dup, flags, key, digest))
+                if status == RECEIVED and item.control_id and dup is None:
+                    # a later copy in this same batch is a duplicate of this one: its id comes below
+                    prior[key] = (None, digest, stamp)
+            ids = [r[0] for r in conn.execute(
+                messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows)]
+            out: list[Stored] = []
+            first_in_batch: dict[tuple, int] = {}
+            for row_id, (status, dup, flags, key, digest) in zip(ids, out_meta):
+                if status == FILTERED and dup is None:  # duplicate of a message earlier in this batch
+                    dup = first_in_batch[key]
+                    conn.execute(update(messages).where(messages.c.id == row_id)
+                                 .values(duplicate_of=dup, error=f"duplicate of message {dup}"))
+                if status == RECEIVED and key not in first_in_batch:
+                    first_in_batch[key] = row_id
                 out.append(Stored(row_id, status, dup, flags))
         return out
+
+    def _prior(self, conn, items: list[Inbound], stamp: datetime) -> dict[tuple, tuple]:
+        """(channel, MSH-4, MSH-10) -> (id, content hash, received_at) of the latest earlier original."""
+        keyed = [i for i in items if i.control_id and not i.error and i.duplicate_window is not None]
+        if not keyed:
+            return {}
+        window = max(i.duplicate_window for i in keyed)
+        rows = conn.execute(
+            select(messages.c.id, messages.c.content_hash, messages.c.received_at, messages.c.channel,
+                   messages.c.sending_facility, messages.c.control_id)
+            .where(messages.c.control_id.in_({i.control_id for i in keyed}),
+                   messages.c.channel.in_({i.channel for i in keyed}),
+                   messages.c.received_at >= stamp - window, messages.c.duplicate_of.is_(None))
+            .order_by(messages.c.id)).all()
+        return {(r.channel, r.sending_facility, r.control_id): (r.id, r.content_hash, _aware(r.received_at))
+                for r in rows}
 
     # -- processing -----------------------------------------------------------------------------
     def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> list[int]:

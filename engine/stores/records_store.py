@@ -62,7 +62,7 @@ class RecordStore:
             raise ValueError(f"unknown record store kind {schema!r} (known: {', '.join(KINDS)})")
         self.url = url
         self.schema = schema
-        self.engine = engine or make_engine(url, durable=False)
+        self.engine = engine or make_engine(url, durable=True)
         self.spec: StoreSpec = importlib.import_module(f"engine.stores.{schema}").SPEC
         self._planner = Planner(self.spec, self.engine.dialect.name)
 
