@@ -93,7 +93,7 @@ class Engine:
     """``engine run`` on the sample config; SQLite in a temporary folder unless ``env`` says
     otherwise, plus ``workers`` ``engine worker`` processes when the queue is Redis."""
 
-    def __init__(self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 4):
+    def __init__(self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         self.lab, self.adt = free_port(), free_port()
         self.env = dict(os.environ, ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
@@ -134,9 +134,9 @@ class Engine:
 
 
 def run_once(messages: list[bytes], connections: int, env: dict[str, str] | None = None,
-             workers: int = 0) -> dict[str, float]:
+             workers: int = 0, threads: int = 1) -> dict[str, float]:
     """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles."""
-    eng = Engine(env, workers)
+    eng = Engine(env, workers, threads)
     try:
         port_for = (lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt)
         t_start = time.perf_counter()

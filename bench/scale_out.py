@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=4000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="threads per worker process")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL to create databases")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = ap.parse_args()
@@ -47,7 +48,7 @@ def main() -> None:
         env = {"ENGINE_MESSAGE_STORE_URL": url, "ENGINE_CLINICAL_STORE_URL": url, "ENGINE_PM_STORE_URL": url,
                "ENGINE_QUEUE_URL": args.redis}
         try:
-            r = run_once(messages, args.connections, env=env, workers=n)
+            r = run_once(messages, args.connections, env=env, workers=n, threads=args.threads)
         finally:
             with psycopg.connect(args.pg, autocommit=True) as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))

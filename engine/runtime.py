@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy.engine import make_url
@@ -122,7 +123,7 @@ class Runtime:
             self._inflight.update(ids)
         self._enqueue(channel, ids)
 
-    DISPATCH_LINGER = 0.01
+    DISPATCH_LINGER = 0.02
 
     def _run_outbox(self) -> None:
         while True:
@@ -131,8 +132,10 @@ class Runtime:
                     self._outbox_ready.wait(0.5)
                 if self._stop.is_set() and not self._outbox:
                     return
-                if sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size:
-                    self._outbox_ready.wait(self.DISPATCH_LINGER)
+                deadline = time.monotonic() + self.DISPATCH_LINGER
+                while (sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size
+                       and not self._stop.is_set() and (left := deadline - time.monotonic()) > 0):
+                    self._outbox_ready.wait(left)
                 out, self._outbox = self._outbox, {}
             size = self.cfg.queue.batch_size
             for channel, ids in out.items():
