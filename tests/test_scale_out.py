@@ -297,3 +297,18 @@ def test_engine_status_shows_queue_and_workers(tmp_path, pg_database):
         assert "adt" in out.stdout
     finally:
         cluster.stop()
+
+
+def test_sigterm_lets_a_worker_finish_its_batch_and_exit_cleanly(tmp_path, pg_database):
+    cluster = Cluster(tmp_path, pg_database, workers=1)
+    try:
+        def stop_and_replace():
+            w = cluster.workers[0]
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0
+            cluster.workers.append(cluster.start_worker())
+
+        sender = run_with_fault(cluster, 1000, stop_and_replace, at=0.5)
+        assert_applied_exactly_once_in_order(cluster, sender)
+    finally:
+        cluster.stop()
