@@ -338,3 +338,15 @@ def test_a_resend_pipelined_in_the_same_write_is_still_a_duplicate(engine):
     rows = engine.wait_for("messages", "select id, status, duplicate_of from messages where control_id = 'PIPE-DUP' order by id",
                            lambda r: len(r) == 2)
     assert rows[1]["status"] == "FILTERED" and rows[1]["duplicate_of"] == rows[0]["id"]
+
+
+def test_bytes_that_do_not_match_the_declared_charset_are_stored_and_errored_with_the_reason(engine):
+    latin1 = fixture_bytes("adt_a01_latin1.hl7").replace(b"|8859/1", b"|UNICODE UTF-8")
+    msg = with_control_id(latin1, "WRONG-CHARSET")
+    conn = MllpConnection(engine.adt_port)
+    assert ack_fields(conn.send(msg))["MSA"][1] == "AA"  # stored first: nothing is lost
+    conn.close()
+    rows = engine.wait_for("messages", "select status, error, content from messages where control_id = 'WRONG-CHARSET'",
+                           lambda r: r and r[0]["status"] != "RECEIVED")
+    assert rows[0]["status"] == "ERROR" and "utf-8" in rows[0]["error"]
+    assert rows[0]["content"] == msg
