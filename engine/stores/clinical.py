@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Date, Float, Index, MetaData, String, Table, Text, UniqueConstraint
 
-from engine.stores.columns import NAMING, JSONText, StoreSpec, id_column, managed_columns, merge_audit_table
+from engine.stores.columns import NAMING, demographic_columns, JSONText, StoreSpec, id_column, managed_columns, merge_audit_table
 from engine.stores.db import UTCDateTime
 
 metadata = MetaData(naming_convention=NAMING)
@@ -21,18 +21,7 @@ patient = Table(
     Column("mrn", String, nullable=False),
     Column("assigning_authority", String),
     Column("other_ids", JSONText),
-    Column("family_name", String),
-    Column("given_name", String),
-    Column("middle_name", String),
-    Column("birth_date", Date),
-    Column("sex", String),
-    Column("address_line1", String),
-    Column("address_line2", String),
-    Column("city", String),
-    Column("state", String),
-    Column("postal_code", String),
-    Column("country", String),
-    Column("phone_home", String),
+    *demographic_columns(),
     Column("phone_work", String),
     Column("deceased", Boolean),
     Column("deceased_at", UTCDateTime),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Date, Integer, MetaData, String, Table, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 
 from engine.stores.db import UTCDateTime
@@ -47,6 +47,15 @@ class JSONText(TypeDecorator):
 def id_column() -> Column:
     """Surrogate primary key: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite."""
     return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+
+
+def demographic_columns() -> list[Column]:
+    """Name, birth date, sex, address and home phone: the columns a patient has in every store
+    (each store keeps its own copy, joined to the others by MRN value, never by a key)."""
+    names = ("family_name", "given_name", "middle_name")
+    address = ("address_line1", "address_line2", "city", "state", "postal_code", "country", "phone_home")
+    return ([Column(n, String) for n in names] + [Column("birth_date", Date), Column("sex", String)]
+            + [Column(n, String) for n in address])
 
 
 def managed_columns() -> list[Column]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Date, Index, Integer, MetaData, String, Table, UniqueConstraint
 
-from engine.stores.columns import NAMING, StoreSpec, id_column, managed_columns, merge_audit_table
+from engine.stores.columns import NAMING, demographic_columns, StoreSpec, id_column, managed_columns, merge_audit_table
 from engine.stores.db import UTCDateTime
 
 metadata = MetaData(naming_convention=NAMING)
@@ -22,18 +22,7 @@ registration = Table(
     id_column(),
     Column("mrn", String, nullable=False),
     Column("account_number", String),
-    Column("family_name", String),
-    Column("given_name", String),
-    Column("middle_name", String),
-    Column("birth_date", Date),
-    Column("sex", String),
-    Column("address_line1", String),
-    Column("address_line2", String),
-    Column("city", String),
-    Column("state", String),
-    Column("postal_code", String),
-    Column("country", String),
-    Column("phone_home", String),
+    *demographic_columns(),
     Column("guarantor_name", String),
     Column("guarantor_relationship", String),
     Column("guarantor_address", String),
