@@ -289,10 +289,21 @@ class MessageStore:
         with write_transaction(self.status_engine) as conn:
             existing = set(conn.execute(select(deliveries.c.message_id, deliveries.c.destination)
                                         .where(deliveries.c.message_id.in_(ids))).all())
-            conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))
-                         .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp,
-                                 claim_until=None),
-                         [{"b_id": o.message_id, "b_status": o.status, "b_error": o.error} for o in outcomes])
+            # one UPDATE per status for the messages without an error (most of a batch), one
+            # per message with its own error text
+            plain: dict[str, list[int]] = {}
+            for o in outcomes:
+                if o.error is None:
+                    plain.setdefault(o.status, []).append(o.message_id)
+            for status, same in plain.items():
+                conn.execute(update(messages).where(messages.c.id.in_(same))
+                             .values(status=status, error=None, updated_at=stamp, claim_until=None))
+            with_error = [{"b_id": o.message_id, "b_status": o.status, "b_error": o.error}
+                          for o in outcomes if o.error is not None]
+            if with_error:
+                conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))
+                             .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp,
+                                     claim_until=None), with_error)
             inserts, updates = [], []
             for o in outcomes:
                 for d in o.deliveries or ():
@@ -303,8 +314,8 @@ class MessageStore:
                                         **{f"b_{k}": v for k, v in values.items()}})
                     else:
                         inserts.append(dict(message_id=o.message_id, destination=d["destination"], **values))
-            if inserts:
-                conn.execute(deliveries.insert(), inserts)
+            if inserts:  # RETURNING makes SQLAlchemy send one multi-row INSERT, not one per row
+                conn.execute(deliveries.insert().returning(deliveries.c.id), inserts).all()
             if updates:
                 conn.execute(update(deliveries).where(deliveries.c.message_id == bindparam("b_mid"),
                                                       deliveries.c.destination == bindparam("b_dest"))
