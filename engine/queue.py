@@ -23,7 +23,7 @@ Handler = Callable[[str, list[int]], None]
 class MemoryQueue:
     """In-process FIFO with one worker thread that hands the handler batches per channel."""
 
-    def __init__(self, handler: Handler, *, batch_size: int = 200, linger_seconds: float = 0.005):
+    def __init__(self, handler: Handler, *, batch_size: int = 200, linger_seconds: float = 0.02):
         """``linger_seconds``: how long a worker with fewer than ``batch_size`` ids waits for
         more before it starts (each batch costs a few commits, so fuller batches go faster)."""
         self._handler = handler

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import (
     BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, and_, bindparam, func, or_, select, update,
+    Text, UniqueConstraint, and_, bindparam, func, or_, select, tuple_, update,
 )
 from sqlalchemy.engine import Engine
 
@@ -220,8 +220,8 @@ class MessageStore:
         rows = conn.execute(
             select(messages.c.id, messages.c.content_hash, messages.c.received_at, messages.c.channel,
                    messages.c.sending_facility, messages.c.control_id)
-            .where(messages.c.control_id.in_({i.control_id for i in keyed}),
-                   messages.c.channel.in_({i.channel for i in keyed}),
+            .where(tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id)
+                   .in_({(i.channel, i.sending_facility, i.control_id) for i in keyed}),
                    messages.c.received_at >= stamp - window, messages.c.duplicate_of.is_(None))
             .order_by(messages.c.id)).all()
         return {(r.channel, r.sending_facility, r.control_id): (r.id, r.content_hash, _aware(r.received_at))
