@@ -58,7 +58,7 @@ class Runtime:
         }
         self.processor = Processor(self.message_store, {ch.name: ch for ch in cfg.channels}, self.destinations,
                                    on_outcomes=self.committer.notify, dispatch=self._dispatch,
-                                   lease_seconds=q.claim_seconds, claims=self.distributed)
+                                   lease_seconds=q.claim_seconds)
         self.sources: list = []
         self.processed = 0
         self._sweep_seconds = q.sweep_seconds

@@ -87,3 +87,39 @@ def test_a_downstream_ae_is_retried_with_backoff_until_aa_and_a_copy_goes_to_ano
                         lambda r: r and r[0]["status"] == "ERROR", timeout=15)
     assert arch[0]["source_message_id"] is not None
     assert "nowhere" in arch[0]["error"]
+
+
+ORDERED = """\
+stores:
+  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
+channels:
+  - name: inbound
+    source: {type: mllp, port: "${ENGINE_ADT_PORT}"}
+    destinations:
+      - name: downstream
+        type: mllp
+        host: 127.0.0.1
+        port: DOWNSTREAM
+        retry: {max_attempts: 5, backoff_seconds: 0.5}
+  - name: unused
+    source: {type: mllp, port: "${ENGINE_LAB_PORT}"}
+    destinations: [{name: x, type: channel, channel: inbound}]
+"""
+
+
+def test_a_later_update_for_the_same_patient_waits_while_an_earlier_one_is_retried(fresh_engine, tmp_path):
+    fake = FakeReceiver(fail_first=1)
+    cfg = tmp_path / "ordered.yaml"
+    cfg.write_text(ORDERED.replace("DOWNSTREAM", str(fake.port)))
+    eng = fresh_engine(cfg)
+    first = fixture_bytes("adt_a01.hl7")
+    second = fixture_bytes("adt_a08.hl7")  # same patient (PID-3.1), a later update
+    assert first.split(b"PID|1||")[1].split(b"^")[0] == second.split(b"PID|1||")[1].split(b"^")[0]
+    conn = MllpConnection(eng.adt_port)
+    assert ack_fields(conn.send(first))["MSA"][1] == "AA"
+    assert ack_fields(conn.send(second))["MSA"][1] == "AA"
+    conn.close()
+    eng.wait_for("messages", "select status from messages where status = 'SENT'", lambda r: len(r) == 2, timeout=15)
+    ids = [m.split(b"\r")[0].split(b"|")[9] for m in fake.received]
+    cid = lambda m: m.split(b"\r")[0].split(b"|")[9]  # noqa: E731
+    assert ids == [cid(first), cid(first), cid(second)]  # refused, retried, only then the later one

@@ -219,27 +219,21 @@ class Processor:
 
     def __init__(self, store: MessageStore, channels: dict[str, Any], destinations: dict[str, list[Destination]],
                  *, on_outcomes: Callable[[list[Outcome]], None] = lambda o: None,
-                 dispatch: Callable[[str, list[int]], None] = lambda c, i: None, lease_seconds: float = 60.0,
-                 claims: bool = True):
+                 dispatch: Callable[[str, list[int]], None] = lambda c, i: None, lease_seconds: float = 60.0):
         """``dispatch(channel, ids)`` hands on messages that waited for an earlier one of their
-        ordering key; ``lease_seconds`` is how long a claim holds if this worker dies.
-        ``claims=False`` is for the in-process queue, whose single worker thread takes ids in
-        commit order anyway: it saves two statements per batch on the message store, which
-        the listener's commits would otherwise wait for."""
+        ordering key; ``lease_seconds`` is how long a claim holds if this worker dies."""
         self._store = store
         self._channels = channels
         self._destinations = destinations
         self._on_outcomes = on_outcomes
         self._dispatch = dispatch
         self._lease = lease_seconds
-        self._claims = claims
 
     def process(self, channel_name: str, ids: list[int]) -> list[Outcome]:
         """Process ``ids`` (already committed) in order; returns and records their outcomes."""
         channel = self._channels.get(channel_name)
-        if self._claims:
-            ids = self._store.claim(ids, lease_seconds=self._lease)
-        rows = [r for r in self._store.load(ids) if r.status in PENDING]
+        claimed = self._store.claim(ids, lease_seconds=self._lease)
+        rows = [r for r in self._store.load(claimed) if r.status in PENDING]
         if channel is None:
             outcomes = [Outcome(r.id, ERROR, f"channel {channel_name!r} is not configured") for r in rows]
             self._store.record(outcomes)
@@ -282,28 +276,20 @@ class Processor:
                     pending[d.name].append(Item(r.id, payload, r.content))
             outcomes[r.id] = Outcome(r.id, RECEIVED, None, results)
 
+        keys = {r.id: r.ordering_key for r in rows}
         for d in dests:
-            items = pending[d.name]
-            if not items:
-                continue
-            try:
-                results = d.deliver(items)
-            except Exception as exc:  # the whole batch failed (e.g. the store is down): retry each
-                log.error("channel=%s destination=%s batch of %d failed: %s", channel_name, d.name, len(items),
-                          type(exc).__name__)
-                results = [exc] * len(items)
-            for item, res in zip(items, results):
-                done = prior[item.message_id].get(d.name)
-                attempts = _attempts(done) + 1
-                o = outcomes[item.message_id]
-                if res is None:
-                    o.deliveries.append(dict(destination=d.name, status=SENT, attempts=attempts, result="delivered"))
-                elif isinstance(res, DeliveryError) and not res.retryable or attempts >= d.config.retry.max_attempts:
-                    o.deliveries.append(dict(destination=d.name, status=ERROR, attempts=attempts,
-                                             error=_reason(res)))
-                else:
-                    o.deliveries.append(dict(destination=d.name, status=QUEUED, attempts=attempts, error=_reason(res),
-                                             next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(attempts))))
+            blocked: dict[str, int] = {}  # ordering key -> the message that failed for d
+            for wave in _waves(pending[d.name], keys):
+                go = [i for i in wave if keys.get(i.message_id) not in blocked]
+                for item in wave:
+                    if keys.get(item.message_id) in blocked:  # an earlier one of its key must go first
+                        done = prior[item.message_id].get(d.name)
+                        outcomes[item.message_id].deliveries.append(dict(
+                            destination=d.name, status=QUEUED, attempts=_attempts(done),
+                            error=f"waits for message {blocked[keys[item.message_id]]} (same ordering key)",
+                            next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1))))
+                if go:
+                    self._deliver(channel_name, d, go, prior, outcomes, keys, blocked)
         for o in outcomes.values():
             if o.status == RECEIVED:
                 o.status, o.error = _summarise(o.deliveries or [])
@@ -311,9 +297,51 @@ class Processor:
         self._store.record(result)
         self._on_outcomes(result)
         done = {r.ordering_key: r.id for r in rows if r.ordering_key}
-        if done and self._claims:
+        if done:
             self._dispatch(channel_name, self._store.next_in_line(channel_name, done))
         return result
+
+    def _deliver(self, channel_name: str, d: Destination, items: list[Item], prior: dict, outcomes: dict,
+                 keys: dict[int, str | None], blocked: dict[str, int]) -> None:
+        """Deliver ``items`` to ``d``; add each result to its outcome; note failed keys in ``blocked``."""
+        try:
+            results = d.deliver(items)
+        except Exception as exc:  # the whole batch failed (e.g. the store is down): retry each
+            log.error("channel=%s destination=%s batch of %d failed: %s", channel_name, d.name, len(items),
+                      type(exc).__name__)
+            results = [exc] * len(items)
+        for item, res in zip(items, results):
+            done = prior[item.message_id].get(d.name)
+            attempts = _attempts(done) + 1
+            o = outcomes[item.message_id]
+            if res is None:
+                o.deliveries.append(dict(destination=d.name, status=SENT, attempts=attempts, result="delivered"))
+                continue
+            if keys.get(item.message_id):
+                blocked.setdefault(keys[item.message_id], item.message_id)
+            if isinstance(res, DeliveryError) and not res.retryable or attempts >= d.config.retry.max_attempts:
+                o.deliveries.append(dict(destination=d.name, status=ERROR, attempts=attempts, error=_reason(res)))
+            else:
+                o.deliveries.append(dict(destination=d.name, status=QUEUED, attempts=attempts, error=_reason(res),
+                                         next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(attempts))))
+
+
+def _waves(items: list[Item], keys: dict[int, str | None]) -> list[list[Item]]:
+    """Split a batch so that no wave holds two messages of one ordering key: wave k holds the
+    k-th message of each key (messages without a key all go in the first wave). A destination
+    then never receives a later update for a patient in the same call as an earlier one that
+    may fail."""
+    seen: dict[str, int] = {}
+    waves: list[list[Item]] = []
+    for item in items:
+        key = keys.get(item.message_id)
+        n = seen.get(key, 0) if key else 0
+        if key:
+            seen[key] = n + 1
+        while len(waves) <= n:
+            waves.append([])
+        waves[n].append(item)
+    return waves
 
 
 def _attempts(done) -> int:
