@@ -32,7 +32,10 @@ from hl7apy.parser import parse_message
 
 from engine.errors import ParseError
 from engine.formats import hl7
-from engine.formats.hl7 import Delimiters, Message, build_ack, check_header, decode, iter_frames, read_header
+from engine.formats.hl7 import Delimiters, Message, check_header, decode, read_header
+from engine.formats import mllp
+from engine.formats.hl7_ack import ACK_ACCEPT, ACK_ERROR, ACK_REJECT, build_ack
+from engine.formats.mllp import iter_frames
 from engine.formats.hl7 import split_batch, unescape
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hl7v2"
@@ -339,7 +342,7 @@ def test_a_file_of_back_to_back_messages_splits_into_each_with_distinct_control_
 
 def test_mllp_framed_and_lf_separated_files_split_too():
     a, b = text("adt_a04.hl7"), text("oru_r01_lf.hl7")
-    framed = (hl7.frame(a) + hl7.frame(b)).decode()
+    framed = (mllp.frame(a) + mllp.frame(b)).decode()
     out = split_batch(framed)
     assert len(out) == 2 and Message(out[1]).header().control_id == "SLAB-R01-500002"
     assert len(Message(out[1]).segments) == 15
@@ -384,7 +387,7 @@ def test_read_header_reads_msh_from_raw_bytes_or_raises_parse_error(name):
     h = read_header(data)
     assert (h.message_type, h.trigger, h.structure, h.control_id, h.version, h.charset) == HEADERS[name]
     assert h.processing_id == "P" and h.field_sep == "|"
-    assert read_header(hl7.VT + data + hl7.FS + hl7.CR) == h  # MLLP framing around it is fine
+    assert read_header(mllp.VT + data + mllp.FS + mllp.CR) == h  # MLLP framing around it is fine
     if name not in UNREADABLE:
         assert Message(decode(data)).header() == h  # same answer as the full tokenizer
 
@@ -484,7 +487,7 @@ def test_an_accept_ack_swaps_sender_and_receiver_and_names_the_trigger():
 def test_an_error_ack_on_a_v25_message_locates_the_fault_in_err_2_and_codes_it_in_err_3():
     h = read_header(raw("adt_a40.hl7"))
     err = ParseError("PID-3 has no MRN", code=101, segment="PID", sequence=1, field=3)
-    ack = Message(build_ack(h, hl7.ACK_ERROR, error=err, now=NOW))
+    ack = Message(build_ack(h, ACK_ERROR, error=err, now=NOW))
     assert ack.segment_names() == ["MSH", "MSA", "ERR"]
     assert ack.msh.field(9) == "ACK^A40^ACK"
     assert (ack.value("MSA-1"), ack.value("MSA-2"), ack.value("MSA-3")) == ("AE", "SGH-A40-000019", "PID-3 has no MRN")
@@ -498,7 +501,7 @@ def test_a_reject_ack_for_an_unsupported_version_carries_code_203():
     h = read_header(raw("bad_version.hl7"))
     with pytest.raises(ParseError) as exc:
         check_header(h)
-    ack = Message(build_ack(h, hl7.ACK_REJECT, error=exc.value, now=NOW))
+    ack = Message(build_ack(h, ACK_REJECT, error=exc.value, now=NOW))
     assert ack.value("MSA-1") == "AR" and ack.value("MSA-2") == "SGH-A04-BADV-1"
     assert ack.value("ERR-2") == "MSH^1^12" and ack.value("ERR-3.1") == "203"
     assert ack.value("ERR-3.2") == "Unsupported version id"
@@ -507,7 +510,7 @@ def test_a_reject_ack_for_an_unsupported_version_carries_code_203():
 def test_an_error_ack_on_a_v23_message_uses_err_1_and_a_two_part_message_type():
     h = read_header(raw("adt_a04.hl7"))
     err = ParseError("PID-3 has no MRN", code=101, segment="PID", sequence=1, field=3)
-    ack = Message(build_ack(h, hl7.ACK_ERROR, error=err, now=NOW))
+    ack = Message(build_ack(h, ACK_ERROR, error=err, now=NOW))
     assert ack.msh.field(9) == "ACK^A04" and ack.msh.field(12) == "2.3"
     err_seg = ack.segments[2]
     assert err_seg.name == "ERR" and len(err_seg.fields) == 2
@@ -520,7 +523,7 @@ def test_an_ack_without_a_readable_header_still_parses_and_codes_the_error():
         read_header(raw("garbage.bin"))
     except ParseError as exc:
         err = exc
-    ack = Message(build_ack(None, hl7.ACK_REJECT, error=err, now=NOW))
+    ack = Message(build_ack(None, ACK_REJECT, error=err, now=NOW))
     assert ack.value("MSA-1") == "AR" and ack.value("MSA-2") is None
     assert ack.value("ERR-3.1") == "100" and ack.header().version == "2.5"
 
@@ -528,7 +531,7 @@ def test_an_ack_without_a_readable_header_still_parses_and_codes_the_error():
 def test_an_ack_echoes_the_character_set_and_escapes_delimiters_in_its_text():
     h = read_header(raw("adt_a01_latin1.hl7"))
     text_with_delims = "bad | field ^ comp & sub ~ rep \\ esc"
-    ack_text = build_ack(h, hl7.ACK_ERROR, text=text_with_delims, now=NOW)
+    ack_text = build_ack(h, ACK_ERROR, text=text_with_delims, now=NOW)
     ack = Message(ack_text)
     assert ack.header().charset == "8859/1"
     assert ack.value("MSA-3") == text_with_delims
@@ -538,7 +541,7 @@ def test_an_ack_echoes_the_character_set_and_escapes_delimiters_in_its_text():
 def test_an_ack_text_cut_to_80_characters_never_ends_in_half_an_escape():
     h = read_header(raw("adt_a01.hl7"))
     long_text = "x" * 78 + "|abc" + "y" * 50
-    ack = Message(build_ack(h, hl7.ACK_ERROR, text=long_text, now=NOW))
+    ack = Message(build_ack(h, ACK_ERROR, text=long_text, now=NOW))
     assert ack.value("MSA-3") == long_text[:80]
 
 
@@ -552,15 +555,15 @@ def test_an_ack_for_a_v28_message_uses_four_encoding_characters_and_reparses():
 # -- MLLP frames ----------------------------------------------------------------------------------
 def test_complete_frames_are_split_and_consumed():
     a, b = raw("adt_a04.hl7"), raw("adt_a01_latin1.hl7")
-    buf = bytearray(hl7.frame(a) + hl7.frame(b))
+    buf = bytearray(mllp.frame(a) + mllp.frame(b))
     assert list(iter_frames(buf)) == [a, b]  # byte for byte, latin-1 untouched
     assert buf == bytearray()
 
 
 def test_a_partial_frame_stays_buffered_until_it_completes():
     a, b = raw("adt_a04.hl7"), raw("oru_r01.hl7")
-    fb = hl7.frame(b)
-    buf = bytearray(hl7.frame(a) + fb[:100])
+    fb = mllp.frame(b)
+    buf = bytearray(mllp.frame(a) + fb[:100])
     assert list(iter_frames(buf)) == [a]
     assert bytes(buf) == fb[:100]
     assert list(iter_frames(buf)) == []
@@ -570,17 +573,17 @@ def test_a_partial_frame_stays_buffered_until_it_completes():
 
 def test_junk_before_a_frame_is_dropped():
     a = raw("adt_a04.hl7")
-    buf = bytearray(b"hello\r\n\x00\xff" + hl7.frame(a))
+    buf = bytearray(b"hello\r\n\x00\xff" + mllp.frame(a))
     assert list(iter_frames(buf)) == [a]
     buf = bytearray(b"no frame here\x1c\r")
     assert list(iter_frames(buf)) == [] and buf == bytearray()
-    buf = bytearray(b"junk" + hl7.VT + b"MSH|partial")
-    assert list(iter_frames(buf)) == [] and bytes(buf) == hl7.VT + b"MSH|partial"
+    buf = bytearray(b"junk" + mllp.VT + b"MSH|partial")
+    assert list(iter_frames(buf)) == [] and bytes(buf) == mllp.VT + b"MSH|partial"
 
 
 def test_a_frame_cut_off_by_a_new_start_block_is_dropped_and_the_new_one_read():
     a = raw("adt_a04.hl7")
-    buf = bytearray(hl7.VT + raw("truncated.hl7") + hl7.frame(a))
+    buf = bytearray(mllp.VT + raw("truncated.hl7") + mllp.frame(a))
     assert list(iter_frames(buf)) == [a]
 
 
@@ -621,7 +624,7 @@ def test_random_mutations_of_the_fixtures_only_ever_raise_parse_error():
         data = _mutate(rng.choice(seeds), rng)
         try:
             h = read_header(data)
-            build_ack(h, hl7.ACK_ERROR, error=ParseError("x", code=102, field=5), now=NOW)
+            build_ack(h, ACK_ERROR, error=ParseError("x", code=102, field=5), now=NOW)
             try:
                 check_header(h)
             except ParseError:
@@ -644,7 +647,7 @@ def test_random_mutations_of_the_fixtures_only_ever_raise_parse_error():
             for obr in m.spans("OBR"):
                 for obx in m.spans("OBX", within=obr):
                     m.values("OBX[*]-5", scopes=(obr, obx))
-            Message(build_ack(m.header(), hl7.ACK_ACCEPT, now=NOW))
+            Message(build_ack(m.header(), ACK_ACCEPT, now=NOW))
             try:
                 split_batch(t)
             except ParseError:

@@ -18,7 +18,7 @@ from pydantic import Field
 from engine.channels import registry
 from engine.channels.registry import ConnectorConfig
 from engine.errors import ParseError
-from engine.formats import hl7
+from engine.formats import hl7, hl7_ack, mllp
 
 log = logging.getLogger("engine.mllp")
 
@@ -121,7 +121,7 @@ class MllpListener:
             answers: list = []  # frames complete in this read: committed together, ACKed in order
             while buf:
                 if not in_frame:
-                    start = buf.find(hl7.VT)
+                    start = buf.find(mllp.VT)
                     if start < 0:
                         junk += len(buf)
                         buf.clear()
@@ -133,8 +133,8 @@ class MllpListener:
                         log.warning("channel=%s dropped %d byte(s) outside MLLP framing from %s",
                                     self.channel.name, junk, peer)
                         junk = 0
-                end = buf.find(hl7.FS)
-                restart = buf.find(hl7.VT, 0, end if end >= 0 else len(buf))
+                end = buf.find(mllp.FS)
+                restart = buf.find(mllp.VT, 0, end if end >= 0 else len(buf))
                 if restart >= 0 and not oversized:
                     # a new frame began before this one ended: the sender gave up on it
                     log.warning("channel=%s dropped a truncated frame from %s", self.channel.name, peer)
@@ -148,7 +148,7 @@ class MllpListener:
                     break
                 payload = bytes(buf[:end])
                 del buf[:end + 1]
-                if buf[:1] == hl7.CR:
+                if buf[:1] == mllp.CR:
                     del buf[:1]
                 in_frame = False
                 if oversized or len(payload) > cfg.max_message_bytes:
@@ -160,7 +160,7 @@ class MllpListener:
                     text = ack if isinstance(ack, str) else await ack
                     # header fields were read as latin-1 from the raw bytes: latin-1 gives them
                     # back byte for byte, whatever the message's own character set
-                    writer.write(hl7.frame(text.encode("latin-1", "replace")))
+                    writer.write(mllp.frame(text.encode("latin-1", "replace")))
                 await writer.drain()
 
     async def _answer(self, payload: bytes, peer: str) -> str:
@@ -177,4 +177,4 @@ class MllpListener:
             header = None
         err = ParseError(f"message exceeds the channel's limit of {self.config.max_message_bytes} bytes",
                          code=104 if header is None or header.version >= "2.6" else 207, reject=True)
-        return hl7.build_ack(header, hl7.ACK_REJECT, error=err)
+        return hl7_ack.build_ack(header, hl7_ack.ACK_REJECT, error=err)

@@ -15,7 +15,7 @@ from pydantic import Field
 from engine.channels import registry
 from engine.channels.base import Destination, DestinationConfig, Item
 from engine.errors import DeliveryError, ParseError
-from engine.formats import hl7
+from engine.formats import hl7, mllp
 
 
 class MllpSenderConfig(DestinationConfig):
@@ -41,9 +41,9 @@ class MllpClient:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._buf.clear()
         try:
-            self._sock.sendall(hl7.frame(message))
+            self._sock.sendall(mllp.frame(message))
             while True:
-                for payload in hl7.iter_frames(self._buf):
+                for payload in mllp.iter_frames(self._buf):
                     return payload
                 chunk = self._sock.recv(65536)
                 if not chunk:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from engine.channels.base import Destination, Item
 from engine.errors import DeliveryError, MappingError, ParseError, StoreUnavailable
-from engine.formats import hl7
+from engine.formats import hl7, hl7_ack
 from engine.stores.message_store import (
     ERROR, FILTERED, PENDING, QUEUED, RECEIVED, SENT, Inbound, MessageStore, Outcome, Stored, now,
 )
@@ -175,25 +175,25 @@ class Receiver:
             committed, processed = self._committer.submit(item, want_result=want)
             stored: Stored = await committed
         except StoreUnavailable as exc:
-            return self._ack(header, hl7.ACK_ERROR, ParseError(str(exc), code=207, reject=False))
+            return self._ack(header, hl7_ack.ACK_ERROR, ParseError(str(exc), code=207, reject=False))
         if stored.status != RECEIVED:
             log.info("channel=%s message=%s status=%s", cfg.name, stored.id, stored.status)
         if problem is not None:
-            return self._ack(header, hl7.ACK_REJECT if problem.reject else hl7.ACK_ERROR, problem)
+            return self._ack(header, hl7_ack.ACK_REJECT if problem.reject else hl7_ack.ACK_ERROR, problem)
         if self._poll and ack_mode == "after_processing" and stored.status == RECEIVED:
             processed = asyncio.ensure_future(self._committer.poll_outcome(stored.id))
         if processed is not None and stored.status == RECEIVED:
             try:
                 outcome: Outcome = await asyncio.wait_for(processed, result_timeout)
             except asyncio.TimeoutError:
-                return self._ack(header, hl7.ACK_ERROR, ParseError(
+                return self._ack(header, hl7_ack.ACK_ERROR, ParseError(
                     "stored, but processing did not finish in time; it continues", code=207, reject=False))
             if outcome.status == ERROR:
-                return self._ack(header, hl7.ACK_ERROR, _error_for(outcome.error or "processing failed"))
-        return self._ack(header, hl7.ACK_ACCEPT, None)
+                return self._ack(header, hl7_ack.ACK_ERROR, _error_for(outcome.error or "processing failed"))
+        return self._ack(header, hl7_ack.ACK_ACCEPT, None)
 
     def _ack(self, header, code: str, error: ParseError | None) -> Ack:
-        return Ack(code, hl7.build_ack(header, code, error=error, app=self._app, facility=self._facility))
+        return Ack(code, hl7_ack.build_ack(header, code, error=error, app=self._app, facility=self._facility))
 
 
 def ordering_key(raw: bytes, path: str, charset: str = "utf-8") -> str | None:

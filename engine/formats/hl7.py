@@ -1,4 +1,4 @@
-"""HL7 v2: read the header, tokenize a message, address values by path, split batches, build ACKs.
+"""HL7 v2: read the header, tokenize a message, address values by path, split batches.
 
 Why a hand-written tokenizer rather than hl7apy on the hot path: as measured in
 ``bench/mllp_ingest.py`` (it prints the bare hl7apy parse rate beside the engine's), hl7apy
@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterator
 
 from engine.errors import ParseError
 
-VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
@@ -500,101 +497,6 @@ def split_batch(text: str) -> list[str]:
     return ["\r".join(m) + "\r" for m in messages]
 
 
-# -- ACKs -------------------------------------------------------------------------------------
-ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
-
-
-def _version_tuple(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in v.split("."))
-    except ValueError:
-        return (2, 5)
-
-
-def _escape(text: str, fs: str = "|", enc: str = "^~\\&") -> str:
-    esc = enc[2] if len(enc) > 2 else "\\"
-    table = {esc: f"{esc}E{esc}", fs: f"{esc}F{esc}", enc[0]: f"{esc}S{esc}", enc[1]: f"{esc}R{esc}"}
-    if len(enc) > 3:
-        table[enc[3]] = f"{esc}T{esc}"
-    return "".join(table.get(c, c) for c in text.replace("\r", " ").replace("\n", " "))
-
-
-def build_ack(
-    header: Header | None,
-    code: str = ACK_ACCEPT,
-    *,
-    error: ParseError | None = None,
-    text: str = "",
-    app: str = "ENGINE",
-    facility: str = "",
-    now: datetime | None = None,
-    control_id: str | None = None,
-) -> str:
-    """An ACK for ``header`` (None when the inbound message had no readable MSH).
-
-    MSH swaps sender and receiver; MSH-9 is ``ACK^<trigger>^ACK`` (v2.3.1+); MSA-1 is the
-    code, MSA-2 the original MSH-10. On AE/AR with ``error``, ERR-2 locates the fault
-    (segment^sequence^field) and ERR-3 carries the table 0357 code (ERR-1 for v2.4 and earlier,
-    which had no ERR-2/ERR-3).
-    """
-    now = now or datetime.now(timezone.utc)
-    ts = now.strftime("%Y%m%d%H%M%S")
-    h = header
-    fs = h.field_sep if h else "|"
-    enc = (h.encoding_chars[:4] if h and len(h.encoding_chars) >= 4 else "^~\\&")
-    cs, ss = enc[0], enc[3]
-    version = h.version if h and h.version else "2.5"
-    trigger = h.trigger if h else ""
-    msg_type = f"ACK{cs}{trigger}{cs}ACK" if _version_tuple(version) >= (2, 3, 1) else f"ACK{cs}{trigger}"
-    ack_id = control_id or f"ACK{ts}{(h.control_id if h else '')[-12:]}"
-    msh = fs.join([
-        "MSH", enc,
-        h.receiving_app if h and h.receiving_app else app,
-        h.receiving_facility if h and h.receiving_facility else facility,
-        h.sending_app if h else "", h.sending_facility if h else "",
-        ts, "", msg_type, ack_id, (h.processing_id if h and h.processing_id else "P"), version,
-    ])
-    if h and h.charset:
-        msh += fs * 6 + h.charset
-    msa_text = _escape((text or (str(error) if error else ""))[:80], fs, enc)  # cut, then escape
-    segments = [msh, fs.join(["MSA", code, h.control_id if h else "", msa_text]).rstrip(fs)]
-    if error is not None and code != ACK_ACCEPT:
-        loc = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or "")]).rstrip(cs)
-        err_text = _escape(str(error), fs, enc)
-        code_cwe = cs.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"])
-        if _version_tuple(version) >= (2, 5):
-            segments.append(fs.join(["ERR", "", loc, code_cwe, "E", "", "", "", err_text]))
-        else:
-            eld = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or ""),
-                           ss.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"])])
-            segments.append(fs.join(["ERR", eld]))
-    return "\r".join(segments) + "\r"
-
-
-_TABLE_0357 = {
-    0: "Message accepted",
-    100: "Segment sequence error",
-    101: "Required field missing",
-    102: "Data type error",
-    103: "Table value not found",
-    104: "Value too long",
-    200: "Unsupported message type",
-    201: "Unsupported event code",
-    202: "Unsupported processing id",
-    203: "Unsupported version id",
-    204: "Unknown key identifier",
-    205: "Duplicate key identifier",
-    206: "Application record locked",
-    207: "Application internal error",
-}
-
-
-def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
-    """Wrap a message in MLLP framing: VT message FS CR."""
-    data = message.encode(encoding) if isinstance(message, str) else message
-    return VT + data + FS + CR
-
-
 def validate_strict(text: str) -> None:
     """Validate against the message structure with hl7apy (channels with ``validation: strict``).
 
@@ -616,23 +518,3 @@ def validate_strict(text: str) -> None:
     except Exception as exc:  # hl7apy raises plain errors on some inputs; never let them escape
         raise ParseError(f"strict validation failed: {type(exc).__name__}: {exc}", code=100,
                          reject=False) from exc
-
-
-def iter_frames(buffer: bytearray) -> Iterator[bytes]:
-    """Yield complete MLLP frames from ``buffer`` (consumed in place); partial data stays."""
-    while True:
-        start = buffer.find(VT)
-        if start < 0:
-            buffer.clear()
-            return
-        end = buffer.find(FS, start + 1)
-        if end < 0:
-            if start:
-                del buffer[:start]
-            return
-        start = buffer.rfind(VT, start, end)  # a VT inside means the frame before it was cut off
-        payload = bytes(buffer[start + 1:end])
-        del buffer[:end + 1]
-        if buffer[:1] == CR:
-            del buffer[:1]
-        yield payload
