@@ -102,6 +102,8 @@ class Runtime:
         self.queue.start()
         if self.distributed:
             self._outbox_thread.start()
+        if self.role == ALL:  # the only processor of these stores: nobody else holds a claim
+            self.message_store.release_claims()
         if self.role != LISTENER:
             for channel, ids in _group(self.message_store.pending()):
                 self._dispatch(channel, ids)

@@ -143,18 +143,25 @@ def test_a_message_that_fails_mapping_is_error_with_its_reason_and_reprocess_ret
     assert str(rows[0]["id"]) in out.stdout
 
 
-def test_an_acked_message_survives_a_kill_and_is_processed_after_restart(fresh_engine):
+def test_acked_messages_survive_a_kill_mid_processing_and_are_applied_once_after_restart(fresh_engine):
+    from test_scale_out import adt_update
+
     eng = fresh_engine()
     conn = MllpConnection(eng.adt_port)
-    msg = fixture_bytes("adt_a01.hl7")
-    assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
+    sent = [adt_update(seq, seq % 7) for seq in range(1, 301)]
+    for msg in sent:
+        assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
     conn.close()
-    eng.stop(signal.SIGKILL)
-    # whatever the worker got done, the message is in the store
-    assert eng.query("messages", "select count(*) as n from messages")[0]["n"] == 1
+    eng.stop(signal.SIGKILL)  # right after the last ACK: the worker is still mapping
+    assert eng.query("messages", "select count(*) as n from messages")[0]["n"] == 300
     eng2 = fresh_engine()  # same tmp dir, so the same store files
-    rows = eng2.wait_for("messages", "select status from messages", lambda r: r and r[0]["status"] == "SENT")
-    assert rows
+    eng2.wait_for("messages", "select count(*) as n from messages where status = 'SENT'",
+                  lambda r: r[0]["n"] == 300, timeout=30)
+    assert eng2.query("clinical", "select count(*) as n from encounter")[0]["n"] == 300
+    for patient in range(7):
+        last = max(seq for seq in range(1, 301) if seq % 7 == patient)
+        row = eng2.query("clinical", "select address_line1 from patient where mrn = :m", m=f"P{patient:04d}")
+        assert row[0]["address_line1"] == f"SEQ {last:06d}"
 
 
 def test_db_upgrade_reports_each_store_at_head(tmp_path):

@@ -254,6 +254,12 @@ class MessageStore:
         with write_transaction(self.status_engine) as conn:
             return sorted(r[0] for r in conn.execute(stmt))
 
+    def release_claims(self) -> int:
+        """Drop every claim (an embedded engine starting up: claims left by its last run are stale)."""
+        with write_transaction(self.status_engine) as conn:
+            return conn.execute(update(messages).where(messages.c.claim_until.is_not(None))
+                                .values(claim_until=None)).rowcount
+
     def next_in_line(self, channel: str, done: dict[str, int]) -> list[int]:
         """For each ordering key -> last processed id, the next pending unclaimed message, if any."""
         if not done:
