@@ -60,8 +60,10 @@ class MllpConnection:
 def ack_fields(ack: bytes) -> dict[str, list[str]]:
     """{segment name: fields} of an ACK (first occurrence), fields 1-based like HL7."""
     out = {}
-    for seg in ack.decode("latin-1").strip("\r").split("\r"):
-        parts = seg.split("|")
+    text = ack.decode("latin-1").strip("\r")
+    sep = text[3] if len(text) > 3 else "|"  # the ACK answers in the sender's own delimiters
+    for seg in text.split("\r"):
+        parts = seg.split(sep)
         if parts[0] == "MSH":
             parts.insert(1, "|")
         out.setdefault(parts[0], parts)

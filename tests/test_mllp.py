@@ -350,3 +350,32 @@ def test_bytes_that_do_not_match_the_declared_charset_are_stored_and_errored_wit
                            lambda r: r and r[0]["status"] != "RECEIVED")
     assert rows[0]["status"] == "ERROR" and "utf-8" in rows[0]["error"]
     assert rows[0]["content"] == msg
+
+
+def test_a_hostile_sender_gets_an_answer_for_every_frame_and_the_listener_survives(engine):
+    import random
+
+    rnd = random.Random(20261127)
+    seeds = [fixture_bytes(n) for n in ("adt_a01.hl7", "oru_r01.hl7", "adt_a08.hl7", "garbage.bin", "no_msh.hl7")]
+    conn = MllpConnection(engine.adt_port, timeout=20)
+    codes = []
+    for k in range(300):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 12)):
+            op = rnd.random()
+            pos = rnd.randrange(len(data)) if data else 0
+            if op < 0.4 and data:
+                data[pos] = rnd.randrange(256)
+            elif op < 0.7:
+                data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 20)))
+            elif data:
+                del data[pos:pos + rnd.randint(1, 40)]
+        payload = bytes(data).replace(b"\x0b", b"").replace(b"\x1c", b"")  # keep the framing intact
+        ack = ack_fields(conn.send(payload))
+        codes.append(ack["MSA"][1])
+    conn.close()
+    assert len(codes) == 300 and set(codes) <= {"AA", "AE", "AR"}
+    # still alive and correct afterwards
+    conn = MllpConnection(engine.adt_port)
+    assert ack_fields(conn.send(with_control_id(fixture_bytes("adt_a04.hl7"), "AFTER-FUZZ")))["MSA"][1] == "AA"
+    conn.close()
