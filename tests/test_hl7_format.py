@@ -655,3 +655,9 @@ def test_random_mutations_of_the_fixtures_only_ever_raise_parse_error():
         buf = bytearray(data)
         list(iter_frames(buf))
     assert outcomes["parsed"] > 50 and outcomes["rejected"] > 20, outcomes
+
+
+def test_ack_control_ids_are_unique_and_fit_msh_10():
+    h = read_header(raw("adt_a01.hl7"))
+    ids = {Message(build_ack(h)).msh.field(10) for _ in range(500)}
+    assert len(ids) == 500 and max(map(len, ids)) <= 20

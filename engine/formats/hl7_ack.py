@@ -7,6 +7,8 @@ fault (ERR-2) with its HL7 table 0357 code (ERR-3), or ERR-1 for v2.4 and earlie
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import datetime, timezone
 
 from engine.errors import ParseError
@@ -28,6 +30,15 @@ def _escape(text: str, fs: str = "|", enc: str = "^~\\&") -> str:
     if len(enc) > 3:
         table[enc[3]] = f"{esc}T{esc}"
     return "".join(table.get(c, c) for c in text.replace("\r", " ").replace("\n", " "))
+
+
+_ack_ids = itertools.count()
+
+
+def _next_ack_id() -> str:
+    """A control id for an ACK: unique within the process, 16 characters at most (MSH-10 is
+    limited to 20 up to v2.6)."""
+    return f"A{time.time_ns() // 1_000_000:x}{next(_ack_ids) % 4096:03x}"
 
 
 def build_ack(
@@ -57,7 +68,7 @@ def build_ack(
     version = h.version if h and h.version else "2.5"
     trigger = h.trigger if h else ""
     msg_type = f"ACK{cs}{trigger}{cs}ACK" if _version_tuple(version) >= (2, 3, 1) else f"ACK{cs}{trigger}"
-    ack_id = control_id or f"ACK{ts}{(h.control_id if h else '')[-12:]}"
+    ack_id = control_id or _next_ack_id()
     msh = fs.join([
         "MSH", enc,
         h.receiving_app if h and h.receiving_app else app,
