@@ -339,3 +339,16 @@ def test_postgresql_upsert_merge_and_savepoints(pg_url):
     assert {r["mrn"]: r["merged_into"] for r in pm.rows("registration")} == {"OLD": "NEW", "NEW": None}
     clinical.dispose()
     pm.dispose()
+
+
+def test_a_message_after_a_failed_one_of_its_ordering_key_is_deferred_not_applied(clinical):
+    from engine.channels.base import Deferred
+
+    bad = up("clinical.patient", ("mrn",), mrn="M1", no_such_column="x")
+    results = clinical.apply_batch(
+        [(1, [bad]), (2, [patient("M1", family_name="LATER")]), (3, [patient("M2", family_name="OTHER")])],
+        keys=["M1", "M1", "M2"])
+    assert isinstance(results[0], DeliveryError)
+    assert isinstance(results[1], Deferred) and results[1].blocker == 1
+    assert results[2] is None
+    assert [r["mrn"] for r in clinical.rows("patient")] == ["M2"]

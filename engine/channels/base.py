@@ -42,6 +42,19 @@ class Item:
     message_id: int
     payload: Any
     content: bytes
+    ordering_key: str | None = None
+
+
+class Deferred(Exception):
+    """Not attempted: an earlier message of the same ordering key failed in the same batch.
+
+    Returned (not raised) by a destination whose ``orders_its_batch`` is True; the message
+    waits, without using up an attempt, until ``blocker`` is through.
+    """
+
+    def __init__(self, blocker: int):
+        super().__init__(f"waits for message {blocker} (same ordering key)")
+        self.blocker = blocker
 
 
 @dataclass
@@ -63,6 +76,11 @@ class Destination(ABC):
     def __init__(self, config: DestinationConfig, context: Context):
         self.config = config
         self.context = context
+
+    orders_its_batch = False
+    """True when ``deliver`` itself never applies an item after a failed item of the same
+    ordering key (it returns :class:`Deferred` for those); otherwise the processor hands it a
+    batch in waves of one item per key."""
 
     @property
     def name(self) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
-from engine.channels.base import Destination, Item
+from engine.channels.base import Deferred, Destination, Item
 from engine.errors import DeliveryError, MappingError, ParseError, StoreUnavailable
 from engine.formats import hl7, hl7_ack
 from engine.stores.message_store import (
@@ -273,13 +273,14 @@ class Processor:
                 if payload is None:
                     results.append(dict(destination=d.name, status=FILTERED, attempts=0, result="nothing to deliver"))
                 else:
-                    pending[d.name].append(Item(r.id, payload, r.content))
+                    pending[d.name].append(Item(r.id, payload, r.content, r.ordering_key))
             outcomes[r.id] = Outcome(r.id, RECEIVED, None, results)
 
         keys = {r.id: r.ordering_key for r in rows}
         for d in dests:
             blocked: dict[str, int] = {}  # ordering key -> the message that failed for d
-            for wave in _waves(pending[d.name], keys):
+            batches = [pending[d.name]] if d.orders_its_batch else _waves(pending[d.name], keys)
+            for wave in batches:
                 go = [i for i in wave if keys.get(i.message_id) not in blocked]
                 for item in wave:
                     if keys.get(item.message_id) in blocked:  # an earlier one of its key must go first
@@ -316,6 +317,10 @@ class Processor:
             o = outcomes[item.message_id]
             if res is None:
                 o.deliveries.append(dict(destination=d.name, status=SENT, attempts=attempts, result="delivered"))
+                continue
+            if isinstance(res, Deferred):  # not attempted: no attempt used up
+                o.deliveries.append(dict(destination=d.name, status=QUEUED, attempts=attempts - 1, error=str(res),
+                                         next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1))))
                 continue
             if keys.get(item.message_id):
                 blocked.setdefault(keys[item.message_id], item.message_id)

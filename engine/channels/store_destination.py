@@ -65,5 +65,8 @@ class StoreDestination(Destination):
         records = self.mapping.run(message)
         return records or None
 
+    orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred
+
     def deliver(self, items: list[Item]) -> list[Exception | None]:
-        return self.store.apply_batch([(i.message_id, i.payload) for i in items])
+        return self.store.apply_batch([(i.message_id, i.payload) for i in items],
+                                      keys=[i.ordering_key for i in items])

@@ -91,20 +91,32 @@ class RecordStore:
         self.engine.dispose()
 
     # -- writing ------------------------------------------------------------------------------
-    def apply_batch(self, batch: list[tuple[int, list[Record]]]) -> list[Exception | None]:
+    def apply_batch(self, batch: list[tuple[int, list[Record]]],
+                    keys: list[str | None] | None = None) -> list[Exception | None]:
         """Apply each (message_id, records) in one transaction, one SAVEPOINT per message.
 
         Returns, in order, None for a message whose records were all written, or the
         exception that rolled that message back. Never raises for a single message's fault.
+        With ``keys`` (each message's ordering key), a message after a failed one of the same
+        key is not applied: its result is ``Deferred`` (updates for one patient keep their order).
         """
+        from engine.channels.base import Deferred
+
         results: list[Exception | None] = [None] * len(batch)
+        keys = keys or [None] * len(batch)
+        failed: dict[str, int] = {}  # ordering key -> first message of it that failed
         plans: list[tuple[int, int, list[Any]]] = []
         mrns: set[str] = set()
         for i, (message_id, records) in enumerate(batch):
+            if keys[i] in failed:
+                results[i] = Deferred(failed[keys[i]])
+                continue
             try:
                 ops = [self._plan(r) for r in records]
             except Exception as exc:  # noqa: BLE001 - a record that cannot be read fails its message only
                 results[i] = self._wrap(exc, message_id)
+                if keys[i]:
+                    failed[keys[i]] = message_id
                 continue
             for op in ops:
                 if isinstance(op, _Merge):
@@ -127,11 +139,16 @@ class RecordStore:
             with write_transaction(self.engine) as conn:
                 resolved = load_resolution(conn, self.spec, mrns)
                 for i, message_id, ops in plans:
+                    if keys[i] in failed and failed[keys[i]] != message_id:
+                        results[i] = Deferred(failed[keys[i]])
+                        continue
                     try:
                         with conn.begin_nested():
                             after = self._apply_ops(conn, ops, message_id, now, resolved)
                     except Exception as exc:  # noqa: BLE001 - one message's fault, reported in its slot
                         results[i] = self._wrap(exc, message_id)
+                        if keys[i]:
+                            failed.setdefault(keys[i], message_id)
                     else:
                         if after is not None:  # the message merged patients: its resolution now holds
                             resolved.clear()
