@@ -224,7 +224,8 @@ def _message_store(args):
 
     cfg = _load(args, check_mappings=False)
     store = MessageStore(cfg.message_store_url)
-    store.upgrade() if store.url.startswith("sqlite") else None
+    if store.engine.dialect.name == "sqlite":  # embedded: the schema follows the code
+        store.upgrade()
     return cfg, store
 
 
