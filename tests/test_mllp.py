@@ -379,3 +379,36 @@ def test_a_hostile_sender_gets_an_answer_for_every_frame_and_the_listener_surviv
     conn = MllpConnection(engine.adt_port)
     assert ack_fields(conn.send(with_control_id(fixture_bytes("adt_a04.hl7"), "AFTER-FUZZ")))["MSA"][1] == "AA"
     conn.close()
+
+
+CHANNEL_CHARSET = """\
+stores:
+  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
+  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
+mappings_dir: MAPPINGS
+channels:
+  - name: latin1-feed
+    source: {type: mllp, port: "${ENGINE_ADT_PORT}", charset: latin-1}
+    destinations:
+      - {name: clinical, type: store, store: clinical, mapping: adt_clinical}
+  - name: other
+    source: {type: mllp, port: "${ENGINE_LAB_PORT}"}
+    destinations:
+      - {name: clinical, type: store, store: clinical, mapping: oru_clinical}
+"""
+
+
+def test_a_channel_charset_decodes_messages_without_msh_18(fresh_engine, tmp_path):
+    from conftest import ROOT
+
+    cfg = tmp_path / "charset.yaml"
+    cfg.write_text(CHANNEL_CHARSET.replace("MAPPINGS", str(ROOT / "mappings")))
+    eng = fresh_engine(cfg)
+    msg = fixture_bytes("adt_a01_latin1.hl7").replace(b"|8859/1", b"")  # no MSH-18: the channel says latin-1
+    conn = MllpConnection(eng.adt_port)
+    assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
+    conn.close()
+    mrn = seg_field(msg, "PID", 3, 1)
+    rows = eng.wait_for("clinical", "select family_name from patient where mrn = :m", m=mrn)
+    assert rows[0]["family_name"] == seg_field(msg, "PID", 5, 1).encode("latin-1").decode("latin-1")
+    assert "Ñ" in rows[0]["family_name"]

@@ -167,7 +167,7 @@ class Receiver:
             sending_facility=header.sending_facility if header else "",
             version=header.version if header else "",
             error=str(problem) if problem else None,
-            ordering_key=None if problem else ordering_key(raw, cfg.ordering_key, charset),
+            ordering_key=None if problem else ordering_key(raw, cfg.ordering_key, charset, header.charset),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll
@@ -196,14 +196,14 @@ class Receiver:
         return Ack(code, hl7_ack.build_ack(header, code, error=error, app=self._app, facility=self._facility))
 
 
-def ordering_key(raw: bytes, path: str, charset: str = "utf-8") -> str | None:
+def ordering_key(raw: bytes, path: str, default_charset: str = "utf-8", charset: str | None = None) -> str | None:
     """The value at the channel's ordering path (default PID-3.1, the patient's id), or None.
 
     Read at receive time, because a later message of the same key must see it before this one
     is processed. Only the segment named by the path is split; an unreadable message has none.
     """
     try:
-        value = hl7.Message(hl7.decode(raw, charset)).value(path)
+        value = hl7.Message(hl7.decode(raw, default_charset, charset=charset)).value(path)
     except (ParseError, ValueError, IndexError):
         return None
     return value[:200] if value else None

@@ -25,6 +25,7 @@ characters, so MSH-9.2 is the trigger event, as everywhere in HL7 documentation.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 
@@ -66,9 +67,15 @@ CHARSETS = {
 
 
 def codec_for(charset: str | None, default: str = "utf-8") -> str:
-    """The Python codec for an MSH-18 value (first repetition); ``default`` when empty or unknown."""
-    name = (charset or "").split("~", 1)[0].strip().upper()
-    return CHARSETS.get(name) or default
+    """The Python codec for an MSH-18 value (first repetition), or for a Python codec name
+    (a channel's ``charset``); ``default`` when empty or unknown."""
+    raw = (charset or "").split("~", 1)[0].strip()
+    if raw.upper() in CHARSETS:
+        return CHARSETS[raw.upper()] or default
+    try:
+        return codecs.lookup(raw).name
+    except LookupError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -456,12 +463,16 @@ def check_header(h: Header, *, versions: tuple[str, ...] = SUPPORTED_VERSIONS) -
         raise ParseError(f"unsupported HL7 version {h.version!r}", code=203, field=12)
 
 
-def decode(raw: bytes, default_charset: str = "utf-8") -> str:
-    """Decode a message's bytes with the codec MSH-18 names, else ``default_charset``."""
-    try:
-        charset = read_header(raw).charset
-    except ParseError:
-        charset = ""
+def decode(raw: bytes, default_charset: str = "utf-8", *, charset: str | None = None) -> str:
+    """Decode a message's bytes with the codec MSH-18 names, else ``default_charset``.
+
+    ``charset``: MSH-18 when the caller has already read the header (saves reading it again).
+    """
+    if charset is None:
+        try:
+            charset = read_header(raw).charset
+        except ParseError:
+            charset = ""
     codec = codec_for(charset, default_charset)
     try:
         return raw.decode(codec)
