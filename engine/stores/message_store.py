@@ -6,7 +6,9 @@ message content. Statuses::
 
     RECEIVED     committed, waiting for processing (re-dispatched at start-up)
     FILTERED     dropped on purpose: the channel filter, or a duplicate resend (duplicate_of set)
-    TRANSFORMED  mapped; destinations not yet all delivered
+    TRANSFORMED  mapped, delivery under way (kept for destinations that deliver asynchronously;
+                 the built-in ones map and deliver in one step, so a message goes from
+                 RECEIVED straight to SENT, QUEUED or ERROR)
     QUEUED       a destination failed and waits for its next attempt (next_attempt_at)
     SENT         every destination delivered
     ERROR        a fault, with its reason in ``error``; ``engine reprocess`` puts it back
