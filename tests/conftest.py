@@ -24,6 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def config_file(tmp_path: Path, text: str, name: str = "channels.yaml") -> Path:
+    """Write a test's channels.yaml, with MAPPINGS standing for the project's mappings folder."""
+    path = tmp_path / name
+    path.write_text(text.replace("MAPPINGS", str(ROOT / "mappings")))
+    return path
+
+
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 

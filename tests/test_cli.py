@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, fixture_bytes
+from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, fixture_bytes
 
 ENGINE = [sys.executable, "-m", "engine.cli"]
 
@@ -19,9 +19,7 @@ def run(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
 
 
 def write_config(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "channels.yaml"
-    path.write_text(textwrap.dedent(body).replace("MAPPINGS", str(ROOT / "mappings")))
-    return path
+    return config_file(tmp_path, textwrap.dedent(body))
 
 
 def test_the_sample_config_checks_clean():

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import MllpConnection, ack_fields, fixture_bytes
+from conftest import MllpConnection, ack_fields, config_file, fixture_bytes
 
 
 def seg_field(message: bytes, segment: str, n: int, component: int | None = None) -> str:
@@ -234,11 +234,7 @@ channels:
 
 
 def test_after_processing_acks_reflect_the_mapping_result(fresh_engine, tmp_path):
-    from conftest import ROOT
-
-    cfg = tmp_path / "after.yaml"
-    cfg.write_text(AFTER_PROCESSING.replace("MAPPINGS", str(ROOT / "mappings")))
-    eng = fresh_engine(cfg)
+    eng = fresh_engine(config_file(tmp_path, AFTER_PROCESSING))
     conn = MllpConnection(eng.adt_port)
     good = fixture_bytes("adt_a01.hl7")
     assert ack_fields(conn.send(good))["MSA"][1] == "AA"
@@ -254,11 +250,7 @@ def test_after_processing_acks_reflect_the_mapping_result(fresh_engine, tmp_path
 
 
 def test_an_idle_connection_is_closed(fresh_engine, tmp_path):
-    from conftest import ROOT
-
-    cfg = tmp_path / "idle.yaml"
-    cfg.write_text(AFTER_PROCESSING.replace("MAPPINGS", str(ROOT / "mappings")))
-    eng = fresh_engine(cfg)
+    eng = fresh_engine(config_file(tmp_path, AFTER_PROCESSING))
     conn = MllpConnection(eng.adt_port, timeout=5)
     assert conn.sock.recv(10) == b""  # closed by the engine after 1 s of silence
     conn.close()
@@ -306,11 +298,7 @@ channels:
 
 
 def test_strict_validation_uses_hl7apy_structures_and_errors_what_it_rejects(fresh_engine, tmp_path):
-    from conftest import ROOT
-
-    cfg = tmp_path / "strict.yaml"
-    cfg.write_text(STRICT.replace("MAPPINGS", str(ROOT / "mappings")))
-    eng = fresh_engine(cfg)
+    eng = fresh_engine(config_file(tmp_path, STRICT))
     good = fixture_bytes("oru_r01.hl7")
     # an ORU_R01 without its required OBR breaks the structure; the lenient channel takes it anyway
     broken = b"\r".join(s for s in with_control_id(good, "STRICT-BAD").split(b"\r") if not s.startswith(b"OBR|"))
@@ -399,11 +387,7 @@ channels:
 
 
 def test_a_channel_charset_decodes_messages_without_msh_18(fresh_engine, tmp_path):
-    from conftest import ROOT
-
-    cfg = tmp_path / "charset.yaml"
-    cfg.write_text(CHANNEL_CHARSET.replace("MAPPINGS", str(ROOT / "mappings")))
-    eng = fresh_engine(cfg)
+    eng = fresh_engine(config_file(tmp_path, CHANNEL_CHARSET))
     msg = fixture_bytes("adt_a01_latin1.hl7").replace(b"|8859/1", b"")  # no MSH-18: the channel says latin-1
     conn = MllpConnection(eng.adt_port)
     assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
