@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,8 @@ VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 ADT = (
     "MSH|^~\\&|REG|NORTHCLINIC|ENGINE|HUB|{ts}||ADT^{trigger}^ADT_A01|{cid}|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
     "EVN|{trigger}|{ts}\r"
-    "PID|1||{mrn}^^^NCH^MR~{ssn}^^^SSA^SS||{family}^{given}^Q||19{yy}0412|{sex}|||{num} Elm St^^Springfield^IL^62704^USA||(217)555-{phone}|||M||ACC{mrn}\r"
+    "PID|1||{mrn}^^^NCH^MR~{ssn}^^^SSA^SS||{family}^{given}^Q||19{yy}0412|{sex}|||"
+    "{num} Elm St^^Springfield^IL^62704^USA||(217)555-{phone}|||M||ACC{mrn}\r"
     "{pv1}\r"
     "AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives|20100101\r"
     "DG1|1||I10^Essential hypertension^I10||{ts}|A\r"
@@ -64,20 +64,58 @@ def make_messages(n: int, seed: int = 7) -> list[bytes]:
     out = []
     for i in range(n):
         mrn = f"{100000 + rnd.randrange(n // 4 + 1):06d}"
-        fields = dict(ts=f"2026{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}0930", cid=f"B{i:08d}", mrn=mrn,
-                      ssn=f"{rnd.randint(100, 999)}-55-{rnd.randint(1000, 9999)}", family=rnd.choice(FAMILIES),
-                      given=rnd.choice(GIVEN), yy=rnd.randint(40, 99), sex=rnd.choice("MF"), num=rnd.randint(1, 999),
-                      phone=f"{rnd.randint(0, 9999):04d}", trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
-                      glu=rnd.randint(60, 200), flag="")
+        fields = dict(
+            ts=f"2026{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}0930",
+            cid=f"B{i:08d}",
+            mrn=mrn,
+            ssn=f"{rnd.randint(100, 999)}-55-{rnd.randint(1000, 9999)}",
+            family=rnd.choice(FAMILIES),
+            given=rnd.choice(GIVEN),
+            yy=rnd.randint(40, 99),
+            sex=rnd.choice("MF"),
+            num=rnd.randint(1, 999),
+            phone=f"{rnd.randint(0, 9999):04d}",
+            trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
+            glu=rnd.randint(60, 200),
+            flag="",
+        )
         fields["flag"] = "H" if fields["glu"] > 99 else ("L" if fields["glu"] < 70 else "N")
-        fields["pv1"] = segment("PV1", {1: "1", 2: "I", 3: "4W^401^B^NCH", 7: "1234^Carter^Ann^^^Dr", 10: "MED",
-                                        14: "1", 17: "1234^Carter^Ann^^^Dr", 18: "IN",
-                                        19: f"V{mrn}{i % 3}^^^NCH^VN", 20: "BC", 39: "NCH", 41: "A",
-                                        44: fields["ts"]})
-        fields["in1"] = segment("IN1", {1: "1", 2: "BCBS01^PPO", 3: "60054", 4: "Blue Cross Blue Shield",
-                                        5: "PO Box 1^^Chicago^IL^60601", 8: f"GRP{fields['yy']}", 9: "Acme Corp",
-                                        12: "20240101", 13: "20261231", 16: f"{fields['family']}^{fields['given']}",
-                                        17: "SEL", 18: f"19{fields['yy']}0412", 36: f"MEM{mrn}"})
+        fields["pv1"] = segment(
+            "PV1",
+            {
+                1: "1",
+                2: "I",
+                3: "4W^401^B^NCH",
+                7: "1234^Carter^Ann^^^Dr",
+                10: "MED",
+                14: "1",
+                17: "1234^Carter^Ann^^^Dr",
+                18: "IN",
+                19: f"V{mrn}{i % 3}^^^NCH^VN",
+                20: "BC",
+                39: "NCH",
+                41: "A",
+                44: fields["ts"],
+            },
+        )
+        fields["in1"] = segment(
+            "IN1",
+            {
+                1: "1",
+                2: "BCBS01^PPO",
+                3: "60054",
+                4: "Blue Cross Blue Shield",
+                5: "PO Box 1^^Chicago^IL^60601",
+                8: f"GRP{fields['yy']}",
+                9: "Acme Corp",
+                12: "20240101",
+                13: "20261231",
+                16: f"{fields['family']}^{fields['given']}",
+                17: "SEL",
+                18: f"19{fields['yy']}0412",
+                36: f"MEM{mrn}",
+            },
+        )
         template = ORU if i % 2 else ADT
         out.append(template.format(**fields).encode())
     return out
@@ -96,25 +134,48 @@ class Engine:
     def __init__(self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         self.lab, self.adt = free_port(), free_port()
-        self.env = dict(os.environ, ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
-                        ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
-                        ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db", ENGINE_LAB_PORT=str(self.lab),
-                        ENGINE_ADT_PORT=str(self.adt), ENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
+            ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
+            ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db",
+            ENGINE_LAB_PORT=str(self.lab),
+            ENGINE_ADT_PORT=str(self.adt),
+            ENGINE_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
         self.env.update(env or {})
         if workers:
-            subprocess.run([sys.executable, "-m", "engine.cli", "db", "upgrade"], cwd=ROOT, env=self.env,
-                           check=True, capture_output=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run"], cwd=ROOT, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=open(self.dir / "engine.log", "wb"))
+            subprocess.run(
+                [sys.executable, "-m", "engine.cli", "db", "upgrade"],
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+                capture_output=True,
+            )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=open(self.dir / "engine.log", "wb"),  # noqa: SIM115 - the child keeps it open
+        )
         started = 0
         while started < 2:
             line = self.proc.stdout.readline()
             if not line:
                 raise SystemExit((self.dir / "engine.log").read_text())
             started += line.startswith(b"channel ")
-        self.workers = [subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads)],
-                                         cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
-                                         stderr=open(self.dir / f"worker{k}.log", "wb")) for k in range(workers)]
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.dir / f"worker{k}.log", "wb"),  # noqa: SIM115 - the child keeps it open
+            )
+            for k in range(workers)
+        ]
         self.db = create_engine(self.env["ENGINE_MESSAGE_STORE_URL"])
 
     def done_count(self) -> int:
@@ -133,12 +194,13 @@ class Engine:
         self.db.dispose()
 
 
-def run_once(messages: list[bytes], connections: int, env: dict[str, str] | None = None,
-             workers: int = 0, threads: int = 1) -> dict[str, float]:
+def run_once(
+    messages: list[bytes], connections: int, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1
+) -> dict[str, float]:
     """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles."""
     eng = Engine(env, workers, threads)
     try:
-        port_for = (lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt)
+        port_for = lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt
         t_start = time.perf_counter()
         seconds, lat, bad = asyncio.run(send_all(port_for, messages, connections))
         while eng.done_count() < len(messages):
@@ -147,8 +209,14 @@ def run_once(messages: list[bytes], connections: int, env: dict[str, str] | None
         errors = eng.error_count()
     finally:
         eng.stop()
-    return {"acked": len(messages) / seconds, "e2e": len(messages) / end_to_end, "p50": pct(lat, 0.5),
-            "p99": pct(lat, 0.99), "bad": bad, "errors": errors}
+    return {
+        "acked": len(messages) / seconds,
+        "e2e": len(messages) / end_to_end,
+        "p50": pct(lat, 0.5),
+        "p99": pct(lat, 0.99),
+        "bad": bad,
+        "errors": errors,
+    }
 
 
 async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[float, list[float], int]:
@@ -161,7 +229,7 @@ async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[f
         nonlocal bad
         if not chunk:
             return
-        reader, writer = await asyncio.open_connection("127.0.0.1", port_for(chunk[0]))
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port_for(chunk[0]))
         writers = {}
         for m in chunk:
             port = port_for(m)
@@ -174,7 +242,7 @@ async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[f
             latencies.append(time.perf_counter() - t0)
             if b"MSA|AA|" not in ack:
                 bad += 1
-        for r, w in writers.values():
+        for _r, w in writers.values():
             w.close()
         writer.close()
 
@@ -197,7 +265,7 @@ def parse_rates(messages: list[bytes], limit: int = 300) -> dict[str, float]:
     for m in sample:
         msg = Message(m)
         for seg in msg.segments:
-            seg.fields
+            _ = seg.fields
     own = len(sample) / (time.perf_counter() - t0)
     return {"hl7apy (find_groups=True)": apy, "engine tokenizer": own}
 
@@ -213,8 +281,10 @@ def main() -> None:
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
     messages = make_messages(args.n)
-    print(f"{args.n} messages (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(
+        f"{args.n} messages (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
     for conns in args.connections:
         r = run_once(messages, conns)
         print(f"\n{conns} connection(s):")

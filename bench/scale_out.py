@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mllp_ingest import make_messages, run_once  # noqa: E402
+from mllp_ingest import make_messages, run_once
 
 
 def main() -> None:
@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="threads per worker process")
-    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL to create databases")
+    ap.add_argument(
+        "--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL to create databases"
+    )
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = ap.parse_args()
 
@@ -45,8 +47,12 @@ def main() -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
         redis.Redis.from_url(args.redis).flushdb()
         url = f"postgresql+psycopg://{args.pg.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
-        env = {"ENGINE_MESSAGE_STORE_URL": url, "ENGINE_CLINICAL_STORE_URL": url, "ENGINE_PM_STORE_URL": url,
-               "ENGINE_QUEUE_URL": args.redis}
+        env = {
+            "ENGINE_MESSAGE_STORE_URL": url,
+            "ENGINE_CLINICAL_STORE_URL": url,
+            "ENGINE_PM_STORE_URL": url,
+            "ENGINE_QUEUE_URL": args.redis,
+        }
         try:
             r = run_once(messages, args.connections, env=env, workers=n, threads=args.threads)
         finally:
@@ -54,8 +60,10 @@ def main() -> None:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         base = base or r["e2e"]
-        print(f"redis + postgresql, {n} worker(s):    end-to-end {r['e2e']:7.0f} msg/s   ACKed {r['acked']:7.0f} msg/s"
-              f"   ({r['e2e'] / base:.2f}x one worker, {r['errors']} ERROR)")
+        print(
+            f"redis + postgresql, {n} worker(s):    end-to-end {r['e2e']:7.0f} msg/s   ACKed {r['acked']:7.0f} msg/s"
+            f"   ({r['e2e'] / base:.2f}x one worker, {r['errors']} ERROR)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC
 
 from engine.errors import ConfigError, EngineError
 
@@ -23,8 +24,11 @@ DEFAULT_CONFIG = os.environ.get("ENGINE_CONFIG", "config/channels.yaml")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("ENGINE_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)
@@ -133,13 +137,30 @@ def cmd_worker(args) -> int:
 
     cfg = _load(args)
     if cfg.queue.url.startswith("memory:"):
-        print("error: the queue is in-process (memory://): `engine run` does the processing; "
-              "set queue.url (ENGINE_QUEUE_URL) to redis://... to run workers", file=sys.stderr)
+        print(
+            "error: the queue is in-process (memory://): `engine run` does the processing; "
+            "set queue.url (ENGINE_QUEUE_URL) to redis://... to run workers",
+            file=sys.stderr,
+        )
         return 2
     if args.processes > 1:
-        children = [subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--config", args.config,
-                                      "--processes", "1", "--threads", str(args.threads)])
-                    for _ in range(args.processes)]
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "worker",
+                    "--config",
+                    args.config,
+                    "--processes",
+                    "1",
+                    "--threads",
+                    str(args.threads),
+                ]
+            )
+            for _ in range(args.processes)
+        ]
 
         def forward(sig, _frame):
             for c in children:
@@ -163,7 +184,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from engine.queue import make_queue
     from engine.stores.message_store import STATUSES
@@ -171,7 +192,7 @@ def cmd_status(args) -> int:
     cfg, store = _message_store(args)
     counts = store.counts()
     oldest = store.oldest_pending()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     channels = sorted({c for c, _ in counts} | {ch.name for ch in cfg.channels})
     print(f"{'CHANNEL':16}" + "".join(f"{s:>12}" for s in STATUSES) + "   OLDEST PENDING")
     for ch in channels:
@@ -246,16 +267,20 @@ def cmd_messages(args) -> int:
             d = dict(r._mapping)
             d["received_at"] = d["received_at"].isoformat()
             d["updated_at"] = d["updated_at"].isoformat()
-            d["deliveries"] = [{"destination": x.destination, "status": x.status, "attempts": x.attempts,
-                                "error": x.error} for x in store.deliveries_of(r.id)]
+            d["deliveries"] = [
+                {"destination": x.destination, "status": x.status, "attempts": x.attempts, "error": x.error}
+                for x in store.deliveries_of(r.id)
+            ]
             out.append(d)
         print(json.dumps(out, indent=2))
         return 0
     print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':14} {'TYPE':8} {'CONTROL ID':20} {'STATUS':11} ERROR")
     for r in rows:
         kind = f"{r.message_type}^{r.trigger}" if r.trigger else r.message_type
-        print(f"{r.id:>8}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.channel:14} {kind:8} {r.control_id[:20]:20} "
-              f"{r.status:11} {(r.error or '')[:100]}")
+        print(
+            f"{r.id:>8}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.channel:14} {kind:8} {r.control_id[:20]:20} "
+            f"{r.status:11} {(r.error or '')[:100]}"
+        )
     return 0
 
 
@@ -278,7 +303,7 @@ def cmd_reprocess(args) -> int:
         by_channel.setdefault(channel, []).append(mid)
     for channel, ids in by_channel.items():
         for i in range(0, len(ids), 200):
-            for o in rt.process_now(channel, ids[i:i + 200]):
+            for o in rt.process_now(channel, ids[i : i + 200]):
                 failed += o.status == "ERROR"
                 print(f"{o.message_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
     return 1 if failed else 0
@@ -289,7 +314,8 @@ def cmd_db(args) -> int:
 
     cfg = _load(args, check_mappings=False)
     stores = [("messages", "messages", cfg.message_store_url)] + [
-        (n, cfg.store_kind(n), s.url) for n, s in cfg.stores.items() if cfg.store_kind(n) != "messages"]
+        (n, cfg.store_kind(n), s.url) for n, s in cfg.stores.items() if cfg.store_kind(n) != "messages"
+    ]
     for name, kind, url in stores:
         if args.action == "upgrade":
             migrate.upgrade(url, kind)

@@ -146,9 +146,13 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
     for name, store in top.stores.items():
         kind = store.kind or name
         if kind not in STORE_KINDS:
-            problems.append(src.problem(("stores", name), f"unknown store kind {kind!r}; set kind: one of {', '.join(STORE_KINDS)}"))
+            problems.append(
+                src.problem(("stores", name), f"unknown store kind {kind!r}; set kind: one of {', '.join(STORE_KINDS)}")
+            )
     if not any((s.kind or n) == "messages" for n, s in top.stores.items()):
-        problems.append(src.problem(("stores",), "no message store: add a store named 'messages' (or with kind: messages)"))
+        problems.append(
+            src.problem(("stores",), "no message store: add a store named 'messages' (or with kind: messages)")
+        )
 
     cfg = Config(path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src)
     names: dict[str, int] = {}
@@ -160,7 +164,9 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
             problems.extend(_pydantic_problems(src, base, exc))
             continue
         if ch.name in names:
-            problems.append(src.problem(base + ("name",), f"duplicate channel name {ch.name!r} (also channels[{names[ch.name]}])"))
+            problems.append(
+                src.problem(base + ("name",), f"duplicate channel name {ch.name!r} (also channels[{names[ch.name]}])")
+            )
         names.setdefault(ch.name, i)
         source = _connector(src, base + ("source",), ch.source, registry.SOURCES, "source", problems)
         dests, index = [], []
@@ -169,7 +175,9 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
             dc = _connector(src, base + ("destinations", j), d, registry.DESTINATIONS, "destination", problems)
             if dc is not None:
                 if dc.name in dest_names:
-                    problems.append(src.problem(base + ("destinations", j, "name"), f"duplicate destination name {dc.name!r}"))
+                    problems.append(
+                        src.problem(base + ("destinations", j, "name"), f"duplicate destination name {dc.name!r}")
+                    )
                 dest_names.add(dc.name)
                 dests.append(dc)
                 index.append(j)
@@ -208,7 +216,11 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
             addr = getattr(ch.source, "listen_address", None)
             if addr is not None and ch.config.enabled:
                 if addr in listeners:
-                    problems.append(src.problem(base + ("source", "port"), f"port {addr[1]} already used by channel {listeners[addr]!r}"))
+                    problems.append(
+                        src.problem(
+                            base + ("source", "port"), f"port {addr[1]} already used by channel {listeners[addr]!r}"
+                        )
+                    )
                 listeners.setdefault(addr, ch.name)
             if hasattr(ch.source, "check"):
                 problems.extend(ch.source.check(cfg, base + ("source",), src))
@@ -220,7 +232,9 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
             except (ValueError, TypeError, KeyError) as exc:
                 problems.append(src.problem(base + ("filter",), str(exc)))
             except ConfigError as exc:
-                problems.extend(src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems)
+                problems.extend(
+                    src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems
+                )
         try:
             from engine.formats.hl7 import parse_path
 

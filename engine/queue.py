@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("engine.queue")
 
@@ -104,8 +104,17 @@ class RedisQueue:
         from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
         # the default middleware minus Prometheus (it binds a port per process)
-        self.broker = RedisBroker(url=url, middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(),
-                                                       Callbacks(), Pipelines(), Retries(max_retries=0)])
+        self.broker = RedisBroker(
+            url=url,
+            middleware=[
+                AgeLimit(),
+                TimeLimit(),
+                ShutdownNotifications(),
+                Callbacks(),
+                Pipelines(),
+                Retries(max_retries=0),
+            ],
+        )
         self._handler = handler
         self._threads = threads
         self._worker = None
@@ -114,8 +123,14 @@ class RedisQueue:
             if self._handler is not None:
                 self._handler(channel, ids)
 
-        self.actor = dramatiq.actor(process, actor_name="engine.process", queue_name=self.QUEUE,
-                                    broker=self.broker, max_retries=0, time_limit=10 * 60 * 1000)
+        self.actor = dramatiq.actor(
+            process,
+            actor_name="engine.process",
+            queue_name=self.QUEUE,
+            broker=self.broker,
+            max_retries=0,
+            time_limit=10 * 60 * 1000,
+        )
 
     def start(self) -> None:
         """Start consuming (workers only; a listener process only enqueues)."""
@@ -123,8 +138,9 @@ class RedisQueue:
 
         if self._handler is None:
             return
-        self._worker = dramatiq.Worker(self.broker, queues={self.QUEUE}, worker_threads=self._threads,
-                                       worker_timeout=200)
+        self._worker = dramatiq.Worker(
+            self.broker, queues={self.QUEUE}, worker_threads=self._threads, worker_timeout=200
+        )
         self._worker.start()
 
     def enqueue(self, channel: str, ids: list[int]) -> None:
@@ -134,8 +150,9 @@ class RedisQueue:
     def depth(self) -> int:
         """Messages waiting in Redis (each carries a batch of ids)."""
         client = self.broker.client
-        return int(client.llen(f"{self.broker.namespace}:{self.QUEUE}") or 0) + \
-            int(client.zcard(f"{self.broker.namespace}:{self.QUEUE}.DQ") or 0)
+        return int(client.llen(f"{self.broker.namespace}:{self.QUEUE}") or 0) + int(
+            client.zcard(f"{self.broker.namespace}:{self.QUEUE}.DQ") or 0
+        )
 
     def idle(self) -> bool:
         try:

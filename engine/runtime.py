@@ -47,18 +47,23 @@ class Runtime:
         self._outbox: dict[str, list[int]] = {}
         self._outbox_ready = threading.Condition()
         self._outbox_thread = threading.Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
-        self.queue = make_queue(q.url, self._handle if self.role != LISTENER else None,
-                                batch_size=q.batch_size, threads=threads)
+        self.queue = make_queue(
+            q.url, self._handle if self.role != LISTENER else None, batch_size=q.batch_size, threads=threads
+        )
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
         context = Context(cfg, self.record_store, self.route)
         self.destinations: dict[str, list[Destination]] = {
-            ch.name: [registry.DESTINATIONS[d.type].factory(d, context) for d in ch.destinations]
-            for ch in cfg.channels
+            ch.name: [registry.DESTINATIONS[d.type].factory(d, context) for d in ch.destinations] for ch in cfg.channels
         }
-        self.processor = Processor(self.message_store, {ch.name: ch for ch in cfg.channels}, self.destinations,
-                                   on_outcomes=self.committer.notify, dispatch=self._dispatch,
-                                   lease_seconds=q.claim_seconds)
+        self.processor = Processor(
+            self.message_store,
+            {ch.name: ch for ch in cfg.channels},
+            self.destinations,
+            on_outcomes=self.committer.notify,
+            dispatch=self._dispatch,
+            lease_seconds=q.claim_seconds,
+        )
         self.sources: list = []
         self.processed = 0
         self._sweep_seconds = q.sweep_seconds
@@ -135,14 +140,17 @@ class Runtime:
                 if self._stop.is_set() and not self._outbox:
                     return
                 deadline = time.monotonic() + self.DISPATCH_LINGER
-                while (sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size
-                       and not self._stop.is_set() and (left := deadline - time.monotonic()) > 0):
+                while (
+                    sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size
+                    and not self._stop.is_set()
+                    and (left := deadline - time.monotonic()) > 0
+                ):
                     self._outbox_ready.wait(left)
                 out, self._outbox = self._outbox, {}
             size = self.cfg.queue.batch_size
             for channel, ids in out.items():
                 for k in range(0, len(ids), size):
-                    self._enqueue(channel, ids[k:k + size])
+                    self._enqueue(channel, ids[k : k + size])
 
     def _enqueue(self, channel: str, ids: list[int]) -> None:
         try:
@@ -150,8 +158,12 @@ class Runtime:
         except Exception as exc:  # Redis is down: the ids are safe in the store, dispatch later
             with self._inflight_lock:
                 self._undispatched.setdefault(channel, set()).update(ids)
-            log.warning("channel=%s queue unreachable (%s); %d message(s) wait in the store",
-                        channel, type(exc).__name__, len(ids))
+            log.warning(
+                "channel=%s queue unreachable (%s); %d message(s) wait in the store",
+                channel,
+                type(exc).__name__,
+                len(ids),
+            )
 
     def _handle(self, channel: str, ids: list[int]) -> None:
         try:
@@ -195,11 +207,19 @@ class Runtime:
             h = hl7.read_header(content)
         except ParseError:
             h = None
-        item = Inbound(channel=ch.name, content=content, source_message_id=source_message_id,
-                       charset=h.charset if h else "", message_type=h.message_type if h else "",
-                       trigger=h.trigger if h else "", control_id=h.control_id if h else "",
-                       sending_app=h.sending_app if h else "", sending_facility=h.sending_facility if h else "",
-                       version=h.version if h else "", duplicate_window=None)
+        item = Inbound(
+            channel=ch.name,
+            content=content,
+            source_message_id=source_message_id,
+            charset=h.charset if h else "",
+            message_type=h.message_type if h else "",
+            trigger=h.trigger if h else "",
+            control_id=h.control_id if h else "",
+            sending_app=h.sending_app if h else "",
+            sending_facility=h.sending_facility if h else "",
+            version=h.version if h else "",
+            duplicate_window=None,
+        )
         self.committer.submit_sync([item])
 
     # -- sources ----------------------------------------------------------------------------------

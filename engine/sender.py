@@ -18,8 +18,7 @@ from engine.formats import hl7
 PROGRESS_FROM = 200  # files with more messages than this get a progress line on stderr
 
 
-def send_files(files: list[str], host: str, port: int, *, timeout: float = 30.0, out=sys.stdout,
-               err=sys.stderr) -> int:
+def send_files(files: list[str], host: str, port: int, *, timeout: float = 30.0, out=sys.stdout, err=sys.stderr) -> int:
     """Send every message in ``files``; print ``file#n control-id ACK-code [text]`` per message.
 
     Returns 0 when every message was answered AA (or CA), 1 otherwise.

@@ -66,8 +66,9 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([Problem(file, mark.line + 1 if mark else None, "",
-                                   f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+        raise ConfigError(
+            [Problem(file, mark.line + 1 if mark else None, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from exc
     lines: dict[Key, int] = {(): 1}
     problems: list[Problem] = []
     soft: list[Problem] = []
@@ -93,8 +94,7 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
             return items
         value = constructor.construct_object(n, deep=True)
         if interpolate and isinstance(value, str) and "${" in value:
-            value = _interpolate(value, lambda msg: soft.append(
-                Problem(file, n.start_mark.line + 1, dotted(key), msg)))
+            value = _interpolate(value, lambda msg: soft.append(Problem(file, n.start_mark.line + 1, dotted(key), msg)))
         return value
 
     data = walk(node, ())

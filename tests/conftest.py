@@ -57,7 +57,7 @@ class MllpConnection:
             self.buf += chunk
         start = self.buf.index(VT)
         end = self.buf.index(FS)
-        frame, self.buf = self.buf[start + 1:end], self.buf[end + 2:]
+        frame, self.buf = self.buf[start + 1 : end], self.buf[end + 2 :]
         return frame
 
     def close(self) -> None:
@@ -85,24 +85,30 @@ class EngineProcess:
         self.data = workdir / "data"
         self.lab_port, self.adt_port = free_port(), free_port()
         self.env = dict(os.environ)
-        self.env.update({
-            "ENGINE_MESSAGE_STORE_URL": f"sqlite:///{self.data}/messages.db",
-            "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{self.data}/clinical.db",
-            "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
-            "ENGINE_LAB_PORT": str(self.lab_port),
-            "ENGINE_ADT_PORT": str(self.adt_port),
-            "PYTHONUNBUFFERED": "1",
-        })
+        self.env.update(
+            {
+                "ENGINE_MESSAGE_STORE_URL": f"sqlite:///{self.data}/messages.db",
+                "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{self.data}/clinical.db",
+                "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
+                "ENGINE_LAB_PORT": str(self.lab_port),
+                "ENGINE_ADT_PORT": str(self.adt_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.env.update(env or {})
         self.config = config or ROOT / "config" / "channels.yaml"
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
 
-    def start(self) -> "EngineProcess":
+    def start(self) -> EngineProcess:
         self.log = open(self.workdir / "engine.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config)],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self.log)
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
         expected = self._channel_count()
         deadline = time.monotonic() + 30
         while len(self.lines) < expected:
@@ -156,8 +162,15 @@ class EngineProcess:
         raise AssertionError(f"timed out waiting on {name}: {sql} -> {rows}")
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=120, check=check)
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ def test_the_sample_config_checks_clean():
 
 
 def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
-    cfg = write_config(tmp_path, """\
+    cfg = write_config(
+        tmp_path,
+        """\
         stores:
           messages: {url: "sqlite:///${ENGINE_TEST_DIR:-/tmp}/m.db"}
           clinical: {url: "sqlite:///x.db"}
@@ -51,7 +53,8 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
             source: {type: mllp, port: "${ENGINE_UNSET_PORT_VAR}", ack_mode: sometimes}
             destinations:
               - {name: c, type: store, store: clinical, mapping: adt_clinical}
-        """)
+        """,
+    )
     out = run("check", "--config", str(cfg))
     assert out.returncode == 2
     err = out.stderr
@@ -73,13 +76,16 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
 
 
 def test_run_refuses_to_start_on_an_invalid_config(tmp_path):
-    cfg = write_config(tmp_path, """\
+    cfg = write_config(
+        tmp_path,
+        """\
         stores: {messages: {url: "sqlite:///m.db"}}
         channels:
           - name: x
             source: {type: mllp, port: 7002, colour: blue}
             destinations: [{name: a, type: channel, channel: x}]
-        """)
+        """,
+    )
     out = run("run", "--config", str(cfg))
     assert out.returncode == 2
     assert f"{cfg}:4: channels[0].source.colour: unknown key" in out.stderr
@@ -90,8 +96,9 @@ def test_send_prints_one_line_per_message_and_fails_on_a_nack(engine):
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.split()[2] == "AA" for line in lines)
-    out = engine.cli("send", "--port", str(engine.adt_port), str(FIXTURES / "adt_a04.hl7"),
-                     str(FIXTURES / "bad_version.hl7"))
+    out = engine.cli(
+        "send", "--port", str(engine.adt_port), str(FIXTURES / "adt_a04.hl7"), str(FIXTURES / "bad_version.hl7")
+    )
     assert out.returncode == 1
     codes = [line.split()[2] for line in out.stdout.strip().splitlines()]
     assert codes == ["AA", "AR"]
@@ -100,8 +107,7 @@ def test_send_prints_one_line_per_message_and_fails_on_a_nack(engine):
 def test_send_shows_progress_on_a_large_file(engine, tmp_path):
     base = fixture_bytes("adt_a08.hl7").decode("latin-1")
     big = tmp_path / "big.hl7"
-    big.write_text("".join(base.replace(base.split("|")[9], f"BIG{i:05d}", 1)
-                           for i in range(250)), encoding="latin-1")
+    big.write_text("".join(base.replace(base.split("|")[9], f"BIG{i:05d}", 1) for i in range(250)), encoding="latin-1")
     out = engine.cli("send", "--port", str(engine.adt_port), str(big))
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip().splitlines()) == 250
@@ -153,8 +159,9 @@ def test_acked_messages_survive_a_kill_mid_processing_and_are_applied_once_after
     eng.stop(signal.SIGKILL)  # right after the last ACK: the worker is still mapping
     assert eng.query("messages", "select count(*) as n from messages")[0]["n"] == 300
     eng2 = fresh_engine()  # same tmp dir, so the same store files
-    eng2.wait_for("messages", "select count(*) as n from messages where status = 'SENT'",
-                  lambda r: r[0]["n"] == 300, timeout=30)
+    eng2.wait_for(
+        "messages", "select count(*) as n from messages where status = 'SENT'", lambda r: r[0]["n"] == 300, timeout=30
+    )
     assert eng2.query("clinical", "select count(*) as n from encounter")[0]["n"] == 300
     for patient in range(7):
         last = max(seq for seq in range(1, 301) if seq % 7 == patient)
@@ -163,8 +170,11 @@ def test_acked_messages_survive_a_kill_mid_processing_and_are_applied_once_after
 
 
 def test_db_upgrade_reports_each_store_at_head(tmp_path):
-    env = {"ENGINE_MESSAGE_STORE_URL": f"sqlite:///{tmp_path}/m.db", "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{tmp_path}/c.db",
-           "ENGINE_PM_STORE_URL": f"sqlite:///{tmp_path}/p.db"}
+    env = {
+        "ENGINE_MESSAGE_STORE_URL": f"sqlite:///{tmp_path}/m.db",
+        "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{tmp_path}/c.db",
+        "ENGINE_PM_STORE_URL": f"sqlite:///{tmp_path}/p.db",
+    }
     import os
 
     out = run("db", "upgrade", "--config", "config/channels.yaml", env={**os.environ, **env})

@@ -77,14 +77,22 @@ def test_a_downstream_ae_is_retried_with_backoff_until_aa_and_a_copy_goes_to_ano
     conn = MllpConnection(eng.adt_port)
     assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
     conn.close()
-    rows = eng.wait_for("messages", "select d.status, d.attempts from deliveries d join messages m on m.id = d.message_id "
-                        "where m.channel = 'inbound' and d.destination = 'downstream'",
-                        lambda r: r and r[0]["status"] == "SENT", timeout=15)
+    rows = eng.wait_for(
+        "messages",
+        "select d.status, d.attempts from deliveries d join messages m on m.id = d.message_id "
+        "where m.channel = 'inbound' and d.destination = 'downstream'",
+        lambda r: r and r[0]["status"] == "SENT",
+        timeout=15,
+    )
     assert rows[0]["attempts"] == 3
     assert fake.received[-1] == msg  # byte for byte
     # the copy was committed under the archive channel, linked to its source, and failed visibly there
-    arch = eng.wait_for("messages", "select status, error, source_message_id from messages where channel = 'archive'",
-                        lambda r: r and r[0]["status"] == "ERROR", timeout=15)
+    arch = eng.wait_for(
+        "messages",
+        "select status, error, source_message_id from messages where channel = 'archive'",
+        lambda r: r and r[0]["status"] == "ERROR",
+        timeout=15,
+    )
     assert arch[0]["source_message_id"] is not None
     assert "nowhere" in arch[0]["error"]
 
@@ -121,5 +129,5 @@ def test_a_later_update_for_the_same_patient_waits_while_an_earlier_one_is_retri
     conn.close()
     eng.wait_for("messages", "select status from messages where status = 'SENT'", lambda r: len(r) == 2, timeout=15)
     ids = [m.split(b"\r")[0].split(b"|")[9] for m in fake.received]
-    cid = lambda m: m.split(b"\r")[0].split(b"|")[9]  # noqa: E731
+    cid = lambda m: m.split(b"\r")[0].split(b"|")[9]
     assert ids == [cid(first), cid(first), cid(second)]  # refused, retried, only then the later one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import timeit
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,9 @@ def test_mappings_match_the_store_columns(name, store):
 
 def test_a_wrong_expectation_fails_with_a_readable_diff(tmp_path):
     for f in ("adt_clinical.yaml", "adt_clinical_test.yaml"):
-        (tmp_path / f).write_text((MAPPINGS / f).read_text().replace("family_name: QUILLFEATHER", "family_name: WRONG", 1))
+        (tmp_path / f).write_text(
+            (MAPPINGS / f).read_text().replace("family_name: QUILLFEATHER", "family_name: WRONG", 1)
+        )
     (tmp_path / "tables").symlink_to(MAPPINGS / "tables")
     results = [run_case(c) for c in discover(tmp_path)]
     failed = [r for r in results if not r.passed]
@@ -56,14 +58,16 @@ def test_a_wrong_expectation_fails_with_a_readable_diff(tmp_path):
 def test_an_expected_error_that_does_not_happen_fails(tmp_path):
     (tmp_path / "adt_clinical.yaml").write_text((MAPPINGS / "adt_clinical.yaml").read_text())
     (tmp_path / "tables").symlink_to(MAPPINGS / "tables")
-    (tmp_path / "adt_clinical_test.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "adt_clinical_test.yaml").write_text(
+        textwrap.dedent("""\
         cases:
           - name: expects an error that does not come
             message: |
               MSH|^~\\&|A|B|C|D|20240101||ADT^A08|1|P|2.5
               PID|1||MRN1^^^X^MR||DOE^JANE||19800101|F
             error: {column: mrn}
-        """))
+        """)
+    )
     [case] = discover(tmp_path)
     result = run_case(case)
     assert not result.passed and "-error: column mrn" in result.diff and "+clinical.patient upsert" in result.diff
@@ -119,23 +123,30 @@ def test_every_problem_is_reported_with_file_line_and_key(tmp_path):
     assert len(problems) == len(expected)
 
 
-@pytest.mark.parametrize("fields, key, text", [
-    ("mrn: {pick: PID-3.1, component: 1}", "records[0].fields.mrn.pick", "without repetition or component"),
-    ("mrn: {literal: x, when: {path: PID-3, contains: x}}", "records[0].fields.mrn.when.contains", "unknown key"),
-    ("mrn: {concat: PID-3}", "records[0].fields.mrn.concat", "non-empty list"),
-    ("mrn: {use: nothing}", "records[0].fields.mrn.use", "unknown value 'nothing'"),
-    ("mrn: {path: PID-3, when: {path: MSH-12, equals: 2.10}}", "records[0].fields.mrn.when.equals", "in quotes"),
-    ("mrn: {datetime: PV1-44, timezone: Nowhere/Land}", "records[0].fields.mrn.timezone", "unknown time zone"),
-    ("mrn: 42", "records[0].fields.mrn", "{literal: ...}"),
-])
+@pytest.mark.parametrize(
+    "fields, key, text",
+    [
+        ("mrn: {pick: PID-3.1, component: 1}", "records[0].fields.mrn.pick", "without repetition or component"),
+        ("mrn: {literal: x, when: {path: PID-3, contains: x}}", "records[0].fields.mrn.when.contains", "unknown key"),
+        ("mrn: {concat: PID-3}", "records[0].fields.mrn.concat", "non-empty list"),
+        ("mrn: {use: nothing}", "records[0].fields.mrn.use", "unknown value 'nothing'"),
+        ("mrn: {path: PID-3, when: {path: MSH-12, equals: 2.10}}", "records[0].fields.mrn.when.equals", "in quotes"),
+        ("mrn: {datetime: PV1-44, timezone: Nowhere/Land}", "records[0].fields.mrn.timezone", "unknown time zone"),
+        ("mrn: 42", "records[0].fields.mrn", "{literal: ...}"),
+    ],
+)
 def test_single_problems(tmp_path, fields, key, text):
-    problems, _ = problems_of(tmp_path, f"records:\n  - target: clinical.patient\n    key: [mrn]\n    fields:\n      {fields}\n")
+    problems, _ = problems_of(
+        tmp_path, f"records:\n  - target: clinical.patient\n    key: [mrn]\n    fields:\n      {fields}\n"
+    )
     assert key in problems and text in problems[key].message, problems
     assert problems[key].line == 5
 
 
 def test_merge_records_must_be_mrn_and_old_mrn(tmp_path):
-    problems, _ = problems_of(tmp_path, "records:\n  - target: clinical.patient\n    op: merge\n    fields: {mrn: PID-3.1}\n")
+    problems, _ = problems_of(
+        tmp_path, "records:\n  - target: clinical.patient\n    op: merge\n    fields: {mrn: PID-3.1}\n"
+    )
     assert "records[0].fields" in problems
 
 
@@ -143,19 +154,22 @@ def test_merge_records_must_be_mrn_and_old_mrn(tmp_path):
 ADT = Message((FIXTURES / "adt_a01.hl7").read_text(encoding="latin-1"))
 
 
-@pytest.mark.parametrize("spec, result", [
-    ({"path": "MSH-9.1", "equals": "ADT"}, True),
-    ({"path": "MSH-9.2", "in": ["A04", "A08"]}, False),
-    ({"path": "MSH-9.2", "not_in": ["A04", "A08"]}, True),
-    ({"path": "PID-3[*].5", "equals": "JHN"}, True),
-    ({"path": "PID-3[*].5", "not_equals": "SS"}, True),
-    ({"path": "MRG-1", "exists": True}, False),
-    ({"path": "MRG-1", "exists": False}, True),
-    ({"path": "PV1-19.1", "matches": "V[0-9]{6}-[0-9]{4}"}, True),
-    ({"path": "PV1-19.1", "matches": "V[0-9]{6}"}, False),  # the whole value must match
-    ({"all": [{"path": "MSH-9.1", "equals": "ADT"}, {"not": {"path": "MSH-9.2", "equals": "A40"}}]}, True),
-    ({"any": [{"path": "MSH-9.1", "equals": "ORU"}, {"path": "PID-8", "equals": "M"}]}, False),
-])
+@pytest.mark.parametrize(
+    "spec, result",
+    [
+        ({"path": "MSH-9.1", "equals": "ADT"}, True),
+        ({"path": "MSH-9.2", "in": ["A04", "A08"]}, False),
+        ({"path": "MSH-9.2", "not_in": ["A04", "A08"]}, True),
+        ({"path": "PID-3[*].5", "equals": "JHN"}, True),
+        ({"path": "PID-3[*].5", "not_equals": "SS"}, True),
+        ({"path": "MRG-1", "exists": True}, False),
+        ({"path": "MRG-1", "exists": False}, True),
+        ({"path": "PV1-19.1", "matches": "V[0-9]{6}-[0-9]{4}"}, True),
+        ({"path": "PV1-19.1", "matches": "V[0-9]{6}"}, False),  # the whole value must match
+        ({"all": [{"path": "MSH-9.1", "equals": "ADT"}, {"not": {"path": "MSH-9.2", "equals": "A40"}}]}, True),
+        ({"any": [{"path": "MSH-9.1", "equals": "ORU"}, {"path": "PID-8", "equals": "M"}]}, False),
+    ],
+)
 def test_conditions(spec, result):
     assert compile_condition(spec)(ADT) is result
 
@@ -172,10 +186,10 @@ def test_dates_and_times():
     ny = zone("America/New_York")
     assert to_date("19580722") == date(1958, 7, 22)
     assert to_date("195807221030-0500") == date(1958, 7, 22)
-    assert to_datetime("20240314083000", ny) == datetime(2024, 3, 14, 12, 30, tzinfo=timezone.utc)  # EDT
-    assert to_datetime("20240114083000", ny) == datetime(2024, 1, 14, 13, 30, tzinfo=timezone.utc)  # EST
-    assert to_datetime("20240314083000.1234+0100", ny) == datetime(2024, 3, 14, 7, 30, 0, 123400, tzinfo=timezone.utc)
-    assert to_datetime("202403", ny) == datetime(2024, 3, 1, 5, 0, tzinfo=timezone.utc)
+    assert to_datetime("20240314083000", ny) == datetime(2024, 3, 14, 12, 30, tzinfo=UTC)  # EDT
+    assert to_datetime("20240114083000", ny) == datetime(2024, 1, 14, 13, 30, tzinfo=UTC)  # EST
+    assert to_datetime("20240314083000.1234+0100", ny) == datetime(2024, 3, 14, 7, 30, 0, 123400, tzinfo=UTC)
+    assert to_datetime("202403", ny) == datetime(2024, 3, 1, 5, 0, tzinfo=UTC)
     for bad in ("20241301", "2024-03-14", "2024031", "20240230", "20240314250000", "20240314+9900"):
         with pytest.raises(ValueProblem) as info:
             to_datetime(bad, ny)
@@ -205,14 +219,37 @@ def test_observations_read_their_own_obx_and_the_enclosing_obr():
     msg = Message((FIXTURES / "oru_r01.hl7").read_text(encoding="latin-1"))
     obs = [r for r in m.run(msg) if r.table == "observation"]
     assert [(o.values["filler_order_number"], o.values["set_id"]) for o in obs] == [
-        ("LAB448812", "1"), ("LAB448812", "2"), ("LAB448812", "3"), ("LAB448812", "4"), ("LAB448812", "5"),
-        ("LAB448812-2", "1"), ("LAB448812-2", "2"), ("LAB448812-2", "3")]
+        ("LAB448812", "1"),
+        ("LAB448812", "2"),
+        ("LAB448812", "3"),
+        ("LAB448812", "4"),
+        ("LAB448812", "5"),
+        ("LAB448812-2", "1"),
+        ("LAB448812-2", "2"),
+        ("LAB448812-2", "3"),
+    ]
     assert obs[0].values["value_numeric"] == 182.0 and obs[4].values["value_code"] == "OPOS"
 
 
 # -- the read cache gives what Message gives --------------------------------------------------
-PATHS = ["MSH-9.2", "PID-3[*].1", "PID-3[2].4", "PID-5.1.1", "PID-13", "OBX-5", "OBX[*]-5", "OBR-3.1",
-         "NTE-3", "IN2-1", "AL1-5[*]", "PV1-44", "ZPI-2.2", "MRG-1.1", "OBX[2]-3.1", "PID"]
+PATHS = [
+    "MSH-9.2",
+    "PID-3[*].1",
+    "PID-3[2].4",
+    "PID-5.1.1",
+    "PID-13",
+    "OBX-5",
+    "OBX[*]-5",
+    "OBR-3.1",
+    "NTE-3",
+    "IN2-1",
+    "AL1-5[*]",
+    "PV1-44",
+    "ZPI-2.2",
+    "MRG-1.1",
+    "OBX[2]-3.1",
+    "PID",
+]
 
 
 @pytest.mark.parametrize("fixture", ["adt_a01.hl7", "oru_r01.hl7", "oru_r01_v28.hl7", "adt_a40.hl7"])

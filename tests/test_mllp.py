@@ -7,7 +7,6 @@ import re
 import threading
 
 import pytest
-
 from conftest import MllpConnection, ack_fields, config_file, fixture_bytes
 
 
@@ -103,12 +102,15 @@ def test_separators_and_character_sets_are_decoded_as_msh_18_says(engine, name):
     assert rows[0]["family_name"] == family
 
 
-@pytest.mark.parametrize("name, code, err_code", [
-    ("garbage.bin", "AR", "100"),
-    ("no_msh.hl7", "AR", "100"),
-    ("bad_version.hl7", "AR", "203"),
-    ("empty_control_id.hl7", "AR", "101"),
-])
+@pytest.mark.parametrize(
+    "name, code, err_code",
+    [
+        ("garbage.bin", "AR", "100"),
+        ("no_msh.hl7", "AR", "100"),
+        ("bad_version.hl7", "AR", "203"),
+        ("empty_control_id.hl7", "AR", "101"),
+    ],
+)
 def test_bad_input_gets_a_nack_with_an_err_segment_and_the_connection_stays_usable(engine, name, code, err_code):
     conn = MllpConnection(engine.adt_port)
     ack = ack_fields(conn.send(fixture_bytes(name)))
@@ -189,8 +191,11 @@ def test_a_resend_is_acked_but_not_applied_twice_and_a_reused_control_id_is_flag
     changed = msg.replace(b"EVN|A03|", b"EVN|A03|1", 1) if b"EVN|A03|" in msg else msg + b"ZZZ|1\r"
     assert ack_fields(conn.send(changed))["MSA"][1] == "AA"
     conn.close()
-    rows = engine.wait_for("messages", "select id, status, duplicate_of, flags from messages where control_id = 'DUP-1' order by id",
-                           lambda r: len(r) == 3 and r[2]["status"] not in ("RECEIVED",))
+    rows = engine.wait_for(
+        "messages",
+        "select id, status, duplicate_of, flags from messages where control_id = 'DUP-1' order by id",
+        lambda r: len(r) == 3 and r[2]["status"] not in ("RECEIVED",),
+    )
     assert rows[0]["duplicate_of"] is None and rows[0]["status"] in ("SENT", "QUEUED", "TRANSFORMED")
     assert rows[1]["status"] == "FILTERED" and rows[1]["duplicate_of"] == rows[0]["id"]
     assert rows[2]["duplicate_of"] is None and "control_id_reused" in rows[2]["flags"]
@@ -214,8 +219,11 @@ def test_a_message_the_channel_filter_drops_is_acked_and_filtered(engine):
     conn = MllpConnection(engine.lab_port)  # the lab channel takes ORU only
     assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
     conn.close()
-    rows = engine.wait_for("messages", "select status, error from messages where control_id = 'FILTER-1'",
-                           lambda r: r and r[0]["status"] != "RECEIVED")
+    rows = engine.wait_for(
+        "messages",
+        "select status, error from messages where control_id = 'FILTER-1'",
+        lambda r: r and r[0]["status"] != "RECEIVED",
+    )
     assert rows[0]["status"] == "FILTERED" and "filter" in rows[0]["error"]
 
 
@@ -241,7 +249,7 @@ def test_after_processing_acks_reflect_the_mapping_result(fresh_engine, tmp_path
     # by the time AA arrives, the patient is already in the store
     assert eng.query("clinical", "select mrn from patient where mrn = :m", m=seg_field(good, "PID", 3, 1))
     lines = fixture_bytes("adt_a04.hl7").split(b"\r")
-    lines = [b"PID|1||" + b"|".join(l.split(b"|")[4:]) if l.startswith(b"PID|") else l for l in lines]
+    lines = [b"PID|1||" + b"|".join(s.split(b"|")[4:]) if s.startswith(b"PID|") else s for s in lines]
     ack = ack_fields(conn.send(b"\r".join(lines)))
     assert ack["MSA"][1] == "AE"
     assert "mrn" in ack["MSA"][3].lower()
@@ -262,8 +270,11 @@ def test_an_a40_merges_the_old_mrn_into_the_survivor_in_both_stores(fresh_engine
     a40 = fixture_bytes("adt_a40.hl7")
     survivor, old = seg_field(a40, "PID", 3, 1), seg_field(a40, "MRG", 1, 1)
     # the old MRN had its own registration and visit before the merge
-    old_a04 = with_control_id(fixture_bytes("adt_a01.hl7"), "OLD-REG").replace(
-        survivor.encode(), old.encode()).replace(seg_field(a01, "PV1", 19, 1).encode(), b"V-OLD-1")
+    old_a04 = (
+        with_control_id(fixture_bytes("adt_a01.hl7"), "OLD-REG")
+        .replace(survivor.encode(), old.encode())
+        .replace(seg_field(a01, "PV1", 19, 1).encode(), b"V-OLD-1")
+    )
     conn = MllpConnection(eng.adt_port)
     for m in (a01, old_a04):
         assert ack_fields(conn.send(m))["MSA"][1] == "AA"
@@ -271,8 +282,9 @@ def test_an_a40_merges_the_old_mrn_into_the_survivor_in_both_stores(fresh_engine
     assert ack_fields(conn.send(a40))["MSA"][1] == "AA"
     conn.close()
     for store, table in (("clinical", "patient"), ("pm", "registration")):
-        rows = eng.wait_for(store, f"select mrn, merged_into from {table} where mrn = :o", lambda r: r and r[0]["merged_into"],
-                            o=old)
+        rows = eng.wait_for(
+            store, f"select mrn, merged_into from {table} where mrn = :o", lambda r: r and r[0]["merged_into"], o=old
+        )
         assert rows[0]["merged_into"] == survivor
     for store, table in (("clinical", "encounter"), ("pm", "visit")):
         assert eng.query(store, f"select mrn from {table} where visit_number = 'V-OLD-1'")[0]["mrn"] == survivor
@@ -307,12 +319,17 @@ def test_strict_validation_uses_hl7apy_structures_and_errors_what_it_rejects(fre
         assert ack_fields(conn.send(good))["MSA"][1] == "AA"
         assert ack_fields(conn.send(broken))["MSA"][1] == "AA"
         conn.close()
-    rows = eng.wait_for("messages", "select channel, control_id, status, error from messages where control_id = 'STRICT-BAD'",
-                        lambda r: len(r) == 2 and all(x["status"] != "RECEIVED" for x in r))
+    rows = eng.wait_for(
+        "messages",
+        "select channel, control_id, status, error from messages where control_id = 'STRICT-BAD'",
+        lambda r: len(r) == 2 and all(x["status"] != "RECEIVED" for x in r),
+    )
     by_channel = {r["channel"]: r for r in rows}
     assert by_channel["strict-lab"]["status"] == "ERROR" and "strict validation" in by_channel["strict-lab"]["error"]
     assert by_channel["lenient"]["status"] != "ERROR"
-    ok = eng.wait_for("messages", "select status from messages where channel = 'strict-lab' and control_id != 'STRICT-BAD'")
+    ok = eng.wait_for(
+        "messages", "select status from messages where channel = 'strict-lab' and control_id != 'STRICT-BAD'"
+    )
     assert ok[0]["status"] == "SENT"
 
 
@@ -323,8 +340,11 @@ def test_a_resend_pipelined_in_the_same_write_is_still_a_duplicate(engine):
     acks = [ack_fields(conn.read_frame()), ack_fields(conn.read_frame())]
     conn.close()
     assert [a["MSA"][1] for a in acks] == ["AA", "AA"]
-    rows = engine.wait_for("messages", "select id, status, duplicate_of from messages where control_id = 'PIPE-DUP' order by id",
-                           lambda r: len(r) == 2)
+    rows = engine.wait_for(
+        "messages",
+        "select id, status, duplicate_of from messages where control_id = 'PIPE-DUP' order by id",
+        lambda r: len(r) == 2,
+    )
     assert rows[1]["status"] == "FILTERED" and rows[1]["duplicate_of"] == rows[0]["id"]
 
 
@@ -334,8 +354,11 @@ def test_bytes_that_do_not_match_the_declared_charset_are_stored_and_errored_wit
     conn = MllpConnection(engine.adt_port)
     assert ack_fields(conn.send(msg))["MSA"][1] == "AA"  # stored first: nothing is lost
     conn.close()
-    rows = engine.wait_for("messages", "select status, error, content from messages where control_id = 'WRONG-CHARSET'",
-                           lambda r: r and r[0]["status"] != "RECEIVED")
+    rows = engine.wait_for(
+        "messages",
+        "select status, error, content from messages where control_id = 'WRONG-CHARSET'",
+        lambda r: r and r[0]["status"] != "RECEIVED",
+    )
     assert rows[0]["status"] == "ERROR" and "utf-8" in rows[0]["error"]
     assert rows[0]["content"] == msg
 
@@ -347,7 +370,7 @@ def test_a_hostile_sender_gets_an_answer_for_every_frame_and_the_listener_surviv
     seeds = [fixture_bytes(n) for n in ("adt_a01.hl7", "oru_r01.hl7", "adt_a08.hl7", "garbage.bin", "no_msh.hl7")]
     conn = MllpConnection(engine.adt_port, timeout=20)
     codes = []
-    for k in range(300):
+    for _k in range(300):
         data = bytearray(rnd.choice(seeds))
         for _ in range(rnd.randint(1, 12)):
             op = rnd.random()
@@ -357,7 +380,7 @@ def test_a_hostile_sender_gets_an_answer_for_every_frame_and_the_listener_surviv
             elif op < 0.7:
                 data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 20)))
             elif data:
-                del data[pos:pos + rnd.randint(1, 40)]
+                del data[pos : pos + rnd.randint(1, 40)]
         payload = bytes(data).replace(b"\x0b", b"").replace(b"\x1c", b"")  # keep the framing intact
         ack = ack_fields(conn.send(payload))
         codes.append(ack["MSA"][1])

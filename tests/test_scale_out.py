@@ -17,13 +17,28 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, EngineProcess, MllpConnection, services_required
 
 PG_ADMIN = os.environ.get("ENGINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ENGINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-               "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
 
 pytestmark = pytest.mark.services
 
@@ -85,14 +100,24 @@ class Cluster:
 
         redis.Redis.from_url(REDIS_URL).flushdb()
         self.env = {
-            "ENGINE_MESSAGE_STORE_URL": db_url, "ENGINE_CLINICAL_STORE_URL": db_url, "ENGINE_PM_STORE_URL": db_url,
-            "ENGINE_QUEUE_URL": REDIS_URL, "ENGINE_CLAIM_SECONDS": "3", "ENGINE_STUCK_AFTER_SECONDS": "3",
+            "ENGINE_MESSAGE_STORE_URL": db_url,
+            "ENGINE_CLINICAL_STORE_URL": db_url,
+            "ENGINE_PM_STORE_URL": db_url,
+            "ENGINE_QUEUE_URL": REDIS_URL,
+            "ENGINE_CLAIM_SECONDS": "3",
+            "ENGINE_STUCK_AFTER_SECONDS": "3",
         }
         self.tmp = tmp
         self.listener = EngineProcess(tmp, env=self.env)
         self.listener.env.update(self.env)
-        out = subprocess.run([sys.executable, "-m", "engine.cli", "db", "upgrade"], cwd=ROOT, env=self.listener.env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "db", "upgrade"],
+            cwd=ROOT,
+            env=self.listener.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         self.listener.start()
         self.workers = [self.start_worker() for _ in range(workers)]
@@ -100,8 +125,13 @@ class Cluster:
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.tmp / f"worker-{time.monotonic_ns()}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--threads", "2"], cwd=ROOT,
-                                env=self.listener.env, stdout=subprocess.PIPE, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "--threads", "2"],
+            cwd=ROOT,
+            env=self.listener.env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
         assert proc.stdout.readline().startswith(b"worker ")
         return proc
 
@@ -225,6 +255,7 @@ def run_with_fault(cluster: Cluster, n: int, fault, at: float = 0.3) -> Sender:
 def test_a_worker_killed_mid_stream_loses_nothing_and_order_holds(tmp_path, pg_database):
     cluster = Cluster(tmp_path, pg_database, workers=2)
     try:
+
         def kill_one():
             cluster.workers[0].send_signal(signal.SIGKILL)
             cluster.workers[0].wait()
@@ -238,6 +269,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_order_holds(tmp_path, pg_d
 def test_a_redis_restart_mid_stream_loses_nothing_and_order_holds(tmp_path, pg_database):
     cluster = Cluster(tmp_path, pg_database, workers=2)
     try:
+
         def restart_redis():
             import redis
 
@@ -267,12 +299,19 @@ def test_postgresql_stopped_mid_stream_gets_ae_not_aa_and_loses_nothing(tmp_path
         pytest.skip("cannot stop PostgreSQL here: no /etc/postgresql cluster")
     cluster = Cluster(tmp_path, pg_database, workers=2)
     try:
+
         def stop_postgres():
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"],
+                check=True,
+                capture_output=True,
+            )
             time.sleep(4)
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                check=True,
+                capture_output=True,
+            )
             _wait_for_postgres()
 
         sender = run_with_fault(cluster, 1500, stop_postgres)
@@ -289,8 +328,14 @@ def test_engine_status_shows_queue_and_workers(tmp_path, pg_database):
         sender = Sender(cluster.listener.adt_port, messages(50), connections=1)
         sender.run()
         time.sleep(2.5)
-        out = subprocess.run([sys.executable, "-m", "engine.cli", "status"], cwd=ROOT, env=cluster.listener.env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "status"],
+            cwd=ROOT,
+            env=cluster.listener.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert "queue: redis" in out.stdout
         assert "worker" in out.stdout and "listener" in out.stdout
@@ -302,6 +347,7 @@ def test_engine_status_shows_queue_and_workers(tmp_path, pg_database):
 def test_sigterm_lets_a_worker_finish_its_batch_and_exit_cleanly(tmp_path, pg_database):
     cluster = Cluster(tmp_path, pg_database, workers=1)
     try:
+
         def stop_and_replace():
             w = cluster.workers[0]
             w.send_signal(signal.SIGTERM)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,7 +15,6 @@ from engine.stores import migrate
 from engine.stores.migrate import SchemaOutOfDate
 from engine.stores.records_store import RecordStore
 
-UTC = timezone.utc
 PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -24,8 +23,12 @@ def up(target: str, key: tuple[str, ...], **values) -> Record:
 
 
 def merge(store: str, old: str, new: str) -> Record:
-    return Record(f"{store}.patient" if store == "clinical" else f"{store}.registration", ("mrn",),
-                  {"mrn": new, "old_mrn": old}, op="merge")
+    return Record(
+        f"{store}.patient" if store == "clinical" else f"{store}.registration",
+        ("mrn",),
+        {"mrn": new, "old_mrn": old},
+        op="merge",
+    )
 
 
 def strip(rows: list[dict]) -> list[dict]:
@@ -58,12 +61,17 @@ def patient(mrn: str, **values) -> Record:
 
 # -- upserts ----------------------------------------------------------------------------------------
 def test_upsert_inserts_then_updates_only_present_columns(clinical):
-    assert clinical.apply_batch([(1, [patient("M1", family_name="Doe", given_name="Jan", sex="F",
-                                               birth_date=date(1980, 2, 3))])]) == [None]
+    assert clinical.apply_batch(
+        [(1, [patient("M1", family_name="Doe", given_name="Jan", sex="F", birth_date=date(1980, 2, 3))])]
+    ) == [None]
     assert clinical.apply_batch([(2, [patient("M1", given_name="Janet")])]) == [None]
     (row,) = clinical.rows("patient", mrn="M1")
-    assert (row["family_name"], row["given_name"], row["sex"], row["birth_date"]) == ("Doe", "Janet", "F",
-                                                                                      date(1980, 2, 3))
+    assert (row["family_name"], row["given_name"], row["sex"], row["birth_date"]) == (
+        "Doe",
+        "Janet",
+        "F",
+        date(1980, 2, 3),
+    )
     assert row["last_message_id"] == 2 and row["updated_at"].tzinfo is not None
 
 
@@ -75,11 +83,29 @@ def test_none_clears_absent_keeps(clinical):
 
 
 def test_reapplying_a_message_leaves_the_same_state(clinical):
-    msg = [patient("M1", family_name="Doe"),
-           up("clinical.encounter", ("visit_number",), visit_number="V1", mrn="M1",
-              admit_at=datetime(2024, 5, 1, 8, 30, tzinfo=UTC)),
-           *[up("clinical.observation", ("filler_order_number", "set_id"), filler_order_number="F1", set_id=i,
-                mrn="M1", code="GLU", value_numeric=5.5 + i, units="mmol/L") for i in range(1, 4)]]
+    msg = [
+        patient("M1", family_name="Doe"),
+        up(
+            "clinical.encounter",
+            ("visit_number",),
+            visit_number="V1",
+            mrn="M1",
+            admit_at=datetime(2024, 5, 1, 8, 30, tzinfo=UTC),
+        ),
+        *[
+            up(
+                "clinical.observation",
+                ("filler_order_number", "set_id"),
+                filler_order_number="F1",
+                set_id=i,
+                mrn="M1",
+                code="GLU",
+                value_numeric=5.5 + i,
+                units="mmol/L",
+            )
+            for i in range(1, 4)
+        ],
+    ]
     assert clinical.apply_batch([(7, msg)]) == [None]
     before = snapshot(clinical)
     assert clinical.apply_batch([(7, msg)]) == [None]
@@ -99,11 +125,19 @@ def test_one_bad_message_rolls_back_alone(clinical, tmp_path):
     # A database-level failure after the message's first rows were written inside its savepoint.
     eng = create_engine(f"sqlite:///{tmp_path}/clinical.db")
     with eng.begin() as conn:
-        conn.exec_driver_sql("CREATE TRIGGER boom BEFORE INSERT ON observation WHEN NEW.code = 'BOOM' "
-                             "BEGIN SELECT RAISE(ABORT, 'boom'); END")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER boom BEFORE INSERT ON observation WHEN NEW.code = 'BOOM' "
+            "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
     eng.dispose()
-    obs = lambda f, code: up("clinical.observation", ("filler_order_number", "set_id"),  # noqa: E731
-                             filler_order_number=f, set_id="1", mrn="M2", code=code)
+    obs = lambda f, code: up(
+        "clinical.observation",
+        ("filler_order_number", "set_id"),
+        filler_order_number=f,
+        set_id="1",
+        mrn="M2",
+        code=code,
+    )
     batch = [
         (1, [patient("M1", family_name="One")]),
         (2, [patient("M2", family_name="Two"), obs("F2", "BOOM")]),
@@ -119,15 +153,18 @@ def test_one_bad_message_rolls_back_alone(clinical, tmp_path):
     assert [r["filler_order_number"] for r in clinical.rows("observation")] == ["F3"]
 
 
-@pytest.mark.parametrize("record, words", [
-    (up("clinical.nope", ("mrn",), mrn="M1"), ["nope"]),
-    (patient("M1", deceased_at=datetime(2024, 1, 1)), ["deceased_at", "timezone-aware"]),
-    (patient("M1", merged_into="M2"), ["merged_into"]),
-    (up("clinical.allergy", ("mrn",), mrn="M1", allergen_code="PEN"), ["natural key"]),
-    (up("clinical.allergy", ("mrn", "allergen_code"), mrn="M1"), ["allergen_code"]),
-    (up("clinical.patient_merge", ("old_mrn",), old_mrn="M1"), ["merge"]),
-    (Record("clinical.patient", ("mrn",), {"mrn": "M1"}, op="delete"), ["delete"]),
-])
+@pytest.mark.parametrize(
+    "record, words",
+    [
+        (up("clinical.nope", ("mrn",), mrn="M1"), ["nope"]),
+        (patient("M1", deceased_at=datetime(2024, 1, 1)), ["deceased_at", "timezone-aware"]),
+        (patient("M1", merged_into="M2"), ["merged_into"]),
+        (up("clinical.allergy", ("mrn",), mrn="M1", allergen_code="PEN"), ["natural key"]),
+        (up("clinical.allergy", ("mrn", "allergen_code"), mrn="M1"), ["allergen_code"]),
+        (up("clinical.patient_merge", ("old_mrn",), old_mrn="M1"), ["merge"]),
+        (Record("clinical.patient", ("mrn",), {"mrn": "M1"}, op="delete"), ["delete"]),
+    ],
+)
 def test_records_the_schema_cannot_take_are_refused_by_name(clinical, record, words):
     (err,) = clinical.apply_batch([(1, [record])])
     assert isinstance(err, DeliveryError) and err.retryable is False
@@ -141,19 +178,30 @@ def allergy(mrn: str, code: str, **v) -> Record:
 
 
 def test_clinical_merge_repoints_and_survivor_wins_collisions(clinical):
-    clinical.apply_batch([
-        (1, [patient("OLD", family_name="Smith", given_name="Ann"), allergy("OLD", "PEN", severity="old"),
-             allergy("OLD", "LATEX"), up("clinical.encounter", ("visit_number",), visit_number="V1", mrn="OLD"),
-             up("clinical.diagnosis", ("visit_number", "code"), visit_number="V1", code="I10", mrn="OLD")]),
-        (2, [patient("NEW", family_name="Smith", given_name="Anne"), allergy("NEW", "PEN", severity="new")]),
-    ])
+    clinical.apply_batch(
+        [
+            (
+                1,
+                [
+                    patient("OLD", family_name="Smith", given_name="Ann"),
+                    allergy("OLD", "PEN", severity="old"),
+                    allergy("OLD", "LATEX"),
+                    up("clinical.encounter", ("visit_number",), visit_number="V1", mrn="OLD"),
+                    up("clinical.diagnosis", ("visit_number", "code"), visit_number="V1", code="I10", mrn="OLD"),
+                ],
+            ),
+            (2, [patient("NEW", family_name="Smith", given_name="Anne"), allergy("NEW", "PEN", severity="new")]),
+        ]
+    )
     assert clinical.apply_batch([(3, [merge("clinical", "OLD", "NEW")])]) == [None]
     after = snapshot(clinical)
     by = {r["mrn"]: r for r in clinical.rows("patient")}
     assert by["OLD"]["merged_into"] == "NEW" and by["NEW"]["merged_into"] is None
     assert by["NEW"]["given_name"] == "Anne"
     assert sorted((r["mrn"], r["allergen_code"], r["severity"]) for r in clinical.rows("allergy")) == [
-        ("NEW", "LATEX", None), ("NEW", "PEN", "new")]
+        ("NEW", "LATEX", None),
+        ("NEW", "PEN", "new"),
+    ]
     assert [r["mrn"] for r in clinical.rows("encounter")] == ["NEW"]
     assert [r["mrn"] for r in clinical.rows("diagnosis")] == ["NEW"]
     audit = clinical.rows("patient_merge")
@@ -171,12 +219,14 @@ def test_clinical_merge_repoints_and_survivor_wins_collisions(clinical):
 
 def test_merge_then_upsert_in_the_same_batch_and_chains(clinical):
     clinical.apply_batch([(1, [patient("A", family_name="X"), allergy("A", "PEN")])])
-    res = clinical.apply_batch([
-        (2, [merge("clinical", "A", "B")]),
-        (3, [patient("A", given_name="later")]),
-        (4, [merge("clinical", "B", "C")]),
-        (5, [allergy("A", "LATEX")]),
-    ])
+    res = clinical.apply_batch(
+        [
+            (2, [merge("clinical", "A", "B")]),
+            (3, [patient("A", given_name="later")]),
+            (4, [merge("clinical", "B", "C")]),
+            (5, [allergy("A", "LATEX")]),
+        ]
+    )
     assert res == [None] * 4
     by = {r["mrn"]: r for r in clinical.rows("patient")}
     assert by["A"]["merged_into"] == "C" and by["B"]["merged_into"] == "C" and by["C"]["merged_into"] is None
@@ -189,22 +239,49 @@ def test_merge_then_upsert_in_the_same_batch_and_chains(clinical):
 
 
 def test_pm_merge_creates_survivor_from_old_row_and_resolves_coverage(pm):
-    cov = lambda mrn, payer, member, **v: up("pm.coverage", ("mrn", "payer_id", "member_id"),  # noqa: E731
-                                            mrn=mrn, payer_id=payer, member_id=member, **v)
-    pm.apply_batch([
-        (1, [up("pm.registration", ("mrn",), mrn="P1", family_name="Roe", account_number="AC1",
-                guarantor_name="Self"),
-             cov("P1", "AETNA", "M-1", priority=1), cov("P1", "BCBS", "M-2", priority="2"),
-             up("pm.visit", ("visit_number",), visit_number="V9", mrn="P1",
-                admit_at=datetime(2024, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-5))))]),
-        (2, [cov("P2", "AETNA", "M-1", priority=2)]),  # survivor's coverage, no registration yet
-    ])
+    cov = lambda mrn, payer, member, **v: up(
+        "pm.coverage",
+        ("mrn", "payer_id", "member_id"),
+        mrn=mrn,
+        payer_id=payer,
+        member_id=member,
+        **v,
+    )
+    pm.apply_batch(
+        [
+            (
+                1,
+                [
+                    up(
+                        "pm.registration",
+                        ("mrn",),
+                        mrn="P1",
+                        family_name="Roe",
+                        account_number="AC1",
+                        guarantor_name="Self",
+                    ),
+                    cov("P1", "AETNA", "M-1", priority=1),
+                    cov("P1", "BCBS", "M-2", priority="2"),
+                    up(
+                        "pm.visit",
+                        ("visit_number",),
+                        visit_number="V9",
+                        mrn="P1",
+                        admit_at=datetime(2024, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-5))),
+                    ),
+                ],
+            ),
+            (2, [cov("P2", "AETNA", "M-1", priority=2)]),  # survivor's coverage, no registration yet
+        ]
+    )
     assert pm.apply_batch([(3, [merge("pm", "P1", "P2")])]) == [None]
     by = {r["mrn"]: r for r in pm.rows("registration")}
     assert by["P1"]["merged_into"] == "P2"
     assert (by["P2"]["family_name"], by["P2"]["account_number"], by["P2"]["guarantor_name"]) == ("Roe", "AC1", "Self")
     assert sorted((r["mrn"], r["payer_id"], r["priority"]) for r in pm.rows("coverage")) == [
-        ("P2", "AETNA", 2), ("P2", "BCBS", 2)]
+        ("P2", "AETNA", 2),
+        ("P2", "BCBS", 2),
+    ]
     assert pm.rows("visit")[0]["mrn"] == "P2"
     state = snapshot(pm)
     assert pm.apply_batch([(3, [merge("pm", "P1", "P2")])]) == [None]
@@ -220,9 +297,12 @@ def test_merge_of_unknown_mrns_leaves_a_resolvable_stub(pm):
 
 
 def test_merge_record_may_carry_survivor_values(pm):
-    rec = Record("pm.registration", ("mrn",), {"mrn": "S", "old_mrn": "O", "given_name": "Bo", "city": None}, op="merge")
-    assert pm.apply_batch([(1, [up("pm.registration", ("mrn",), mrn="O", city="Oslo", given_name="B")]),
-                           (2, [rec])]) == [None, None]
+    rec = Record(
+        "pm.registration", ("mrn",), {"mrn": "S", "old_mrn": "O", "given_name": "Bo", "city": None}, op="merge"
+    )
+    assert pm.apply_batch(
+        [(1, [up("pm.registration", ("mrn",), mrn="O", city="Oslo", given_name="B")]), (2, [rec])]
+    ) == [None, None]
     by = {r["mrn"]: r for r in pm.rows("registration")}
     assert (by["S"]["given_name"], by["S"]["city"], by["S"]["last_message_id"]) == ("Bo", None, 2)
     assert by["O"]["merged_into"] == "S"
@@ -290,7 +370,7 @@ def pg_url():
         admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
         with admin.connect():
             pass
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {type(exc).__name__}")
         pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({type(exc).__name__}); set CI=true to make this fail")
@@ -317,16 +397,28 @@ def test_postgresql_upsert_merge_and_savepoints(pg_url):
     with clinical.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE observation ADD CONSTRAINT ck_boom CHECK (code <> 'BOOM')")
     at = datetime(2024, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
-    obs = lambda f, code: up("clinical.observation", ("filler_order_number", "set_id"),  # noqa: E731
-                             filler_order_number=f, set_id="1", mrn="OLD", code=code, effective_at=at)
-    res = clinical.apply_batch([
-        (1, [patient("OLD", family_name="Poe"), allergy("OLD", "PEN"), obs("F1", "GLU")]),
-        (2, [patient("X", family_name="Bad"), obs("F2", "BOOM")]),
-        (3, [patient("NEW", given_name="Al"), allergy("NEW", "PEN", severity="high")]),
-    ])
+    obs = lambda f, code: up(
+        "clinical.observation",
+        ("filler_order_number", "set_id"),
+        filler_order_number=f,
+        set_id="1",
+        mrn="OLD",
+        code=code,
+        effective_at=at,
+    )
+    res = clinical.apply_batch(
+        [
+            (1, [patient("OLD", family_name="Poe"), allergy("OLD", "PEN"), obs("F1", "GLU")]),
+            (2, [patient("X", family_name="Bad"), obs("F2", "BOOM")]),
+            (3, [patient("NEW", given_name="Al"), allergy("NEW", "PEN", severity="high")]),
+        ]
+    )
     assert res[0] is None and res[2] is None and isinstance(res[1], DeliveryError) and not res[1].retryable
     assert "Bad" not in str(res[1])
-    assert clinical.apply_batch([(4, [merge("clinical", "OLD", "NEW")]), (5, [patient("OLD", sex="F")])]) == [None, None]
+    assert clinical.apply_batch([(4, [merge("clinical", "OLD", "NEW")]), (5, [patient("OLD", sex="F")])]) == [
+        None,
+        None,
+    ]
     assert clinical.apply_batch([(4, [merge("clinical", "OLD", "NEW")])]) == [None]
     by = {r["mrn"]: r for r in clinical.rows("patient")}
     assert set(by) == {"OLD", "NEW"} and by["OLD"]["merged_into"] == "NEW" and by["NEW"]["sex"] == "F"
@@ -334,8 +426,9 @@ def test_postgresql_upsert_merge_and_savepoints(pg_url):
     (o,) = clinical.rows("observation")
     assert o["mrn"] == "NEW" and o["effective_at"] == at and o["effective_at"].utcoffset() == timedelta(0)
     assert len(clinical.rows("patient_merge")) == 1
-    assert pm.apply_batch([(6, [up("pm.registration", ("mrn",), mrn="OLD", family_name="Poe")]),
-                           (7, [merge("pm", "OLD", "NEW")])]) == [None, None]
+    assert pm.apply_batch(
+        [(6, [up("pm.registration", ("mrn",), mrn="OLD", family_name="Poe")]), (7, [merge("pm", "OLD", "NEW")])]
+    ) == [None, None]
     assert {r["mrn"]: r["merged_into"] for r in pm.rows("registration")} == {"OLD": "NEW", "NEW": None}
     clinical.dispose()
     pm.dispose()
@@ -347,7 +440,8 @@ def test_a_message_after_a_failed_one_of_its_ordering_key_is_deferred_not_applie
     bad = up("clinical.patient", ("mrn",), mrn="M1", no_such_column="x")
     results = clinical.apply_batch(
         [(1, [bad]), (2, [patient("M1", family_name="LATER")]), (3, [patient("M2", family_name="OTHER")])],
-        keys=["M1", "M1", "M2"])
+        keys=["M1", "M1", "M2"],
+    )
     assert isinstance(results[0], DeliveryError)
     assert isinstance(results[1], Deferred) and results[1].blocker == 1
     assert results[2] is None

@@ -8,8 +8,9 @@ of prepared payloads. Batches let a store destination write many messages in one
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,5 +98,5 @@ class Destination(ABC):
     def deliver(self, items: list[Item]) -> list[Exception | None]:
         """Deliver each item; one result per item: None when delivered, else the error."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most destinations hold nothing
         """Release connections; called once when the engine stops."""

@@ -59,8 +59,9 @@ class MllpListener:
         self._slots = asyncio.Semaphore(config.max_connections)
 
     async def start(self) -> str:
-        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port,
-                                                  limit=2 ** 20, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._handle, self.config.host, self.config.port, limit=2**20, reuse_address=True
+        )
         port = self._server.sockets[0].getsockname()[1]
         return f"mllp {self.config.host}:{port}"
 
@@ -109,13 +110,16 @@ class MllpListener:
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(65536), cfg.idle_timeout_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.info("channel=%s closing idle connection from %s", self.channel.name, peer)
                 return
             if not data:
                 if in_frame or buf:
-                    log.warning("channel=%s connection from %s closed mid-frame; nothing stored or ACKed",
-                                self.channel.name, peer)
+                    log.warning(
+                        "channel=%s connection from %s closed mid-frame; nothing stored or ACKed",
+                        self.channel.name,
+                        peer,
+                    )
                 return
             buf += data
             answers: list = []  # frames complete in this read: committed together, ACKed in order
@@ -127,18 +131,19 @@ class MllpListener:
                         buf.clear()
                         break
                     junk += start
-                    del buf[:start + 1]
+                    del buf[: start + 1]
                     in_frame, oversized, head = True, False, b""
                     if junk:
-                        log.warning("channel=%s dropped %d byte(s) outside MLLP framing from %s",
-                                    self.channel.name, junk, peer)
+                        log.warning(
+                            "channel=%s dropped %d byte(s) outside MLLP framing from %s", self.channel.name, junk, peer
+                        )
                         junk = 0
                 end = buf.find(mllp.FS)
                 restart = buf.find(mllp.VT, 0, end if end >= 0 else len(buf))
                 if restart >= 0 and not oversized:
                     # a new frame began before this one ended: the sender gave up on it
                     log.warning("channel=%s dropped a truncated frame from %s", self.channel.name, peer)
-                    del buf[:restart + 1]
+                    del buf[: restart + 1]
                     continue
                 if end < 0:
                     if len(buf) > cfg.max_message_bytes and not oversized:
@@ -147,7 +152,7 @@ class MllpListener:
                         buf.clear()
                     break
                 payload = bytes(buf[:end])
-                del buf[:end + 1]
+                del buf[: end + 1]
                 if buf[:1] == mllp.CR:
                     del buf[:1]
                 in_frame = False
@@ -165,8 +170,14 @@ class MllpListener:
 
     async def _answer(self, payload: bytes, peer: str) -> str:
         cfg = self.config
-        result = await self.receiver.receive(self.channel, payload, peer=peer, charset=cfg.charset,
-                                             ack_mode=cfg.ack_mode, result_timeout=cfg.result_timeout_seconds)
+        result = await self.receiver.receive(
+            self.channel,
+            payload,
+            peer=peer,
+            charset=cfg.charset,
+            ack_mode=cfg.ack_mode,
+            result_timeout=cfg.result_timeout_seconds,
+        )
         return result.text
 
     def _refuse_oversized(self, head: bytes) -> str:
@@ -175,6 +186,9 @@ class MllpListener:
             header = hl7.read_header(head)
         except ParseError:
             header = None
-        err = ParseError(f"message exceeds the channel's limit of {self.config.max_message_bytes} bytes",
-                         code=104 if header is None or header.version >= "2.6" else 207, reject=True)
+        err = ParseError(
+            f"message exceeds the channel's limit of {self.config.max_message_bytes} bytes",
+            code=104 if header is None or header.version >= "2.6" else 207,
+            reject=True,
+        )
         return hl7_ack.build_ack(header, hl7_ack.ACK_REJECT, error=err)

@@ -89,8 +89,11 @@ class MllpSender(Destination):
             if code in ("AA", "CA"):
                 results.append(None)
             else:
-                results.append(DeliveryError(f"remote answered {code or 'no ACK'}: {text}"[:500],
-                                             retryable=code not in ("AR", "CR")))
+                results.append(
+                    DeliveryError(
+                        f"remote answered {code or 'no ACK'}: {text}"[:500], retryable=code not in ("AR", "CR")
+                    )
+                )
         return results
 
     def close(self) -> None:

@@ -13,15 +13,26 @@ import asyncio
 import logging
 import queue as _queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from engine.channels.base import Deferred, Destination, Item
 from engine.errors import DeliveryError, MappingError, ParseError, StoreUnavailable
 from engine.formats import hl7, hl7_ack
 from engine.stores.message_store import (
-    ERROR, FILTERED, PENDING, QUEUED, RECEIVED, SENT, Inbound, MessageStore, Outcome, Stored, now,
+    ERROR,
+    FILTERED,
+    PENDING,
+    QUEUED,
+    RECEIVED,
+    SENT,
+    Inbound,
+    MessageStore,
+    Outcome,
+    Stored,
+    now,
 )
 
 log = logging.getLogger("engine.pipeline")
@@ -138,8 +149,7 @@ class Ack:
 class Receiver:
     """Turns one inbound HL7 message into a committed row and the ACK to send back."""
 
-    def __init__(self, committer: Committer, *, app: str = "ENGINE", facility: str = "",
-                 poll_results: bool = False):
+    def __init__(self, committer: Committer, *, app: str = "ENGINE", facility: str = "", poll_results: bool = False):
         """``poll_results``: processing happens in other processes (workers), so an
         after_processing ACK waits by reading the message's status from the store."""
         self._committer = committer
@@ -147,8 +157,16 @@ class Receiver:
         self._facility = facility
         self._poll = poll_results
 
-    async def receive(self, channel, raw: bytes, *, peer: str = "", charset: str = "utf-8",
-                      ack_mode: str = "on_receive", result_timeout: float = 30.0) -> Ack:
+    async def receive(
+        self,
+        channel,
+        raw: bytes,
+        *,
+        peer: str = "",
+        charset: str = "utf-8",
+        ack_mode: str = "on_receive",
+        result_timeout: float = 30.0,
+    ) -> Ack:
         """Commit ``raw`` for ``channel`` and return the ACK (AA, AE or AR). Never raises."""
         header, problem = None, None
         try:
@@ -160,10 +178,14 @@ class Receiver:
             problem = ParseError(f"unreadable message: {type(exc).__name__}", code=207)
         cfg = channel.config
         item = Inbound(
-            channel=cfg.name, content=raw, peer=peer,
+            channel=cfg.name,
+            content=raw,
+            peer=peer,
             charset=(header.charset if header and header.charset else charset),
-            message_type=header.message_type if header else "", trigger=header.trigger if header else "",
-            control_id=header.control_id if header else "", sending_app=header.sending_app if header else "",
+            message_type=header.message_type if header else "",
+            trigger=header.trigger if header else "",
+            control_id=header.control_id if header else "",
+            sending_app=header.sending_app if header else "",
             sending_facility=header.sending_facility if header else "",
             version=header.version if header else "",
             error=str(problem) if problem else None,
@@ -185,9 +207,12 @@ class Receiver:
         if processed is not None and stored.status == RECEIVED:
             try:
                 outcome: Outcome = await asyncio.wait_for(processed, result_timeout)
-            except asyncio.TimeoutError:
-                return self._ack(header, hl7_ack.ACK_ERROR, ParseError(
-                    "stored, but processing did not finish in time; it continues", code=207, reject=False))
+            except TimeoutError:
+                return self._ack(
+                    header,
+                    hl7_ack.ACK_ERROR,
+                    ParseError("stored, but processing did not finish in time; it continues", code=207, reject=False),
+                )
             if outcome.status == ERROR:
                 return self._ack(header, hl7_ack.ACK_ERROR, _error_for(outcome.error or "processing failed"))
         return self._ack(header, hl7_ack.ACK_ACCEPT, None)
@@ -217,9 +242,16 @@ def _error_for(reason: str) -> ParseError:
 class Processor:
     """Filter, map and deliver committed messages of one channel; record every outcome."""
 
-    def __init__(self, store: MessageStore, channels: dict[str, Any], destinations: dict[str, list[Destination]],
-                 *, on_outcomes: Callable[[list[Outcome]], None] = lambda o: None,
-                 dispatch: Callable[[str, list[int]], None] = lambda c, i: None, lease_seconds: float = 60.0):
+    def __init__(
+        self,
+        store: MessageStore,
+        channels: dict[str, Any],
+        destinations: dict[str, list[Destination]],
+        *,
+        on_outcomes: Callable[[list[Outcome]], None] = lambda o: None,
+        dispatch: Callable[[str, list[int]], None] = lambda c, i: None,
+        lease_seconds: float = 60.0,
+    ):
         """``dispatch(channel, ids)`` hands on messages that waited for an earlier one of their
         ordering key; ``lease_seconds`` is how long a claim holds if this worker dies."""
         self._store = store
@@ -262,13 +294,20 @@ class Processor:
                 try:
                     payload = d.prepare(msg)
                 except MappingError as exc:
-                    results.append(dict(destination=d.name, status=ERROR, attempts=_attempts(done) + 1,
-                                        error=f"mapping: {exc}"))
+                    results.append(
+                        dict(destination=d.name, status=ERROR, attempts=_attempts(done) + 1, error=f"mapping: {exc}")
+                    )
                     continue
                 except Exception as exc:  # a bug in a mapping must not stop the worker
                     log.exception("channel=%s message=%s destination=%s prepare failed", channel_name, r.id, d.name)
-                    results.append(dict(destination=d.name, status=ERROR, attempts=_attempts(done) + 1,
-                                        error=f"internal: {type(exc).__name__}"))
+                    results.append(
+                        dict(
+                            destination=d.name,
+                            status=ERROR,
+                            attempts=_attempts(done) + 1,
+                            error=f"internal: {type(exc).__name__}",
+                        )
+                    )
                     continue
                 if payload is None:
                     results.append(dict(destination=d.name, status=FILTERED, attempts=0, result="nothing to deliver"))
@@ -285,10 +324,15 @@ class Processor:
                 for item in wave:
                     if keys.get(item.message_id) in blocked:  # an earlier one of its key must go first
                         done = prior[item.message_id].get(d.name)
-                        outcomes[item.message_id].deliveries.append(dict(
-                            destination=d.name, status=QUEUED, attempts=_attempts(done),
-                            error=f"waits for message {blocked[keys[item.message_id]]} (same ordering key)",
-                            next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1))))
+                        outcomes[item.message_id].deliveries.append(
+                            dict(
+                                destination=d.name,
+                                status=QUEUED,
+                                attempts=_attempts(done),
+                                error=f"waits for message {blocked[keys[item.message_id]]} (same ordering key)",
+                                next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1)),
+                            )
+                        )
                 if go:
                     self._deliver(channel_name, d, go, prior, outcomes, keys, blocked)
         for o in outcomes.values():
@@ -302,14 +346,23 @@ class Processor:
             self._dispatch(channel_name, self._store.next_in_line(channel_name, done))
         return result
 
-    def _deliver(self, channel_name: str, d: Destination, items: list[Item], prior: dict, outcomes: dict,
-                 keys: dict[int, str | None], blocked: dict[str, int]) -> None:
+    def _deliver(
+        self,
+        channel_name: str,
+        d: Destination,
+        items: list[Item],
+        prior: dict,
+        outcomes: dict,
+        keys: dict[int, str | None],
+        blocked: dict[str, int],
+    ) -> None:
         """Deliver ``items`` to ``d``; add each result to its outcome; note failed keys in ``blocked``."""
         try:
             results = d.deliver(items)
         except Exception as exc:  # the whole batch failed (e.g. the store is down): retry each
-            log.error("channel=%s destination=%s batch of %d failed: %s", channel_name, d.name, len(items),
-                      type(exc).__name__)
+            log.error(
+                "channel=%s destination=%s batch of %d failed: %s", channel_name, d.name, len(items), type(exc).__name__
+            )
             results = [exc] * len(items)
         for item, res in zip(items, results):
             done = prior[item.message_id].get(d.name)
@@ -319,16 +372,30 @@ class Processor:
                 o.deliveries.append(dict(destination=d.name, status=SENT, attempts=attempts, result="delivered"))
                 continue
             if isinstance(res, Deferred):  # not attempted: no attempt used up
-                o.deliveries.append(dict(destination=d.name, status=QUEUED, attempts=attempts - 1, error=str(res),
-                                         next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1))))
+                o.deliveries.append(
+                    dict(
+                        destination=d.name,
+                        status=QUEUED,
+                        attempts=attempts - 1,
+                        error=str(res),
+                        next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(1)),
+                    )
+                )
                 continue
             if keys.get(item.message_id):
                 blocked.setdefault(keys[item.message_id], item.message_id)
-            if isinstance(res, DeliveryError) and not res.retryable or attempts >= d.config.retry.max_attempts:
+            if (isinstance(res, DeliveryError) and not res.retryable) or attempts >= d.config.retry.max_attempts:
                 o.deliveries.append(dict(destination=d.name, status=ERROR, attempts=attempts, error=_reason(res)))
             else:
-                o.deliveries.append(dict(destination=d.name, status=QUEUED, attempts=attempts, error=_reason(res),
-                                         next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(attempts))))
+                o.deliveries.append(
+                    dict(
+                        destination=d.name,
+                        status=QUEUED,
+                        attempts=attempts,
+                        error=_reason(res),
+                        next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(attempts)),
+                    )
+                )
 
 
 def _waves(items: list[Item], keys: dict[int, str | None]) -> list[list[Item]]:
@@ -360,7 +427,9 @@ def _reason(exc: Exception) -> str:
 
 def _summarise(deliveries: list[dict]) -> tuple[str, str | None]:
     statuses = [d["status"] for d in deliveries]
-    errors = [f"{d['destination']}: {d['error']}" for d in deliveries if d["status"] in (ERROR, QUEUED) and d.get("error")]
+    errors = [
+        f"{d['destination']}: {d['error']}" for d in deliveries if d["status"] in (ERROR, QUEUED) and d.get("error")
+    ]
     if ERROR in statuses:
         return ERROR, "; ".join(errors)
     if QUEUED in statuses:

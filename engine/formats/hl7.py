@@ -31,7 +31,21 @@ from dataclasses import dataclass
 
 from engine.errors import ParseError
 
-SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+SUPPORTED_VERSIONS = (
+    "2.1",
+    "2.2",
+    "2.3",
+    "2.3.1",
+    "2.4",
+    "2.5",
+    "2.5.1",
+    "2.6",
+    "2.7",
+    "2.7.1",
+    "2.8",
+    "2.8.1",
+    "2.8.2",
+)
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
@@ -87,7 +101,7 @@ class Delimiters:
     subcomponent: str = "&"
 
     @classmethod
-    def from_msh(cls, segment: str) -> "Delimiters":
+    def from_msh(cls, segment: str) -> Delimiters:
         if len(segment) < 8 or not segment.startswith(("MSH", "FHS", "BHS")):
             raise ParseError("message does not start with an MSH segment", code=100, field=None)
         f = segment[3]
@@ -95,8 +109,13 @@ class Delimiters:
         if len(enc) < 2 or f.isalnum():
             raise ParseError("MSH-1/MSH-2 do not declare usable delimiters", code=102, field=2)
         # MSH-2 may carry a fifth character (truncation, v2.7+): accepted and ignored.
-        return cls(f, enc[0], enc[1] if len(enc) > 1 else "~", enc[2] if len(enc) > 2 else "\\",
-                   enc[3] if len(enc) > 3 else "&")
+        return cls(
+            f,
+            enc[0],
+            enc[1] if len(enc) > 1 else "~",
+            enc[2] if len(enc) > 2 else "\\",
+            enc[3] if len(enc) > 3 else "&",
+        )
 
 
 _ESCAPE_HIGHLIGHT = {"H", "N"}
@@ -119,7 +138,7 @@ def unescape(value: str, d: Delimiters) -> str:
         if end < 0:  # a lone escape character: keep it as text
             out.append(value[i:])
             break
-        seq = value[i + 1:end]
+        seq = value[i + 1 : end]
         if seq == "F":
             out.append(d.field)
         elif seq == "S":
@@ -138,9 +157,9 @@ def unescape(value: str, d: Delimiters) -> str:
             try:
                 out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
             except ValueError:
-                out.append(value[i:end + 1])
+                out.append(value[i : end + 1])
         else:  # unknown escape (\Cxxyy\, \Mxxyyzz\, \Zxx\ ...): kept verbatim, never dropped
-            out.append(value[i:end + 1])
+            out.append(value[i : end + 1])
         i = end + 1
     return "".join(out)
 
@@ -148,7 +167,7 @@ def unescape(value: str, d: Delimiters) -> str:
 class Segment:
     """One segment; fields are split on first access. ``fields[n]`` is field n (1-based)."""
 
-    __slots__ = ("name", "text", "_fields", "_d")
+    __slots__ = ("_d", "_fields", "name", "text")
 
     def __init__(self, text: str, d: Delimiters):
         self.text = text
@@ -212,9 +231,13 @@ def parse_path(text: str) -> Path:
         return None if s is None else (0 if s == "*" else int(s))
 
     p = Path(text, m["seg"], num(m["occ"]), num(m["field"]), num(m["rep"]), num(m["comp"]), num(m["sub"]))
-    for part, value in (("field", p.field), ("component", p.component), ("sub-component", p.subcomponent),
-                        ("occurrence", p.occurrence if m["occ"] != "*" else 1),
-                        ("repetition", p.repetition if m["rep"] != "*" else 1)):
+    for part, value in (
+        ("field", p.field),
+        ("component", p.component),
+        ("sub-component", p.subcomponent),
+        ("occurrence", p.occurrence if m["occ"] != "*" else 1),
+        ("repetition", p.repetition if m["rep"] != "*" else 1),
+    ):
         if value is not None and value < 1 and not (part == "field" and p.segment == "MSH" and value == 0):
             raise ValueError(f"malformed HL7 path {text!r}: {part} numbers start at 1")
     _path_cache[text] = p
@@ -227,8 +250,33 @@ Span = tuple[int, int]  # [start, end) indexes into Message.segments
 # OML/ORM, ADT_A01, DFT). A span of one of these anchors ends at the first segment not listed.
 _OBSERVATION = {"OBX", "NTE", "PRT", "TCD", "SID", "TQ1", "TQ2", "CTD", "CTI", "FT1", "SPM", "ROL"}
 GROUP_CHILDREN: dict[str, frozenset[str]] = {
-    "ORC": frozenset({"OBR", "TQ1", "TQ2", "RQD", "RXO", "RXE", "RXA", "RXR", "RXC", "ODS", "ODT", "CTD",
-                      "NTE", "PRT", "FT1", "CTI", "BLG", "DG1", "OBX", "SPM", "SAC", "TCD", "SID"}),
+    "ORC": frozenset(
+        {
+            "OBR",
+            "TQ1",
+            "TQ2",
+            "RQD",
+            "RXO",
+            "RXE",
+            "RXA",
+            "RXR",
+            "RXC",
+            "ODS",
+            "ODT",
+            "CTD",
+            "NTE",
+            "PRT",
+            "FT1",
+            "CTI",
+            "BLG",
+            "DG1",
+            "OBX",
+            "SPM",
+            "SAC",
+            "TCD",
+            "SID",
+        }
+    ),
     "OBR": frozenset(_OBSERVATION),
     "OBX": frozenset({"NTE", "PRT"}),
     "SPM": frozenset({"OBX", "NTE", "SAC"}),
@@ -244,7 +292,7 @@ GROUP_CHILDREN: dict[str, frozenset[str]] = {
 class Message:
     """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included."""
 
-    __slots__ = ("text", "delimiters", "segments", "_spans", "_taken")
+    __slots__ = ("_spans", "_taken", "delimiters", "segments", "text")
 
     def __init__(self, text: str):
         text = text.strip("\x0b\x1c\r\n \t\ufeff")
@@ -258,15 +306,19 @@ class Message:
         self._taken: dict = {}
         for i, seg in enumerate(self.segments):
             if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
-                raise ParseError(f"segment {i + 1} has no valid segment id", code=100,
-                                 segment=seg.name if _SEGMENT_NAME.match(seg.name) else "", sequence=i + 1)
+                raise ParseError(
+                    f"segment {i + 1} has no valid segment id",
+                    code=100,
+                    segment=seg.name if _SEGMENT_NAME.match(seg.name) else "",
+                    sequence=i + 1,
+                )
 
     # -- header shortcuts -------------------------------------------------------------------
     @property
     def msh(self) -> Segment:
         return self.segments[0]
 
-    def header(self) -> "Header":
+    def header(self) -> Header:
         return Header.from_segment(self.msh)
 
     # -- paths ------------------------------------------------------------------------------
@@ -292,8 +344,7 @@ class Message:
                 i += 1
                 continue
             j = i + 1
-            while j < hi and names[j] != segment and (
-                    children is None or names[j] in children or names[j][0] == "Z"):
+            while j < hi and names[j] != segment and (children is None or names[j] in children or names[j][0] == "Z"):
                 j += 1
             out.append((i, j))
             i = j
@@ -399,7 +450,7 @@ class Header:
     charset: str
 
     @classmethod
-    def from_segment(cls, msh: Segment) -> "Header":
+    def from_segment(cls, msh: Segment) -> Header:
         d = msh._d
         f = msh.field
 
@@ -435,8 +486,7 @@ def read_header(raw: bytes) -> Header:
         try:
             data = data.decode("utf-16").encode("utf-8")
         except UnicodeError as exc:  # NUL bytes but not UTF-16 (binary junk, odd length)
-            raise ParseError("message bytes are neither ASCII-compatible nor UTF-16", code=100,
-                             segment="MSH") from exc
+            raise ParseError("message bytes are neither ASCII-compatible nor UTF-16", code=100, segment="MSH") from exc
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if not data.startswith(b"MSH"):
@@ -477,8 +527,9 @@ def decode(raw: bytes, default_charset: str = "utf-8", *, charset: str | None = 
     try:
         return raw.decode(codec)
     except UnicodeDecodeError as exc:
-        raise ParseError(f"message bytes are not valid {codec} (MSH-18 {charset!r})", code=102,
-                         field=18, reject=True) from exc
+        raise ParseError(
+            f"message bytes are not valid {codec} (MSH-18 {charset!r})", code=102, field=18, reject=True
+        ) from exc
 
 
 def split_batch(text: str) -> list[str]:
@@ -503,8 +554,7 @@ def split_batch(text: str) -> list[str]:
         else:
             stray.append(s)
     if stray:
-        raise ParseError(f"{len(stray)} segment(s) before the first MSH in the batch", code=100,
-                         segment=stray[0][:3])
+        raise ParseError(f"{len(stray)} segment(s) before the first MSH in the batch", code=100, segment=stray[0][:3])
     return ["\r".join(m) + "\r" for m in messages]
 
 
@@ -515,10 +565,10 @@ def validate_strict(text: str) -> None:
     above), so this runs only for channels that ask for it, after the message is committed.
     Raises ParseError with code 100/101/102 on a structural fault.
     """
+    from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.core import Message as _  # noqa: F401  (import error surfaces clearly)
     from hl7apy.exceptions import HL7apyException
     from hl7apy.parser import parse_message
-    from hl7apy.consts import VALIDATION_LEVEL
 
     norm = "\r".join(s for s in _SEGMENT_SPLIT.split(text) if s.strip())
     try:
@@ -527,5 +577,4 @@ def validate_strict(text: str) -> None:
     except HL7apyException as exc:
         raise ParseError(f"strict validation failed: {exc}", code=100, reject=False) from exc
     except Exception as exc:  # hl7apy raises plain errors on some inputs; never let them escape
-        raise ParseError(f"strict validation failed: {type(exc).__name__}: {exc}", code=100,
-                         reject=False) from exc
+        raise ParseError(f"strict validation failed: {type(exc).__name__}: {exc}", code=100, reject=False) from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.errors import ParseError
 from engine.formats.hl7 import Header
@@ -59,23 +59,32 @@ def build_ack(
     (segment^sequence^field) and ERR-3 carries the table 0357 code (ERR-1 for v2.4 and earlier,
     which had no ERR-2/ERR-3).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     ts = now.strftime("%Y%m%d%H%M%S")
     h = header
     fs = h.field_sep if h else "|"
-    enc = (h.encoding_chars[:4] if h and len(h.encoding_chars) >= 4 else "^~\\&")
+    enc = h.encoding_chars[:4] if h and len(h.encoding_chars) >= 4 else "^~\\&"
     cs, ss = enc[0], enc[3]
     version = h.version if h and h.version else "2.5"
     trigger = h.trigger if h else ""
     msg_type = f"ACK{cs}{trigger}{cs}ACK" if _version_tuple(version) >= (2, 3, 1) else f"ACK{cs}{trigger}"
     ack_id = control_id or _next_ack_id()
-    msh = fs.join([
-        "MSH", enc,
-        h.receiving_app if h and h.receiving_app else app,
-        h.receiving_facility if h and h.receiving_facility else facility,
-        h.sending_app if h else "", h.sending_facility if h else "",
-        ts, "", msg_type, ack_id, (h.processing_id if h and h.processing_id else "P"), version,
-    ])
+    msh = fs.join(
+        [
+            "MSH",
+            enc,
+            h.receiving_app if h and h.receiving_app else app,
+            h.receiving_facility if h and h.receiving_facility else facility,
+            h.sending_app if h else "",
+            h.sending_facility if h else "",
+            ts,
+            "",
+            msg_type,
+            ack_id,
+            (h.processing_id if h and h.processing_id else "P"),
+            version,
+        ]
+    )
     if h and h.charset:
         msh += fs * 6 + h.charset
     msa_text = _escape((text or (str(error) if error else ""))[:80], fs, enc)  # cut, then escape
@@ -87,8 +96,14 @@ def build_ack(
         if _version_tuple(version) >= (2, 5):
             segments.append(fs.join(["ERR", "", loc, code_cwe, "E", "", "", "", err_text]))
         else:
-            eld = cs.join([error.segment or "", str(error.sequence or 1), str(error.field or ""),
-                           ss.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"])])
+            eld = cs.join(
+                [
+                    error.segment or "",
+                    str(error.sequence or 1),
+                    str(error.field or ""),
+                    ss.join([str(error.code), _TABLE_0357.get(error.code, "Error"), "HL70357"]),
+                ]
+            )
             segments.append(fs.join(["ERR", eld]))
     return "\r".join(segments) + "\r"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
@@ -26,8 +26,8 @@ def iter_frames(buffer: bytearray) -> Iterator[bytes]:
                 del buffer[:start]
             return
         start = buffer.rfind(VT, start, end)  # a VT inside means the frame before it was cut off
-        payload = bytes(buffer[start + 1:end])
-        del buffer[:end + 1]
+        payload = bytes(buffer[start + 1 : end])
+        del buffer[: end + 1]
         if buffer[:1] == CR:
             del buffer[:1]
         yield payload

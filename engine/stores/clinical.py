@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Date, Float, Index, MetaData, String, Table, Text, UniqueConstraint
 
-from engine.stores.columns import NAMING, demographic_columns, JSONText, StoreSpec, id_column, managed_columns, merge_audit_table
+from engine.stores.columns import (
+    NAMING,
+    JSONText,
+    StoreSpec,
+    demographic_columns,
+    id_column,
+    managed_columns,
+    merge_audit_table,
+)
 from engine.stores.db import UTCDateTime
 
 metadata = MetaData(naming_convention=NAMING)
 
 patient = Table(
-    "patient", metadata,
+    "patient",
+    metadata,
     id_column(),
     Column("mrn", String, nullable=False),
     Column("assigning_authority", String),
@@ -32,7 +41,8 @@ patient = Table(
 Index(None, patient.c.merged_into)
 
 encounter = Table(
-    "encounter", metadata,
+    "encounter",
+    metadata,
     id_column(),
     Column("visit_number", String, nullable=False),
     Column("mrn", String),
@@ -49,7 +59,8 @@ encounter = Table(
 Index(None, encounter.c.mrn)
 
 observation = Table(
-    "observation", metadata,
+    "observation",
+    metadata,
     id_column(),
     Column("filler_order_number", String, nullable=False),
     Column("set_id", String, nullable=False),
@@ -73,7 +84,8 @@ observation = Table(
 Index(None, observation.c.mrn)
 
 diagnostic_report = Table(
-    "diagnostic_report", metadata,
+    "diagnostic_report",
+    metadata,
     id_column(),
     Column("filler_order_number", String, nullable=False),
     Column("placer_order_number", String),
@@ -92,7 +104,8 @@ Index(None, diagnostic_report.c.mrn)
 Index(None, diagnostic_report.c.visit_number)
 
 allergy = Table(
-    "allergy", metadata,
+    "allergy",
+    metadata,
     id_column(),
     Column("mrn", String, nullable=False),
     Column("allergen_code", String, nullable=False),
@@ -106,7 +119,8 @@ allergy = Table(
 )
 
 diagnosis = Table(
-    "diagnosis", metadata,
+    "diagnosis",
+    metadata,
     id_column(),
     Column("visit_number", String, nullable=False),
     Column("code", String, nullable=False),
@@ -124,8 +138,7 @@ patient_merge = merge_audit_table(metadata, "patient_merge")
 
 SPEC = StoreSpec(
     kind="clinical",
-    tables={t.name: t for t in (patient, encounter, observation, diagnostic_report, allergy, diagnosis,
-                                patient_merge)},
+    tables={t.name: t for t in (patient, encounter, observation, diagnostic_report, allergy, diagnosis, patient_merge)},
     keys={
         "patient": ("mrn",),
         "encounter": ("visit_number",),

@@ -54,8 +54,11 @@ def demographic_columns() -> list[Column]:
     (each store keeps its own copy, joined to the others by MRN value, never by a key)."""
     names = ("family_name", "given_name", "middle_name")
     address = ("address_line1", "address_line2", "city", "state", "postal_code", "country", "phone_home")
-    return ([Column(n, String) for n in names] + [Column("birth_date", Date), Column("sex", String)]
-            + [Column(n, String) for n in address])
+    return (
+        [Column(n, String) for n in names]
+        + [Column("birth_date", Date), Column("sex", String)]
+        + [Column(n, String) for n in address]
+    )
 
 
 def managed_columns() -> list[Column]:
@@ -69,7 +72,8 @@ def managed_columns() -> list[Column]:
 def merge_audit_table(metadata: MetaData, name: str) -> Table:
     """The audit of ADT A40 merges: one row per (old_mrn, new_mrn, message_id)."""
     return Table(
-        name, metadata,
+        name,
+        metadata,
         id_column(),
         Column("old_mrn", String, nullable=False),
         Column("new_mrn", String, nullable=False),

@@ -20,8 +20,8 @@ patient and is a no-op: unmerging (A37) is out of scope.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from sqlalchemy import Connection, delete, exists, insert, select, update
 
@@ -37,24 +37,39 @@ def load_resolution(conn: Connection, spec: StoreSpec, mrns: set[str]) -> dict[s
     todo = sorted(m for m in mrns if m)
     for i in range(0, len(todo), 500):
         rows = conn.execute(
-            select(ident.c.mrn, ident.c.merged_into)
-            .where(ident.c.mrn.in_(todo[i:i + 500]), ident.c.merged_into.is_not(None)))
+            select(ident.c.mrn, ident.c.merged_into).where(
+                ident.c.mrn.in_(todo[i : i + 500]), ident.c.merged_into.is_not(None)
+            )
+        )
         out.update({r.mrn: r.merged_into for r in rows})
     return out
 
 
-def apply_merge(conn: Connection, spec: StoreSpec, old_mrn: str, new_mrn: str, *, message_id: int | None,
-                now: datetime, resolve: Callable[[str], str]) -> dict[str, str]:
+def apply_merge(
+    conn: Connection,
+    spec: StoreSpec,
+    old_mrn: str,
+    new_mrn: str,
+    *,
+    message_id: int | None,
+    now: datetime,
+    resolve: Callable[[str], str],
+) -> dict[str, str]:
     """Merge ``old_mrn`` into ``new_mrn`` (see the module docstring); returns the resolution
     entries ({mrn: survivor}) the caller adds to its cache once the savepoint is released."""
     stamp = {"updated_at": now, "last_message_id": message_id}
     audit = spec.tables[spec.merge_audit]
-    exists_audit = conn.execute(select(audit.c.id).where(
-        audit.c.old_mrn == old_mrn, audit.c.new_mrn == new_mrn,
-        audit.c.message_id.is_(None) if message_id is None else audit.c.message_id == message_id)).first()
+    exists_audit = conn.execute(
+        select(audit.c.id).where(
+            audit.c.old_mrn == old_mrn,
+            audit.c.new_mrn == new_mrn,
+            audit.c.message_id.is_(None) if message_id is None else audit.c.message_id == message_id,
+        )
+    ).first()
     if exists_audit is None:
-        conn.execute(insert(audit).values(old_mrn=old_mrn, new_mrn=new_mrn, merged_at=now, message_id=message_id,
-                                          **stamp))
+        conn.execute(
+            insert(audit).values(old_mrn=old_mrn, new_mrn=new_mrn, merged_at=now, message_id=message_id, **stamp)
+        )
 
     old, new = resolve(old_mrn), resolve(new_mrn)
     if old == new:

@@ -21,13 +21,30 @@ of messages a second durably.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, and_, bindparam, func, or_, select, tuple_, update,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
 )
 from sqlalchemy.engine import Engine
 
@@ -36,12 +53,19 @@ from engine.stores.db import UTCDateTime, make_engine, write_transaction
 metadata = MetaData()
 
 RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR = (
-    "RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR")
+    "RECEIVED",
+    "FILTERED",
+    "TRANSFORMED",
+    "QUEUED",
+    "SENT",
+    "ERROR",
+)
 STATUSES = (RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR)
 PENDING = (RECEIVED, TRANSFORMED, QUEUED)
 
 messages = Table(
-    "messages", metadata,
+    "messages",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("channel", String(100), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
@@ -69,7 +93,8 @@ Index("ix_messages_status", messages.c.status, messages.c.channel)
 Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
 
 deliveries = Table(
-    "deliveries", metadata,
+    "deliveries",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("message_id", BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id"), nullable=False),
     Column("destination", String(100), nullable=False),
@@ -83,7 +108,8 @@ deliveries = Table(
 )
 
 workers = Table(
-    "workers", metadata,
+    "workers",
+    metadata,
     Column("name", String(200), primary_key=True),
     Column("role", String(20), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
@@ -92,7 +118,8 @@ workers = Table(
 )
 
 content_access = Table(
-    "content_access", metadata,
+    "content_access",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("message_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("accessed_by", String(200), nullable=False),
@@ -102,7 +129,7 @@ content_access = Table(
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -186,28 +213,48 @@ class MessageStore:
                             status, dup = FILTERED, earlier[0]
                         else:
                             flags = "control_id_reused"
-                rows.append(dict(
-                    channel=item.channel, received_at=stamp, content=item.content, charset=item.charset,
-                    content_hash=digest, message_type=item.message_type[:20], trigger=item.trigger[:20],
-                    control_id=item.control_id[:200], sending_app=item.sending_app[:200],
-                    sending_facility=item.sending_facility[:200], version=item.version[:20],
-                    ordering_key=(item.ordering_key or None), status=status,
-                    error=item.error if item.error else (f"duplicate of message {dup}" if dup else None),
-                    duplicate_of=dup, flags=flags, peer=item.peer[:100],
-                    source_message_id=item.source_message_id, updated_at=stamp, claim_until=None))
+                rows.append(
+                    dict(
+                        channel=item.channel,
+                        received_at=stamp,
+                        content=item.content,
+                        charset=item.charset,
+                        content_hash=digest,
+                        message_type=item.message_type[:20],
+                        trigger=item.trigger[:20],
+                        control_id=item.control_id[:200],
+                        sending_app=item.sending_app[:200],
+                        sending_facility=item.sending_facility[:200],
+                        version=item.version[:20],
+                        ordering_key=(item.ordering_key or None),
+                        status=status,
+                        error=item.error if item.error else (f"duplicate of message {dup}" if dup else None),
+                        duplicate_of=dup,
+                        flags=flags,
+                        peer=item.peer[:100],
+                        source_message_id=item.source_message_id,
+                        updated_at=stamp,
+                        claim_until=None,
+                    )
+                )
                 out_meta.append((status, dup, flags, key, digest))
                 if status == RECEIVED and item.control_id and dup is None:
                     # a later copy in this same batch is a duplicate of this one: its id comes below
                     prior[key] = (None, digest, stamp)
-            ids = [r[0] for r in conn.execute(
-                messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows)]
+            ids = [
+                r[0]
+                for r in conn.execute(messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows)
+            ]
             out: list[Stored] = []
             first_in_batch: dict[tuple, int] = {}
-            for row_id, (status, dup, flags, key, digest) in zip(ids, out_meta):
+            for row_id, (status, dup, flags, key, _digest) in zip(ids, out_meta):
                 if status == FILTERED and dup is None:  # duplicate of a message earlier in this batch
                     dup = first_in_batch[key]
-                    conn.execute(update(messages).where(messages.c.id == row_id)
-                                 .values(duplicate_of=dup, error=f"duplicate of message {dup}"))
+                    conn.execute(
+                        update(messages)
+                        .where(messages.c.id == row_id)
+                        .values(duplicate_of=dup, error=f"duplicate of message {dup}")
+                    )
                 if status == RECEIVED and key not in first_in_batch:
                     first_in_batch[key] = row_id
                 out.append(Stored(row_id, status, dup, flags))
@@ -220,14 +267,26 @@ class MessageStore:
             return {}
         window = max(i.duplicate_window for i in keyed)
         rows = conn.execute(
-            select(messages.c.id, messages.c.content_hash, messages.c.received_at, messages.c.channel,
-                   messages.c.sending_facility, messages.c.control_id)
-            .where(tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id)
-                   .in_({(i.channel, i.sending_facility, i.control_id) for i in keyed}),
-                   messages.c.received_at >= stamp - window, messages.c.duplicate_of.is_(None))
-            .order_by(messages.c.id)).all()
-        return {(r.channel, r.sending_facility, r.control_id): (r.id, r.content_hash, _aware(r.received_at))
-                for r in rows}
+            select(
+                messages.c.id,
+                messages.c.content_hash,
+                messages.c.received_at,
+                messages.c.channel,
+                messages.c.sending_facility,
+                messages.c.control_id,
+            )
+            .where(
+                tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id).in_(
+                    {(i.channel, i.sending_facility, i.control_id) for i in keyed}
+                ),
+                messages.c.received_at >= stamp - window,
+                messages.c.duplicate_of.is_(None),
+            )
+            .order_by(messages.c.id)
+        ).all()
+        return {
+            (r.channel, r.sending_facility, r.control_id): (r.id, r.content_hash, _aware(r.received_at)) for r in rows
+        }
 
     # -- processing -----------------------------------------------------------------------------
     def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> list[int]:
@@ -243,35 +302,53 @@ class MessageStore:
             return []
         stamp = now()
         e = messages.alias("e")
-        earlier = (select(e.c.id)
-                   .where(e.c.channel == messages.c.channel, e.c.ordering_key == messages.c.ordering_key,
-                          e.c.id < messages.c.id, e.c.status.in_(PENDING), e.c.id.not_in(ids))
-                   .exists())
-        stmt = (update(messages)
-                .where(messages.c.id.in_(ids), messages.c.status.in_(PENDING),
-                       or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
-                       or_(messages.c.ordering_key.is_(None), ~earlier))
-                .values(claim_until=stamp + timedelta(seconds=lease_seconds))
-                .returning(messages.c.id))
+        earlier = (
+            select(e.c.id)
+            .where(
+                e.c.channel == messages.c.channel,
+                e.c.ordering_key == messages.c.ordering_key,
+                e.c.id < messages.c.id,
+                e.c.status.in_(PENDING),
+                e.c.id.not_in(ids),
+            )
+            .exists()
+        )
+        stmt = (
+            update(messages)
+            .where(
+                messages.c.id.in_(ids),
+                messages.c.status.in_(PENDING),
+                or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
+                or_(messages.c.ordering_key.is_(None), ~earlier),
+            )
+            .values(claim_until=stamp + timedelta(seconds=lease_seconds))
+            .returning(messages.c.id)
+        )
         with write_transaction(self.status_engine) as conn:
             return sorted(r[0] for r in conn.execute(stmt))
 
     def release_claims(self) -> int:
         """Drop every claim (an embedded engine starting up: claims left by its last run are stale)."""
         with write_transaction(self.status_engine) as conn:
-            return conn.execute(update(messages).where(messages.c.claim_until.is_not(None))
-                                .values(claim_until=None)).rowcount
+            return conn.execute(
+                update(messages).where(messages.c.claim_until.is_not(None)).values(claim_until=None)
+            ).rowcount
 
     def next_in_line(self, channel: str, done: dict[str, int]) -> list[int]:
         """For each ordering key -> last processed id, the next pending unclaimed message, if any."""
         if not done:
             return []
         stamp = now()
-        q = (select(messages.c.ordering_key, func.min(messages.c.id))
-             .where(messages.c.channel == channel, messages.c.ordering_key.in_(list(done)),
-                    messages.c.status.in_(PENDING),
-                    or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp))
-             .group_by(messages.c.ordering_key))
+        q = (
+            select(messages.c.ordering_key, func.min(messages.c.id))
+            .where(
+                messages.c.channel == channel,
+                messages.c.ordering_key.in_(list(done)),
+                messages.c.status.in_(PENDING),
+                or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
+            )
+            .group_by(messages.c.ordering_key)
+        )
         with self.engine.connect() as conn:
             return sorted(mid for key, mid in conn.execute(q) if mid > done[key])
 
@@ -295,8 +372,11 @@ class MessageStore:
         stamp = now()
         ids = [o.message_id for o in outcomes]
         with write_transaction(self.status_engine) as conn:
-            existing = set(conn.execute(select(deliveries.c.message_id, deliveries.c.destination)
-                                        .where(deliveries.c.message_id.in_(ids))).all())
+            existing = set(
+                conn.execute(
+                    select(deliveries.c.message_id, deliveries.c.destination).where(deliveries.c.message_id.in_(ids))
+                ).all()
+            )
             # one UPDATE per status for the messages without an error (most of a batch), one
             # per message with its own error text
             plain: dict[str, list[int]] = {}
@@ -304,35 +384,66 @@ class MessageStore:
                 if o.error is None:
                     plain.setdefault(o.status, []).append(o.message_id)
             for status, same in plain.items():
-                conn.execute(update(messages).where(messages.c.id.in_(same))
-                             .values(status=status, error=None, updated_at=stamp, claim_until=None))
-            with_error = [{"b_id": o.message_id, "b_status": o.status, "b_error": o.error}
-                          for o in outcomes if o.error is not None]
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(same))
+                    .values(status=status, error=None, updated_at=stamp, claim_until=None)
+                )
+            with_error = [
+                {"b_id": o.message_id, "b_status": o.status, "b_error": o.error}
+                for o in outcomes
+                if o.error is not None
+            ]
             if with_error:
-                conn.execute(update(messages).where(messages.c.id == bindparam("b_id"))
-                             .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp,
-                                     claim_until=None), with_error)
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id == bindparam("b_id"))
+                    .values(
+                        status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp, claim_until=None
+                    ),
+                    with_error,
+                )
             inserts, updates = [], []
             for o in outcomes:
                 for d in o.deliveries or ():
-                    values = dict(status=d["status"], attempts=d.get("attempts", 1), result=d.get("result"),
-                                  error=d.get("error"), next_attempt_at=d.get("next_attempt_at"), updated_at=stamp)
+                    values = dict(
+                        status=d["status"],
+                        attempts=d.get("attempts", 1),
+                        result=d.get("result"),
+                        error=d.get("error"),
+                        next_attempt_at=d.get("next_attempt_at"),
+                        updated_at=stamp,
+                    )
                     if (o.message_id, d["destination"]) in existing:
-                        updates.append({"b_mid": o.message_id, "b_dest": d["destination"],
-                                        **{f"b_{k}": v for k, v in values.items()}})
+                        updates.append(
+                            {
+                                "b_mid": o.message_id,
+                                "b_dest": d["destination"],
+                                **{f"b_{k}": v for k, v in values.items()},
+                            }
+                        )
                     else:
                         inserts.append(dict(message_id=o.message_id, destination=d["destination"], **values))
             if inserts:  # RETURNING makes SQLAlchemy send one multi-row INSERT, not one per row
                 conn.execute(deliveries.insert().returning(deliveries.c.id), inserts).all()
             if updates:
-                conn.execute(update(deliveries).where(deliveries.c.message_id == bindparam("b_mid"),
-                                                      deliveries.c.destination == bindparam("b_dest"))
-                             .values(**{k: bindparam(f"b_{k}") for k in
-                                        ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")}),
-                             updates)
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.message_id == bindparam("b_mid"), deliveries.c.destination == bindparam("b_dest")
+                    )
+                    .values(
+                        **{
+                            k: bindparam(f"b_{k}")
+                            for k in ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")
+                        }
+                    ),
+                    updates,
+                )
 
-    def pending(self, *, channel: str | None = None, older_than: timedelta = timedelta(0),
-                limit: int = 10_000) -> list[tuple[int, str]]:
+    def pending(
+        self, *, channel: str | None = None, older_than: timedelta = timedelta(0), limit: int = 10_000
+    ) -> list[tuple[int, str]]:
         """(id, channel) of messages that still need processing, oldest first.
 
         RECEIVED and TRANSFORMED older than ``older_than`` (lost from the queue, worker killed),
@@ -340,20 +451,21 @@ class MessageStore:
         """
         cutoff = now() - older_than
         t = now()
-        due = select(deliveries.c.message_id).where(
-            deliveries.c.status == QUEUED, deliveries.c.next_attempt_at > t)
+        due = select(deliveries.c.message_id).where(deliveries.c.status == QUEUED, deliveries.c.next_attempt_at > t)
         q = select(messages.c.id, messages.c.channel).where(
             ((messages.c.status.in_((RECEIVED, TRANSFORMED))) & (messages.c.updated_at <= cutoff))
             | ((messages.c.status == QUEUED) & messages.c.id.not_in(due)),
-            or_(messages.c.claim_until.is_(None), messages.c.claim_until < t))
+            or_(messages.c.claim_until.is_(None), messages.c.claim_until < t),
+        )
         if channel:
             q = q.where(messages.c.channel == channel)
         with self.engine.connect() as conn:
             return [(r[0], r[1]) for r in conn.execute(q.order_by(messages.c.id).limit(limit))]
 
     # -- operations -----------------------------------------------------------------------------
-    def list(self, *, channel: str | None = None, status: str | None = None, limit: int = 100,
-             before_id: int | None = None) -> list[Any]:
+    def list(
+        self, *, channel: str | None = None, status: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[Any]:
         """Message metadata (never content), newest first."""
         cols = [c for c in messages.c if c.name != "content"]
         q = select(*cols)
@@ -368,16 +480,20 @@ class MessageStore:
 
     def deliveries_of(self, message_id: int) -> list[Any]:
         with self.engine.connect() as conn:
-            return conn.execute(select(deliveries).where(deliveries.c.message_id == message_id)
-                                .order_by(deliveries.c.id)).all()
+            return conn.execute(
+                select(deliveries).where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)
+            ).all()
 
     def read_content(self, message_id: int, *, who: str, purpose: str = "") -> bytes | None:
         """The raw content of one message; every read is audited with ``who`` and ``purpose``."""
         with write_transaction(self.engine) as conn:
             content = conn.execute(select(messages.c.content).where(messages.c.id == message_id)).scalar()
             if content is not None:
-                conn.execute(content_access.insert().values(message_id=message_id, accessed_by=who,
-                                                            accessed_at=now(), purpose=purpose))
+                conn.execute(
+                    content_access.insert().values(
+                        message_id=message_id, accessed_by=who, accessed_at=now(), purpose=purpose
+                    )
+                )
         return content
 
     def access_log(self, message_id: int | None = None) -> list[Any]:
@@ -387,8 +503,9 @@ class MessageStore:
         with self.engine.connect() as conn:
             return conn.execute(q).all()
 
-    def reset_for_reprocess(self, ids: list[int] | None = None, *, status: str | None = None,
-                            channel: str | None = None) -> list[tuple[int, str]]:
+    def reset_for_reprocess(
+        self, ids: list[int] | None = None, *, status: str | None = None, channel: str | None = None
+    ) -> list[tuple[int, str]]:
         """Put messages back to RECEIVED (delivered destinations stay delivered); returns (id, channel)."""
         q = select(messages.c.id, messages.c.channel).where(messages.c.duplicate_of.is_(None))
         if ids:
@@ -400,11 +517,16 @@ class MessageStore:
         with write_transaction(self.engine) as conn:
             found = [(r[0], r[1]) for r in conn.execute(q.order_by(messages.c.id))]
             if found:
-                conn.execute(update(messages).where(messages.c.id.in_([f[0] for f in found]))
-                             .values(status=RECEIVED, error=None, updated_at=now()))
-                conn.execute(update(deliveries).where(and_(deliveries.c.message_id.in_([f[0] for f in found]),
-                                                           deliveries.c.status != SENT))
-                             .values(attempts=0, next_attempt_at=None))
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_([f[0] for f in found]))
+                    .values(status=RECEIVED, error=None, updated_at=now())
+                )
+                conn.execute(
+                    update(deliveries)
+                    .where(and_(deliveries.c.message_id.in_([f[0] for f in found]), deliveries.c.status != SENT))
+                    .values(attempts=0, next_attempt_at=None)
+                )
         return found
 
     def status_of(self, message_id: int) -> tuple[str, str | None] | None:
@@ -416,51 +538,62 @@ class MessageStore:
         """Record that process ``name`` (host:pid) is alive; ``engine status`` lists them."""
         stamp = now()
         with write_transaction(self.status_engine) as conn:
-            res = conn.execute(update(workers).where(workers.c.name == name)
-                               .values(role=role, seen_at=stamp, processed=processed))
+            res = conn.execute(
+                update(workers).where(workers.c.name == name).values(role=role, seen_at=stamp, processed=processed)
+            )
             if res.rowcount == 0:
-                conn.execute(workers.insert().values(name=name, role=role, started_at=stamp, seen_at=stamp,
-                                                     processed=processed))
+                conn.execute(
+                    workers.insert().values(name=name, role=role, started_at=stamp, seen_at=stamp, processed=processed)
+                )
 
     def workers_seen(self, within: timedelta = timedelta(seconds=15)) -> list[Any]:
         with self.engine.connect() as conn:
-            return conn.execute(select(workers).where(workers.c.seen_at >= now() - within)
-                                .order_by(workers.c.name)).all()
+            return conn.execute(
+                select(workers).where(workers.c.seen_at >= now() - within).order_by(workers.c.name)
+            ).all()
 
     def oldest_pending(self) -> dict[str, datetime]:
         """channel -> receive time of its oldest message still to process."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(messages.c.channel, func.min(messages.c.received_at))
-                                .where(messages.c.status.in_(PENDING)).group_by(messages.c.channel)).all()
+            rows = conn.execute(
+                select(messages.c.channel, func.min(messages.c.received_at))
+                .where(messages.c.status.in_(PENDING))
+                .group_by(messages.c.channel)
+            ).all()
         return {r[0]: _aware(r[1]) for r in rows}
 
     def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         """(channel, destination, status) -> deliveries, for QUEUED and ERROR."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(messages.c.channel, deliveries.c.destination, deliveries.c.status, func.count())
-                                .join(messages, messages.c.id == deliveries.c.message_id)
-                                .where(deliveries.c.status.in_((QUEUED, ERROR)))
-                                .group_by(messages.c.channel, deliveries.c.destination, deliveries.c.status)).all()
+            rows = conn.execute(
+                select(messages.c.channel, deliveries.c.destination, deliveries.c.status, func.count())
+                .join(messages, messages.c.id == deliveries.c.message_id)
+                .where(deliveries.c.status.in_((QUEUED, ERROR)))
+                .group_by(messages.c.channel, deliveries.c.destination, deliveries.c.status)
+            ).all()
         return {(r[0], r[1], r[2]): r[3] for r in rows}
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(channel, status) -> number of messages."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(messages.c.channel, messages.c.status, func.count())
-                                .group_by(messages.c.channel, messages.c.status)).all()
+            rows = conn.execute(
+                select(messages.c.channel, messages.c.status, func.count()).group_by(
+                    messages.c.channel, messages.c.status
+                )
+            ).all()
         return {(r[0], r[1]): r[2] for r in rows}
 
 
 def _aware(value):
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class _Loaded:
     """A message row plus its delivery rows keyed by destination name."""
 
-    __slots__ = ("row", "deliveries")
+    __slots__ = ("deliveries", "row")
 
     def __init__(self, row, deliveries):
         self.row = row

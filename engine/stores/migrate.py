@@ -13,9 +13,9 @@ New revision for a schema (developers)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -98,7 +98,8 @@ def check(url: str, schema: str, *, engine: Engine | None = None, name: str | No
     if have != want:
         raise SchemaOutOfDate(
             f"store {name or schema!r} schema is at {have or 'no revision (empty)'}, the code needs {want}: "
-            "run `engine db upgrade`")
+            "run `engine db upgrade`"
+        )
 
 
 def revision(url: str, schema: str, message: str, *, autogenerate: bool = True) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Date, Index, Integer, MetaData, String, Table, UniqueConstraint
 
-from engine.stores.columns import NAMING, demographic_columns, StoreSpec, id_column, managed_columns, merge_audit_table
+from engine.stores.columns import NAMING, StoreSpec, demographic_columns, id_column, managed_columns, merge_audit_table
 from engine.stores.db import UTCDateTime
 
 metadata = MetaData(naming_convention=NAMING)
 
 registration = Table(
-    "registration", metadata,
+    "registration",
+    metadata,
     id_column(),
     Column("mrn", String, nullable=False),
     Column("account_number", String),
@@ -34,7 +35,8 @@ registration = Table(
 Index(None, registration.c.merged_into)
 
 coverage = Table(
-    "coverage", metadata,
+    "coverage",
+    metadata,
     id_column(),
     Column("mrn", String, nullable=False),
     Column("payer_id", String, nullable=False),
@@ -55,7 +57,8 @@ coverage = Table(
 )
 
 visit = Table(
-    "visit", metadata,
+    "visit",
+    metadata,
     id_column(),
     Column("visit_number", String, nullable=False),
     Column("mrn", String),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -43,7 +43,7 @@ KINDS = ("clinical", "pm")
 class _Merge:
     """One checked merge record: old MRN into survivor, plus optional survivor values."""
 
-    __slots__ = ("old", "new", "extra")
+    __slots__ = ("extra", "new", "old")
 
     def __init__(self, old: str, new: str, extra: Upsert | None):
         self.old, self.new, self.extra = old, new, extra
@@ -79,8 +79,11 @@ class RecordStore:
     def columns(self) -> dict[str, set[str]]:
         """{table: column names a mapping may write} (no id/updated_at/last_message_id/merged_into,
         no merge audit table)."""
-        return {name: {c.name for c in t.columns if c.name not in NOT_MAPPABLE}
-                for name, t in self.spec.tables.items() if name != self.spec.merge_audit}
+        return {
+            name: {c.name for c in t.columns if c.name not in NOT_MAPPABLE}
+            for name, t in self.spec.tables.items()
+            if name != self.spec.merge_audit
+        }
 
     def key_columns(self, table: str) -> tuple[str, ...]:
         """The natural key of ``table`` (the UNIQUE constraint upserts conflict on)."""
@@ -91,8 +94,9 @@ class RecordStore:
         self.engine.dispose()
 
     # -- writing ------------------------------------------------------------------------------
-    def apply_batch(self, batch: list[tuple[int, list[Record]]],
-                    keys: list[str | None] | None = None) -> list[Exception | None]:
+    def apply_batch(
+        self, batch: list[tuple[int, list[Record]]], keys: list[str | None] | None = None
+    ) -> list[Exception | None]:
         """Apply each (message_id, records) in one transaction, one SAVEPOINT per message.
 
         Returns, in order, None for a message whose records were all written, or the
@@ -113,7 +117,7 @@ class RecordStore:
                 continue
             try:
                 ops = [self._plan(r) for r in records]
-            except Exception as exc:  # noqa: BLE001 - a record that cannot be read fails its message only
+            except Exception as exc:
                 results[i] = self._wrap(exc, message_id)
                 if keys[i]:
                     failed[keys[i]] = message_id
@@ -127,14 +131,18 @@ class RecordStore:
         if not plans:
             return results
 
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if not any(isinstance(op, _Merge) for _i, _m, ops in plans for op in ops):
             try:
                 self._apply_grouped(plans, mrns, now)
                 return results
-            except Exception as exc:  # noqa: BLE001 - find the culprit message by message below
-                log.info("%s store: grouped write of %d message(s) failed (%s); retrying one savepoint each",
-                         self.schema, len(plans), type(exc).__name__)
+            except Exception as exc:
+                log.info(
+                    "%s store: grouped write of %d message(s) failed (%s); retrying one savepoint each",
+                    self.schema,
+                    len(plans),
+                    type(exc).__name__,
+                )
         try:
             with write_transaction(self.engine) as conn:
                 resolved = load_resolution(conn, self.spec, mrns)
@@ -145,7 +153,7 @@ class RecordStore:
                     try:
                         with conn.begin_nested():
                             after = self._apply_ops(conn, ops, message_id, now, resolved)
-                    except Exception as exc:  # noqa: BLE001 - one message's fault, reported in its slot
+                    except Exception as exc:
                         results[i] = self._wrap(exc, message_id)
                         if keys[i]:
                             failed.setdefault(keys[i], message_id)
@@ -153,12 +161,12 @@ class RecordStore:
                         if after is not None:  # the message merged patients: its resolution now holds
                             resolved.clear()
                             resolved.update(after)
-        except Exception as exc:  # noqa: BLE001 - the transaction as a whole failed: nothing committed
-            err = DeliveryError(f"{self.schema} store: batch not committed ({type(exc).__name__})",
-                                retryable=True)
+        except Exception as exc:
+            err = DeliveryError(f"{self.schema} store: batch not committed ({type(exc).__name__})", retryable=True)
             err.__cause__ = exc
-            log.warning("%s store: batch of %d message(s) not committed: %s", self.schema, len(batch),
-                        type(exc).__name__)
+            log.warning(
+                "%s store: batch of %d message(s) not committed: %s", self.schema, len(batch), type(exc).__name__
+            )
             return [r if r is not None else err for r in results]
         return results
 
@@ -175,8 +183,7 @@ class RecordStore:
             for _i, message_id, ops in plans:
                 stamp = {"updated_at": now, "last_message_id": message_id}
                 for op in ops:
-                    per_table.setdefault(op.shape[0], []).append(
-                        (op.shape, _params(op, resolved, stamp)))
+                    per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
             for entries in per_table.values():
                 shape, group = None, []
                 for op_shape, params in entries:
@@ -207,8 +214,9 @@ class RecordStore:
             extra = self._planner.upsert(self.spec.identity, ("mrn",), values)
         return _Merge(old, new, extra)
 
-    def _apply_ops(self, conn, ops: list, message_id: int, now: datetime,
-                   resolved: dict[str, str]) -> dict[str, str] | None:
+    def _apply_ops(
+        self, conn, ops: list, message_id: int, now: datetime, resolved: dict[str, str]
+    ) -> dict[str, str] | None:
         """Run one message's checked records. A message with merges works on a copy of the MRN
         resolution and returns it (adopted once its savepoint is released); otherwise None."""
         merges = any(isinstance(o, _Merge) for o in ops)
@@ -220,8 +228,9 @@ class RecordStore:
             if isinstance(op, _Merge):
                 self._flush(conn, shape, group)
                 group, shape = [], None
-                delta = apply_merge(conn, self.spec, op.old, op.new, message_id=message_id, now=now,
-                                    resolve=lambda m: local.get(m, m))
+                delta = apply_merge(
+                    conn, self.spec, op.old, op.new, message_id=message_id, now=now, resolve=lambda m: local.get(m, m)
+                )
                 _update_resolution(local, delta)
                 if op.extra is not None:
                     self._flush(conn, op.extra.shape, [_params(op.extra, local, stamp)])
@@ -242,9 +251,12 @@ class RecordStore:
         if isinstance(exc, EngineError):
             return exc
         retryable = isinstance(exc, OperationalError)
-        err = DeliveryError(f"{self.schema} store refused message {message_id}'s records ({type(exc).__name__}"
-                            + (f": {type(exc.orig).__name__}" if isinstance(exc, DBAPIError) else "") + ")",
-                            retryable=retryable)
+        err = DeliveryError(
+            f"{self.schema} store refused message {message_id}'s records ({type(exc).__name__}"
+            + (f": {type(exc.orig).__name__}" if isinstance(exc, DBAPIError) else "")
+            + ")",
+            retryable=retryable,
+        )
         err.__cause__ = exc
         log.warning("%s store: message %s rolled back: %s", self.schema, message_id, type(exc).__name__)
         return err
@@ -278,4 +290,3 @@ def _update_resolution(resolved: dict[str, str], changes: dict[str, str]) -> Non
         resolved[old] = new
     for k in [k for k, v in resolved.items() if k == v]:
         del resolved[k]
-

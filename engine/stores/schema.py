@@ -11,5 +11,8 @@ MANAGED = frozenset({"id", "updated_at", "last_message_id", "merged_into"})
 def columns_of(kind: str) -> dict[str, set[str]]:
     """{table: writable column names} of the store kind ``clinical`` or ``pm``."""
     spec = importlib.import_module(f"engine.stores.{kind}").SPEC
-    return {name: {c.name for c in table.columns if c.name not in MANAGED}
-            for name, table in spec.tables.items() if name != spec.merge_audit}
+    return {
+        name: {c.name for c in table.columns if c.name not in MANAGED}
+        for name, table in spec.tables.items()
+        if name != spec.merge_audit
+    }

@@ -13,10 +13,11 @@ record (absent columns keep the stored value, ``None`` clears), plus ``updated_a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import Boolean, Date, Float, Integer, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
@@ -152,8 +153,8 @@ class Planner:
                 out[col] = fn(v)
             except _Refused as why:
                 raise DeliveryError(
-                    f"{self.spec.kind}.{table}.{col}: expected {why.args[0]}, got {type(v).__name__}",
-                    retryable=False) from None
+                    f"{self.spec.kind}.{table}.{col}: expected {why.args[0]}, got {type(v).__name__}", retryable=False
+                ) from None
         return out
 
     def upsert(self, table: str, key: tuple[str, ...], values: dict[str, Any]) -> Upsert:
@@ -163,7 +164,8 @@ class Planner:
         if key and set(key) != set(natural):
             raise DeliveryError(
                 f"{self.spec.kind}.{table}: key ({', '.join(key)}) is not the natural key ({', '.join(natural)})",
-                retryable=False)
+                retryable=False,
+            )
         params = self.check_values(table, values)
         for k in natural:
             if params.get(k) in (None, ""):

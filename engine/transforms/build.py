@@ -8,7 +8,8 @@ replaced by harmless placeholders, so compilation continues and finds the next p
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from engine.errors import Problem
 from engine.formats.hl7 import Path, parse_path
@@ -56,7 +57,7 @@ class Build:
         YAML reads ``2.10`` as the float 2.1 and ``yes`` as True, silently changing what an
         analyst wrote; quoting them keeps the text.
         """
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, (bool, float)):
             self.problem(key, f"write {value!r} in quotes: YAML would read it as a {type(value).__name__}")
             return None
         if isinstance(value, (str, int)):

@@ -28,7 +28,8 @@ with the message only); for ``component`` subjects ``(repetition_text, delimiter
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engine.errors import ConfigError
 from engine.formats.hl7 import Delimiters, unescape
@@ -41,8 +42,7 @@ COMBINATORS = ("all", "any", "not")
 MESSAGE, REPETITION = "message", "repetition"
 
 
-def compile_condition(spec: Any, *, build: Build | None = None, key: Key = (),
-                      context: str = MESSAGE) -> Condition:
+def compile_condition(spec: Any, *, build: Build | None = None, key: Key = (), context: str = MESSAGE) -> Condition:
     """Compile ``spec`` once into a predicate.
 
     With ``build`` the problems are collected there (keys under ``key``) and a false
@@ -116,7 +116,7 @@ def _getter(value: Any, b: Build, key: Key, context: str):
         return (lambda msg, scopes: msg.values(path, scopes)), path.text
     comp = component_spec(value)
     if comp is None:
-        b.problem(key, "expected a component number such as 5 or \"4.1\"")
+        b.problem(key, 'expected a component number such as 5 or "4.1"')
         return None, ""
     get = component_getter(*comp)
 
@@ -149,7 +149,7 @@ def _operator(op: str, arg: Any, b: Build, key: Key):
             b.problem(key, "exists takes true or false")
             return None
         if arg:
-            return _text(lambda vals: any(vals), "exists")
+            return _text(lambda vals: any(vals), "exists")  # noqa: PLW0108 - _text sets .text on the function
         return _text(lambda vals: not any(vals), "is absent")
     if op == "matches":
         if not isinstance(arg, str):

@@ -25,21 +25,30 @@ arguments are expressions themselves (a string is a path). A compiled :class:`Ex
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import tzinfo
-from typing import Any, Callable
+from typing import Any
 
 from engine.errors import ConfigError
 from engine.transforms.build import Build, component_spec
 from engine.transforms.conditions import REPETITION, compile_condition, component_getter
 from engine.transforms.tables import Tables
-from engine.transforms.values import (MISSING, ValueProblem, to_date, to_datetime, to_integer,
-                                      to_number, zone)
+from engine.transforms.values import MISSING, ValueProblem, to_date, to_datetime, to_integer, to_number, zone
 from engine.yamlfile import Key
 
 FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "path": (), "literal": (), "use": (), "concat": ("separator",), "coalesce": (),
-    "table": ("value",), "date": (), "datetime": ("timezone",), "number": (), "integer": (),
-    "pick": ("where", "component", "fallback"), "json_list": ("where", "item"),
+    "path": (),
+    "literal": (),
+    "use": (),
+    "concat": ("separator",),
+    "coalesce": (),
+    "table": ("value",),
+    "date": (),
+    "datetime": ("timezone",),
+    "number": (),
+    "integer": (),
+    "pick": ("where", "component", "fallback"),
+    "json_list": ("where", "item"),
 }
 MODIFIERS = ("when", "default", "required")
 
@@ -47,7 +56,7 @@ MODIFIERS = ("when", "default", "required")
 class Expr:
     """A compiled expression: ``fn(msg, scopes)``; ``many`` lists every value of a ``[*]`` path."""
 
-    __slots__ = ("fn", "source", "many")
+    __slots__ = ("fn", "many", "source")
 
     def __init__(self, fn: Callable, source: str, many: Callable | None = None):
         self.fn, self.source, self.many = fn, source, many
@@ -83,8 +92,11 @@ class Compiler:
         if isinstance(spec, str):
             return self._path(spec, key)
         if not isinstance(spec, dict):
-            self.b.problem(key, "expected an HL7 path (PID-5.1) or a function such as {literal: ...}; "
-                                "write fixed values as {literal: ...}")
+            self.b.problem(
+                key,
+                "expected an HL7 path (PID-5.1) or a function such as {literal: ...}; "
+                "write fixed values as {literal: ...}",
+            )
             return _BAD
         tags = [k for k in spec if k in FUNCTIONS]
         if len(tags) != 1:
@@ -111,8 +123,11 @@ class Compiler:
     def _when(self, e: Expr, spec: Any, key: Key) -> Expr:
         cond = compile_condition(spec, build=self.b, key=key)
         fn, many = e.fn, e.many
-        return Expr(lambda m, s: fn(m, s) if cond(m, s) else MISSING, e.source,
-                    (lambda m, s: many(m, s) if cond(m, s) else []) if many else None)
+        return Expr(
+            lambda m, s: fn(m, s) if cond(m, s) else MISSING,
+            e.source,
+            (lambda m, s: many(m, s) if cond(m, s) else []) if many else None,
+        )
 
     def _default(self, e: Expr, default: Any) -> Expr:
         fn = e.fn
@@ -194,7 +209,7 @@ class Compiler:
         def concat(m, s):
             parts, null = [], False
             for e in items:
-                for v in (e.many(m, s) if e.many else (e.fn(m, s),)):
+                for v in e.many(m, s) if e.many else (e.fn(m, s),):
                     if v is None:
                         null = True
                     elif v is not MISSING and v != "":
@@ -229,7 +244,9 @@ class Compiler:
         try:
             table = self.tables.get(str(name))
         except KeyError:
-            self.b.problem(key + ("table",), f"unknown table {name!r} (known: {', '.join(self.tables.known()) or 'none'})")
+            self.b.problem(
+                key + ("table",), f"unknown table {name!r} (known: {', '.join(self.tables.known()) or 'none'})"
+            )
             return _BAD
         except ConfigError as exc:
             self.b.problems.extend(exc.problems)
@@ -269,8 +286,9 @@ class Compiler:
 
     def _field_path(self, spec: dict, tag: str, key: Key):
         p = self.b.path(spec[tag], key + (tag,))
-        if p is not None and (p.field is None or p.component is not None or p.repetition is not None
-                              or p.occurrence == 0):
+        if p is not None and (
+            p.field is None or p.component is not None or p.repetition is not None or p.occurrence == 0
+        ):
             self.b.problem(key + (tag,), f"{tag} takes a field without repetition or component, e.g. PID-3")
             return None
         return p
@@ -285,11 +303,11 @@ class Compiler:
         where = self._where(spec, key)
         comp = component_spec(spec.get("component"))
         if comp is None:
-            self.b.problem(key + ("component",), "pick needs component: the component to take (1, or \"4.1\")")
+            self.b.problem(key + ("component",), 'pick needs component: the component to take (1, or "4.1")')
         fallback = spec.get("fallback", "none")
         if fallback not in ("first", "none"):
             self.b.problem(key + ("fallback",), "fallback must be first or none")
-        if p is None or comp is None or where is None and "where" in spec:
+        if p is None or comp is None or (where is None and "where" in spec):
             return _BAD
         get, first = component_getter(*comp), fallback == "first"
 
@@ -322,7 +340,7 @@ class Compiler:
             for name, c in item.items():
                 comp = component_spec(c)
                 if comp is None:
-                    self.b.problem(key + ("item", name), "expected a component number such as 5 or \"4.1\"")
+                    self.b.problem(key + ("item", name), 'expected a component number such as 5 or "4.1"')
                 else:
                     getters.append((str(name), component_getter(*comp)))
         if p is None or not getters:

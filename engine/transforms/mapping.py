@@ -31,8 +31,9 @@ Expressions are described in :mod:`engine.transforms.expressions`, conditions in
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine.errors import ConfigError, MappingError
 from engine.formats.hl7 import Message
@@ -54,7 +55,7 @@ MERGE_FIELDS = ("mrn", "old_mrn")
 
 
 class _Field:
-    __slots__ = ("column", "fn", "source", "default", "required")
+    __slots__ = ("column", "default", "fn", "required", "source")
 
     def __init__(self, column: str, expr: Expr, default: Any, required: bool):
         self.column, self.fn, self.source = column, expr.fn, expr.source
@@ -64,8 +65,17 @@ class _Field:
 class RecordRule:
     """One ``records:`` entry: emits zero or more records per message."""
 
-    def __init__(self, mapping: str, index: int, target: str, op: str, key: tuple[str, ...],
-                 fields: list[_Field], when=None, for_each: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        mapping: str,
+        index: int,
+        target: str,
+        op: str,
+        key: tuple[str, ...],
+        fields: list[_Field],
+        when=None,
+        for_each: tuple[str, ...] = (),
+    ):
         self.mapping, self.index, self.target, self.op, self.key = mapping, index, target, op, key
         self.fields, self.when, self.for_each = fields, when, for_each
 
@@ -106,7 +116,7 @@ class RecordRule:
                     else:
                         continue
                 elif v is None and f.required:
-                    raise self._error(f, "required value is an HL7 null (\"\")", where)
+                    raise self._error(f, 'required value is an HL7 null ("")', where)
                 values[f.column] = v
                 sources[f.column] = source
             out.append(Record(self.target, self.key, values, self.op, sources))
@@ -115,15 +125,17 @@ class RecordRule:
         at = f" in {where}" if where else ""
         # column and reason first: an ACK's MSA-3 keeps only the first 80 characters
         return MappingError(
-            f"{self.target}.{f.column}: {reason} (mapping {self.mapping}, records[{self.index}],"
-            f" from {f.source}{at})", mapping=self.mapping, field=f.column, path=f.source)
+            f"{self.target}.{f.column}: {reason} (mapping {self.mapping}, records[{self.index}], from {f.source}{at})",
+            mapping=self.mapping,
+            field=f.column,
+            path=f.source,
+        )
 
 
 class Mapping:
     """A compiled mapping. ``applies(msg)`` decides; ``run(msg)`` builds the records."""
 
-    def __init__(self, name: str, path: Path, rules: list[RecordRule], applies_when=None,
-                 description: str = ""):
+    def __init__(self, name: str, path: Path, rules: list[RecordRule], applies_when=None, description: str = ""):
         self.name, self.path, self.rules = name, path, rules
         self._applies = applies_when
         self.description = description
@@ -152,8 +164,9 @@ class Mapping:
         return f"<Mapping {self.name} records={len(self.rules)}>"
 
 
-def load_mapping(path: str | Path, *, tables_dir: str | Path | None = None,
-                 columns: dict[str, dict[str, set[str]]] | None = None) -> Mapping:
+def load_mapping(
+    path: str | Path, *, tables_dir: str | Path | None = None, columns: dict[str, dict[str, set[str]]] | None = None
+) -> Mapping:
     """Load and compile a mapping file; raise ConfigError listing every problem found.
 
     ``tables_dir`` defaults to ``tables/`` beside the mapping. With ``columns``
@@ -175,7 +188,9 @@ def load_mapping(path: str | Path, *, tables_dir: str | Path | None = None,
             b.problem(("timezone",), str(exc))
     tables = Tables(Path(tables_dir) if tables_dir is not None else path.parent / "tables")
     c = Compiler(b, tables, tz)
-    applies = compile_condition(data["applies_when"], build=b, key=("applies_when",)) if "applies_when" in data else None
+    applies = (
+        compile_condition(data["applies_when"], build=b, key=("applies_when",)) if "applies_when" in data else None
+    )
     defines = data.get("define") or {}
     if not isinstance(defines, dict):
         b.problem(("define",), "expected name: expression pairs")
@@ -196,8 +211,9 @@ def load_mapping(path: str | Path, *, tables_dir: str | Path | None = None,
     return Mapping(path.stem, path, rules, applies, str(data.get("description") or ""))
 
 
-def _record(spec: Any, key: Key, index: int, name: str, c: Compiler, b: Build,
-            columns: dict | None) -> RecordRule | None:
+def _record(
+    spec: Any, key: Key, index: int, name: str, c: Compiler, b: Build, columns: dict | None
+) -> RecordRule | None:
     if not isinstance(spec, dict):
         b.problem(key, "expected a record with target:, key: and fields:")
         return None
@@ -254,7 +270,10 @@ def _check_target(target, op, fields_spec, key, b: Build, columns) -> None:
         b.problem(key + ("target",), f"unknown store {store!r} for this mapping (known: {', '.join(columns)})")
         return
     if table not in columns[store]:
-        b.problem(key + ("target",), f"unknown table {table!r} in store {store!r} (known: {', '.join(sorted(columns[store]))})")
+        b.problem(
+            key + ("target",),
+            f"unknown table {table!r} in store {store!r} (known: {', '.join(sorted(columns[store]))})",
+        )
         return
     if op == "merge":
         return

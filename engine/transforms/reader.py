@@ -17,7 +17,7 @@ from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("msg", "delimiters", "_index", "_positions", "_cache", "_outside")
+    __slots__ = ("_cache", "_index", "_outside", "_positions", "delimiters", "msg")
 
     def __init__(self, msg: Message):
         self.msg = msg
@@ -44,7 +44,8 @@ class Reader:
         if outside is None:
             spans = self.msg.spans(anchor)
             outside = self._outside[key] = not any(
-                a <= p < b for p in self._positions.get(segment, ()) for a, b in spans)
+                a <= p < b for p in self._positions.get(segment, ()) for a, b in spans
+            )
         return outside
 
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:

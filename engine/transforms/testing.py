@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,9 @@ def _cases(file: Path) -> list[TestCase]:
                 b.keys(r, key + ("records", j), RECORD_KEYS, "an expected record")
                 if not isinstance(r.get("values"), dict) or "target" not in r:
                     b.problem(key + ("records", j), "an expected record needs target: and values:")
-        if error is not None and (not isinstance(error, dict) or not b.keys(error, key + ("error",), ERROR_KEYS, "an expected error")):
+        if error is not None and (
+            not isinstance(error, dict) or not b.keys(error, key + ("error",), ERROR_KEYS, "an expected error")
+        ):
             b.problem(key + ("error",), "expected {column: <column>, contains: <text>} (both optional)")
         out.append(TestCase(file, i, src.line(key), c["name"], mapping_path, c["message"], records, error))
     if b.problems:
@@ -147,7 +149,7 @@ def render(value: Any) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return value.isoformat()
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     return str(value).replace("\r", "\\r").replace("\n", "\\n")
@@ -176,8 +178,11 @@ def run_case(case: TestCase) -> CaseResult:
     actual = [f"error: column {outcome.field}: {outcome}"] if outcome else _actual_lines(records)
     if case.error is not None:
         want_col, want_text = case.error.get("column"), case.error.get("contains")
-        passed = (outcome is not None and (want_col is None or outcome.field == want_col)
-                  and (want_text is None or str(want_text) in str(outcome)))
+        passed = (
+            outcome is not None
+            and (want_col is None or outcome.field == want_col)
+            and (want_text is None or str(want_text) in str(outcome))
+        )
         expected = [f"error: column {want_col or '*'}: ...{want_text or ''}..."]
     else:
         expected = []
@@ -203,7 +208,9 @@ def run_all(mappings_dir: str | Path) -> tuple[bool, str]:
             failed += 1
             lines.append(f"      ({case.file}:{case.line})")
             lines.extend("      " + d for d in result.diff.splitlines())
-    lines.append(f"{len(cases) - failed} passed, {failed} failed" if cases else f"no *_test.yaml cases in {mappings_dir}")
+    lines.append(
+        f"{len(cases) - failed} passed, {failed} failed" if cases else f"no *_test.yaml cases in {mappings_dir}"
+    )
     return failed == 0 and bool(cases), "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ contains the value itself (it may be PHI); the record compiler adds mapping, col
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -53,8 +53,9 @@ def parse_dtm(text: str) -> tuple[datetime, tzinfo | None]:
         raise ValueProblem("not a valid HL7 date/time (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
     y, mo, d, h, mi, s, frac, sign, oh, om = m.groups()
     try:
-        value = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0),
-                         int((frac or "0").ljust(6, "0")))
+        value = datetime(
+            int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0), int((frac or "0").ljust(6, "0"))
+        )
     except ValueError:
         raise ValueProblem("not a valid HL7 date/time (a month, day or time is out of range)") from None
     offset = None
@@ -74,13 +75,13 @@ def to_date(text: str) -> date:
 def to_datetime(text: str, default_zone: tzinfo) -> datetime:
     """A timezone-aware UTC datetime; ``default_zone`` applies when the value has no offset."""
     value, offset = parse_dtm(text)
-    return value.replace(tzinfo=offset or default_zone).astimezone(timezone.utc)
+    return value.replace(tzinfo=offset or default_zone).astimezone(UTC)
 
 
 def zone(name: str) -> tzinfo:
     """A zoneinfo time zone by IANA name (``America/New_York``); ValueError when unknown."""
     if name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
