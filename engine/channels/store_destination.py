@@ -68,4 +68,8 @@ class StoreDestination(Destination):
     orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred
 
     def deliver(self, items: list[Item]) -> list[Exception | None]:
-        return self.store.apply_batch([(i.message_id, i.payload) for i in items], keys=[i.ordering_key for i in items])
+        return self.store.apply_batch(
+            [(i.message_id, i.payload) for i in items],
+            keys=[i.ordering_key for i in items],
+            seqs=[i.seq for i in items],
+        )

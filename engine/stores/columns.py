@@ -2,8 +2,11 @@
 
 Every table of a record store has a surrogate integer ``id`` primary key, its natural key as a
 UNIQUE constraint, and two columns the writer maintains on every write: ``updated_at`` (UTC,
-timezone-aware) and ``last_message_id`` (the message-store id of the last message that wrote
-the row). Constraint and index names follow one naming convention so that Alembic migrations
+timezone-aware), ``last_message_id`` (the message-store id of the last message that wrote
+the row) and ``last_seq`` (that message's place in receive order: an upsert from a message with a
+lower ``last_seq`` than the row's leaves the row as it is, so an older message — reprocessed,
+retried, resent late or carried through another channel — never overwrites a newer one).
+Constraint and index names follow one naming convention so that Alembic migrations
 are deterministic and names stay unique when all stores share one PostgreSQL database.
 """
 
@@ -25,7 +28,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-MANAGED = ("updated_at", "last_message_id")
+MANAGED = ("updated_at", "last_message_id", "last_seq")
 """Columns the writer sets on every insert and update."""
 
 
@@ -62,10 +65,11 @@ def demographic_columns() -> list[Column]:
 
 
 def managed_columns() -> list[Column]:
-    """``updated_at`` and ``last_message_id``, appended to every table."""
+    """``updated_at``, ``last_message_id`` and ``last_seq``, appended to every table."""
     return [
         Column("updated_at", UTCDateTime, nullable=False),
         Column("last_message_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+        Column("last_seq", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     ]
 
 

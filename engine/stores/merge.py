@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, exists, insert, select, update
+from sqlalchemy import Connection, case, delete, exists, insert, select, update
 
 from engine.stores.columns import MANAGED, StoreSpec
 
@@ -52,12 +52,23 @@ def apply_merge(
     new_mrn: str,
     *,
     message_id: int | None,
+    seq: int | None = None,
     now: datetime,
     resolve: Callable[[str], str],
 ) -> dict[str, str]:
     """Merge ``old_mrn`` into ``new_mrn`` (see the module docstring); returns the resolution
-    entries ({mrn: survivor}) the caller adds to its cache once the savepoint is released."""
-    stamp = {"updated_at": now, "last_message_id": message_id}
+    entries ({mrn: survivor}) the caller adds to its cache once the savepoint is released.
+
+    ``seq`` is the merge message's place in receive order (default: ``message_id``). Every row
+    the merge touches, the survivor's identity row included, counts as written by the merge
+    from then on (its ``last_seq`` never goes down), so an older update for either MRN that is
+    reprocessed or arrives late cannot overwrite the survivor's data."""
+    seq = seq if seq is not None else message_id
+    stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
+
+    def moved(t):  # stamp for rows the merge updates: last_seq only moves forward
+        return {**stamp, "last_seq": case((t.c.last_seq > seq, t.c.last_seq), else_=seq)} if seq else stamp
+
     audit = spec.tables[spec.merge_audit]
     exists_audit = conn.execute(
         select(audit.c.id).where(
@@ -80,10 +91,12 @@ def apply_merge(
     if conn.execute(select(ident.c.id).where(ident.c.mrn == new)).first() is None:
         data = {k: v for k, v in old_row.items() if k not in _COPY_SKIP} if old_row else {}
         conn.execute(insert(ident).values(mrn=new, merged_into=None, **data, **stamp))
+    else:  # the survivor's row is the merge's to speak for from now on
+        conn.execute(update(ident).where(ident.c.mrn == new).values(**moved(ident)))
     # Everything that pointed at the old MRN (incl. earlier merges into it) now points at the survivor.
-    conn.execute(update(ident).where(ident.c.merged_into == old).values(merged_into=new, **stamp))
+    conn.execute(update(ident).where(ident.c.merged_into == old).values(merged_into=new, **moved(ident)))
     if old_row is not None:
-        conn.execute(update(ident).where(ident.c.mrn == old).values(merged_into=new, **stamp))
+        conn.execute(update(ident).where(ident.c.mrn == old).values(merged_into=new, **moved(ident)))
     else:  # a stub, so later records for the old MRN still resolve to the survivor
         conn.execute(insert(ident).values(mrn=old, merged_into=new, **stamp))
 
@@ -95,7 +108,7 @@ def apply_merge(
             s = t.alias("survivor")
             clash = exists(select(s.c.id).where(s.c.mrn == new, *[s.c[k] == t.c[k] for k in key if k != "mrn"]))
             conn.execute(delete(t).where(t.c.mrn == old, clash))
-        conn.execute(update(t).where(t.c.mrn == old).values(mrn=new, **stamp))
+        conn.execute(update(t).where(t.c.mrn == old).values(mrn=new, **moved(t)))
 
     changes = {old: new, old_mrn: new}
     changes.pop(new, None)

@@ -95,7 +95,10 @@ class RecordStore:
 
     # -- writing ------------------------------------------------------------------------------
     def apply_batch(
-        self, batch: list[tuple[int, list[Record]]], keys: list[str | None] | None = None
+        self,
+        batch: list[tuple[int, list[Record]]],
+        keys: list[str | None] | None = None,
+        seqs: list[int | None] | None = None,
     ) -> list[Exception | None]:
         """Apply each (message_id, records) in one transaction, one SAVEPOINT per message.
 
@@ -103,13 +106,16 @@ class RecordStore:
         exception that rolled that message back. Never raises for a single message's fault.
         With ``keys`` (each message's ordering key), a message after a failed one of the same
         key is not applied: its result is ``Deferred`` (updates for one patient keep their order).
+        ``seqs`` gives each message's place in receive order (default: its id); a row already
+        written by a message with a higher one is left as it is (see :mod:`engine.stores.upsert`).
         """
         from engine.channels.base import Deferred
 
         results: list[Exception | None] = [None] * len(batch)
         keys = keys or [None] * len(batch)
+        order = [s if s is not None else mid for s, (mid, _r) in zip(seqs or [None] * len(batch), batch)]
         failed: dict[str, int] = {}  # ordering key -> first message of it that failed
-        plans: list[tuple[int, int, list[Any]]] = []
+        plans: list[tuple[int, int, int, list[Any]]] = []
         mrns: set[str] = set()
         for i, (message_id, records) in enumerate(batch):
             if keys[i] in failed:
@@ -127,12 +133,12 @@ class RecordStore:
                     mrns.update((op.old, op.new))
                 elif "mrn" in op.params:
                     mrns.add(op.params["mrn"])
-            plans.append((i, message_id, ops))
+            plans.append((i, message_id, order[i], ops))
         if not plans:
             return results
 
         now = datetime.now(UTC)
-        if not any(isinstance(op, _Merge) for _i, _m, ops in plans for op in ops):
+        if not any(isinstance(op, _Merge) for _i, _m, _s, ops in plans for op in ops):
             try:
                 self._apply_grouped(plans, mrns, now)
                 return results
@@ -146,13 +152,13 @@ class RecordStore:
         try:
             with write_transaction(self.engine) as conn:
                 resolved = load_resolution(conn, self.spec, mrns)
-                for i, message_id, ops in plans:
+                for i, message_id, seq, ops in plans:
                     if keys[i] in failed and failed[keys[i]] != message_id:
                         results[i] = Deferred(failed[keys[i]])
                         continue
                     try:
                         with conn.begin_nested():
-                            after = self._apply_ops(conn, ops, message_id, now, resolved)
+                            after = self._apply_ops(conn, ops, message_id, seq, now, resolved)
                     except Exception as exc:
                         results[i] = self._wrap(exc, message_id)
                         if keys[i]:
@@ -170,7 +176,7 @@ class RecordStore:
             return [r if r is not None else err for r in results]
         return results
 
-    def _apply_grouped(self, plans: list[tuple[int, int, list[Any]]], mrns: set[str], now: datetime) -> None:
+    def _apply_grouped(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[str], now: datetime) -> None:
         """The fast path for a batch without merges: one executemany per run of one shape.
 
         Tables have no foreign keys between them, so each table's upserts can go together;
@@ -180,8 +186,8 @@ class RecordStore:
         with write_transaction(self.engine) as conn:
             resolved = load_resolution(conn, self.spec, mrns)
             per_table: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
-            for _i, message_id, ops in plans:
-                stamp = {"updated_at": now, "last_message_id": message_id}
+            for _i, message_id, seq, ops in plans:
+                stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
                 for op in ops:
                     per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
             for entries in per_table.values():
@@ -215,13 +221,13 @@ class RecordStore:
         return _Merge(old, new, extra)
 
     def _apply_ops(
-        self, conn, ops: list, message_id: int, now: datetime, resolved: dict[str, str]
+        self, conn, ops: list, message_id: int, seq: int, now: datetime, resolved: dict[str, str]
     ) -> dict[str, str] | None:
         """Run one message's checked records. A message with merges works on a copy of the MRN
         resolution and returns it (adopted once its savepoint is released); otherwise None."""
         merges = any(isinstance(o, _Merge) for o in ops)
         local = dict(resolved) if merges else resolved
-        stamp = {"updated_at": now, "last_message_id": message_id}
+        stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
         group: list[dict[str, Any]] = []
         shape = None
         for op in ops:
@@ -229,7 +235,14 @@ class RecordStore:
                 self._flush(conn, shape, group)
                 group, shape = [], None
                 delta = apply_merge(
-                    conn, self.spec, op.old, op.new, message_id=message_id, now=now, resolve=lambda m: local.get(m, m)
+                    conn,
+                    self.spec,
+                    op.old,
+                    op.new,
+                    message_id=message_id,
+                    seq=seq,
+                    now=now,
+                    resolve=lambda m: local.get(m, m),
                 )
                 _update_resolution(local, delta)
                 if op.extra is not None:

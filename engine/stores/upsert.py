@@ -8,7 +8,10 @@ of the wrong type is refused, so SQLite stores exactly what PostgreSQL would.
 
 Upserts are ``INSERT ... ON CONFLICT (natural key) DO UPDATE SET`` the columns present in the
 record (absent columns keep the stored value, ``None`` clears), plus ``updated_at`` and
-``last_message_id``. One statement is built per (table, key, column set) and cached.
+``last_message_id`` and ``last_seq``. The update happens only where the stored row's ``last_seq`` is
+not greater than the incoming one: an older message never overwrites what a newer one wrote, a
+guarantee of the store rather than of processing order (reprocess, retries, late resends and
+channel hops all go through it). One statement is built per (table, key, column set) and cached.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Date, Float, Integer, Table, bindparam
+from sqlalchemy import Boolean, Date, Float, Integer, Table, bindparam, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import DeliveryError
@@ -180,6 +183,7 @@ class Planner:
             t = self.spec.tables[table]
             ins = self._insert(t).values({c: bindparam(c) for c in (*cols, *MANAGED)})
             update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in key}
-            stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update)
+            newer_or_same = or_(t.c.last_seq.is_(None), t.c.last_seq <= ins.excluded.last_seq)
+            stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update, where=newer_or_same)
             self._statements[shape] = stmt
         return stmt
