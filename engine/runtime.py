@@ -13,8 +13,9 @@ from datetime import timedelta
 from sqlalchemy.engine import make_url
 
 from engine.channels import registry
-from engine.channels.base import Context, Destination
-from engine.channels.pipeline import Committer, Processor, Receiver
+from engine.channels.base import Context, Destination, Item
+from engine.channels.pipeline import Committer, Receiver, ordering_key
+from engine.channels.processor import Processor
 from engine.config import Config
 from engine.errors import ParseError
 from engine.formats import hl7
@@ -200,17 +201,28 @@ class Runtime:
         """Process synchronously in the caller's thread (``engine reprocess``)."""
         return self.processor.process(channel, ids)
 
-    def route(self, channel: str, content: bytes, source_message_id: int) -> None:
-        """Commit ``content`` into ``channel`` (a channel destination) and dispatch it."""
+    def route(self, channel: str, item: Item) -> None:
+        """Commit ``item``'s message into ``channel`` (a channel destination) and dispatch it.
+
+        The copy keeps the original's place in receive order (``seq``) and gets the ordering
+        key the target channel reads, so per-patient order holds across the hop; a copy already
+        made (the source delivered it, then died before recording that) is not made again.
+        """
         ch = self.cfg.channel(channel)
+        if self.message_store.copy_of(ch.name, item.message_id) is not None:
+            return
+        content = item.content
         try:
             h = hl7.read_header(content)
         except ParseError:
             h = None
-        item = Inbound(
+        charset = ch.source.charset if isinstance(getattr(ch.source, "charset", None), str) else "utf-8"
+        copy = Inbound(
             channel=ch.name,
             content=content,
-            source_message_id=source_message_id,
+            source_message_id=item.message_id,
+            seq=item.seq if item.seq is not None else item.message_id,
+            ordering_key=ordering_key(content, ch.config.ordering_key, charset, h.charset) if h else None,
             charset=h.charset if h else "",
             message_type=h.message_type if h else "",
             trigger=h.trigger if h else "",
@@ -220,7 +232,7 @@ class Runtime:
             version=h.version if h else "",
             duplicate_window=None,
         )
-        self.committer.submit_sync([item])
+        self.committer.submit_sync([copy])
 
     # -- sources ----------------------------------------------------------------------------------
     async def start_sources(self) -> list[str]:

@@ -44,6 +44,8 @@ class Item:
     payload: Any
     content: bytes
     ordering_key: str | None = None
+    seq: int | None = None
+    """The message's place in receive order (see ``messages.seq``); None: its id."""
 
 
 class Deferred(Exception):
@@ -62,13 +64,14 @@ class Deferred(Exception):
 class Context:
     """What a destination may use, handed in at construction (no reaching for globals).
 
-    ``record_store(name)`` gives a store by its channels.yaml name; ``route(channel, content,
-    source_message_id)`` commits a message into another channel and dispatches it.
+    ``record_store(name)`` gives a store by its channels.yaml name; ``route(channel, item)``
+    commits an item's message into another channel, in the item's place in receive order, and
+    dispatches it.
     """
 
     config: Any
     record_store: Callable[[str], Any]
-    route: Callable[[str, bytes, int], None]
+    route: Callable[[str, Item], None]
 
 
 class Destination(ABC):

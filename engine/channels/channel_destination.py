@@ -34,7 +34,7 @@ class ChannelDestination(Destination):
         results: list[Exception | None] = []
         for item in items:
             try:
-                self.context.route(self.config.channel, item.content, item.message_id)
+                self.context.route(self.config.channel, item)
                 results.append(None)
             except Exception as exc:
                 results.append(exc)

@@ -21,8 +21,10 @@ of messages a second durably.
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,10 +45,12 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError
 
 from engine.stores.db import UTCDateTime, make_engine, write_transaction
 
@@ -87,10 +91,16 @@ messages = Table(
     Column("source_message_id", BigInteger().with_variant(Integer, "sqlite")),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("claim_until", UTCDateTime),
+    Column("claim_token", String(40)),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite")),
 )
+"""``claim_token`` fences a claim: only the worker holding it may write the message's statuses.
+``seq`` is the message's place in receive order when it differs from its own id: a copy routed
+from another channel or a resend of a failed message keeps the original's (NULL means ``id``)."""
 Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messages.c.control_id)
 Index("ix_messages_status", messages.c.status, messages.c.channel)
 Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
+Index("ix_messages_source", messages.c.channel, messages.c.source_message_id)
 
 deliveries = Table(
     "deliveries",
@@ -150,16 +160,42 @@ class Inbound:
     error: str | None = None  # set when the header is unreadable: stored as ERROR, answered AR
     duplicate_window: timedelta | None = timedelta(hours=24)
     source_message_id: int | None = None
+    seq: int | None = None  # receive order of the original (a routed copy); None: its own id
 
 
 @dataclass(frozen=True)
 class Stored:
-    """What committing one Inbound produced: its id, status and, for a resend, the original."""
+    """What committing one Inbound produced: its id, status and, for a resend, the original.
+
+    ``error`` is set when the store refused the message's header fields (stored raw as ERROR).
+    """
 
     id: int
     status: str
     duplicate_of: int | None = None
     flags: str = ""
+    error: str | None = None
+
+
+@dataclass
+class Lease:
+    """A worker's claim on some messages: ``token`` fences every status it writes.
+
+    ``valid()`` is False once the claim may have passed to another worker: after
+    ``deadline`` (monotonic seconds, renewed while the worker works) or once a renewal found
+    messages taken over (``lost``). A worker stops delivering then.
+    """
+
+    token: str
+    ids: list[int]
+    seconds: float
+    deadline: float
+    lost: set[int] = field(default_factory=set)
+
+    def valid(self, message_id: int | None = None) -> bool:
+        if time.monotonic() >= self.deadline:
+            return False
+        return not self.lost if message_id is None else message_id not in self.lost
 
 
 @dataclass
@@ -193,32 +229,79 @@ class MessageStore:
 
         Duplicate detection: a message whose channel, MSH-4 and MSH-10 match an earlier one
         within its window is FILTERED with ``duplicate_of`` when the content is identical, and
-        processed but flagged ``control_id_reused`` when the content differs.
+        processed but flagged ``control_id_reused`` when the content differs. The resend of a
+        message that ended in ERROR is processed again (flagged ``resend_of_failed``), in the
+        original's place in receive order (its ``seq``), so it can never overtake newer data.
         Two statements per batch, whatever its size: one SELECT for the earlier messages with
-        these control ids, one multi-row INSERT ... RETURNING.
+        these control ids, one multi-row INSERT ... RETURNING (on PostgreSQL, also one advisory
+        lock statement, so that listeners in several processes cannot both take a resend for
+        an original).
+
+        When the database refuses a value (e.g. a header field longer than its column), the
+        batch is retried one message per transaction, and a message refused again is stored
+        raw, without its header fields, as ERROR (``Stored.error`` says why): one bad message
+        never costs the others their commit.
         Raises the driver's error when the store cannot commit (the caller answers AE).
         """
+        try:
+            return self._insert(items)
+        except (DataError, IntegrityError):
+            if len(items) == 1:
+                return [self._insert_raw(items[0])]
+        out: list[Stored] = []
+        for item in items:
+            try:
+                out.extend(self._insert([item]))
+            except (DataError, IntegrityError):
+                out.append(self._insert_raw(item))
+        return out
+
+    def _insert_raw(self, item: Inbound) -> Stored:
+        """Store a message the database refused with its header fields: raw content, ERROR."""
+        stamp = now()
+        error = "the message store refused this message's header fields (a value too long or malformed)"
+        row = dict(
+            channel=item.channel,
+            received_at=stamp,
+            content=item.content,
+            charset="",
+            content_hash=hashlib.sha256(item.content).hexdigest(),
+            status=ERROR,
+            error=error,
+            peer=item.peer[:100],
+            source_message_id=item.source_message_id,
+            updated_at=stamp,
+        )
+        with write_transaction(self.engine) as conn:
+            row_id = conn.execute(messages.insert().returning(messages.c.id), row).scalar_one()
+        return Stored(row_id, ERROR, error=error)
+
+    def _insert(self, items: list[Inbound]) -> list[Stored]:
         stamp = now()
         with write_transaction(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                _lock_control_ids(conn, items)
             prior = self._prior(conn, items, stamp)
             rows, out_meta = [], []
             for item in items:
                 digest = hashlib.sha256(item.content).hexdigest()
-                status, dup, flags = (ERROR if item.error else RECEIVED), None, ""
+                status, dup, flags, seq = (ERROR if item.error else RECEIVED), None, "", item.seq
                 key = (item.channel, item.sending_facility, item.control_id)
                 if not item.error and item.control_id and item.duplicate_window is not None:
                     earlier = prior.get(key)
                     if earlier is not None and earlier[2] >= stamp - item.duplicate_window:
-                        if earlier[1] == digest:
-                            status, dup = FILTERED, earlier[0]
-                        else:
+                        if earlier[1] != digest:
                             flags = "control_id_reused"
+                        elif earlier[3] == ERROR:  # the sender tries again: so do we, in the original's place
+                            flags, seq = "resend_of_failed", earlier[4]
+                        else:
+                            status, dup = FILTERED, earlier[0]
                 rows.append(
                     dict(
                         channel=item.channel,
                         received_at=stamp,
                         content=item.content,
-                        charset=item.charset,
+                        charset=item.charset[:40],
                         content_hash=digest,
                         message_type=item.message_type[:20],
                         trigger=item.trigger[:20],
@@ -235,12 +318,13 @@ class MessageStore:
                         source_message_id=item.source_message_id,
                         updated_at=stamp,
                         claim_until=None,
+                        seq=seq,
                     )
                 )
                 out_meta.append((status, dup, flags, key, digest))
                 if status == RECEIVED and item.control_id and dup is None:
                     # a later copy in this same batch is a duplicate of this one: its id comes below
-                    prior[key] = (None, digest, stamp)
+                    prior[key] = (None, digest, stamp, RECEIVED, None)
             ids = [
                 r[0]
                 for r in conn.execute(messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows)
@@ -261,7 +345,8 @@ class MessageStore:
         return out
 
     def _prior(self, conn, items: list[Inbound], stamp: datetime) -> dict[tuple, tuple]:
-        """(channel, MSH-4, MSH-10) -> (id, content hash, received_at) of the latest earlier original."""
+        """(channel, MSH-4, MSH-10) -> (id, content hash, received_at, status, seq) of the latest
+        earlier original."""
         keyed = [i for i in items if i.control_id and not i.error and i.duplicate_window is not None]
         if not keyed:
             return {}
@@ -274,6 +359,8 @@ class MessageStore:
                 messages.c.channel,
                 messages.c.sending_facility,
                 messages.c.control_id,
+                messages.c.status,
+                func.coalesce(messages.c.seq, messages.c.id).label("seq"),
             )
             .where(
                 tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id).in_(
@@ -285,12 +372,20 @@ class MessageStore:
             .order_by(messages.c.id)
         ).all()
         return {
-            (r.channel, r.sending_facility, r.control_id): (r.id, r.content_hash, _aware(r.received_at)) for r in rows
+            (r.channel, r.sending_facility, r.control_id): (
+                r.id,
+                r.content_hash,
+                _aware(r.received_at),
+                r.status,
+                r.seq,
+            )
+            for r in rows
         }
 
     # -- processing -----------------------------------------------------------------------------
-    def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> list[int]:
-        """Claim ``ids`` for processing by this worker for ``lease_seconds``; returns those claimed.
+    def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> Lease:
+        """Claim ``ids`` for processing by this worker for ``lease_seconds``; the Lease lists
+        those claimed and carries the token that fences every status written for them.
 
         A message is claimed only if it still needs processing, nobody else holds an
         unexpired claim on it, and no earlier message of its channel with the same ordering
@@ -298,8 +393,10 @@ class MessageStore:
         this one on when it is done). This is what keeps one patient's updates in receive
         order with any number of workers. One UPDATE, so concurrent workers cannot both win.
         """
+        token = uuid.uuid4().hex
+        started = time.monotonic()
         if not ids:
-            return []
+            return Lease(token, [], lease_seconds, started + lease_seconds)
         stamp = now()
         e = messages.alias("e")
         earlier = (
@@ -321,17 +418,54 @@ class MessageStore:
                 or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
                 or_(messages.c.ordering_key.is_(None), ~earlier),
             )
-            .values(claim_until=stamp + timedelta(seconds=lease_seconds))
+            .values(claim_until=stamp + timedelta(seconds=lease_seconds), claim_token=token)
             .returning(messages.c.id)
         )
         with write_transaction(self.status_engine) as conn:
-            return sorted(r[0] for r in conn.execute(stmt))
+            claimed = sorted(r[0] for r in conn.execute(stmt))
+        return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE)
+
+    def renew(self, lease: Lease) -> None:
+        """Extend ``lease`` by its length from now; messages another worker took over since
+        go to ``lease.lost``. The local deadline moves only when the store answered."""
+        held = [i for i in lease.ids if i not in lease.lost]
+        if not held:
+            return
+        started = time.monotonic()
+        with write_transaction(self.status_engine) as conn:
+            kept = {
+                r[0]
+                for r in conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(held), messages.c.claim_token == lease.token)
+                    .values(claim_until=now() + timedelta(seconds=lease.seconds))
+                    .returning(messages.c.id)
+                )
+            }
+        lease.lost.update(i for i in held if i not in kept)
+        lease.deadline = started + lease.seconds * _SAFE
+
+    def _owned(self, conn, lease: Lease, ids: list[int]) -> set[int]:
+        """Those of ``ids`` whose claim ``lease`` still holds, locked until the transaction ends
+        (PostgreSQL: FOR UPDATE; SQLite: the write transaction already excludes other writers)."""
+        q = select(messages.c.id).where(messages.c.id.in_(ids), messages.c.claim_token == lease.token)
+        return {r[0] for r in conn.execute(q.with_for_update())}
+
+    def record_deliveries(self, lease: Lease, results: list[tuple[int, dict[str, Any]]]) -> set[int]:
+        """Write (message_id, delivery) rows at once, before the rest of the batch is done
+        (a destination that cannot be undone, such as an MLLP sender, records each ACK as it
+        comes). Fenced like :meth:`record`; returns the message ids written."""
+        stamp = now()
+        with write_transaction(self.status_engine) as conn:
+            owned = self._owned(conn, lease, [m for m, _d in results])
+            self._write_deliveries(conn, [(m, d) for m, d in results if m in owned], stamp)
+        return owned
 
     def release_claims(self) -> int:
         """Drop every claim (an embedded engine starting up: claims left by its last run are stale)."""
         with write_transaction(self.status_engine) as conn:
             return conn.execute(
-                update(messages).where(messages.c.claim_until.is_not(None)).values(claim_until=None)
+                update(messages).where(messages.c.claim_until.is_not(None)).values(claim_until=None, claim_token=None)
             ).rowcount
 
     def next_in_line(self, channel: str, done: dict[str, int]) -> list[int]:
@@ -365,18 +499,21 @@ class MessageStore:
             by_msg.setdefault(d.message_id, {})[d.destination] = d
         return [_Loaded(r, by_msg.get(r.id, {})) for r in rows]
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Write processing outcomes (message status and per-destination rows) in one transaction."""
+    def record(self, outcomes: list[Outcome], lease: Lease | None = None) -> list[Outcome]:
+        """Write processing outcomes (message status and per-destination rows) in one
+        transaction and release their claims; returns the outcomes written.
+
+        With ``lease``, only messages whose claim it still holds are written: a worker whose
+        claim passed to another worker (it stalled past the lease) writes nothing for them.
+        """
         if not outcomes:
-            return
+            return []
         stamp = now()
-        ids = [o.message_id for o in outcomes]
         with write_transaction(self.status_engine) as conn:
-            existing = set(
-                conn.execute(
-                    select(deliveries.c.message_id, deliveries.c.destination).where(deliveries.c.message_id.in_(ids))
-                ).all()
-            )
+            if lease is not None:
+                owned = self._owned(conn, lease, [o.message_id for o in outcomes])
+                outcomes = [o for o in outcomes if o.message_id in owned]
+            released = dict(updated_at=stamp, claim_until=None, claim_token=None)
             # one UPDATE per status for the messages without an error (most of a batch), one
             # per message with its own error text
             plain: dict[str, list[int]] = {}
@@ -385,9 +522,7 @@ class MessageStore:
                     plain.setdefault(o.status, []).append(o.message_id)
             for status, same in plain.items():
                 conn.execute(
-                    update(messages)
-                    .where(messages.c.id.in_(same))
-                    .values(status=status, error=None, updated_at=stamp, claim_until=None)
+                    update(messages).where(messages.c.id.in_(same)).values(status=status, error=None, **released)
                 )
             with_error = [
                 {"b_id": o.message_id, "b_status": o.status, "b_error": o.error}
@@ -398,48 +533,47 @@ class MessageStore:
                 conn.execute(
                     update(messages)
                     .where(messages.c.id == bindparam("b_id"))
-                    .values(
-                        status=bindparam("b_status"), error=bindparam("b_error"), updated_at=stamp, claim_until=None
-                    ),
+                    .values(status=bindparam("b_status"), error=bindparam("b_error"), **released),
                     with_error,
                 )
-            inserts, updates = [], []
-            for o in outcomes:
-                for d in o.deliveries or ():
-                    values = dict(
-                        status=d["status"],
-                        attempts=d.get("attempts", 1),
-                        result=d.get("result"),
-                        error=d.get("error"),
-                        next_attempt_at=d.get("next_attempt_at"),
-                        updated_at=stamp,
-                    )
-                    if (o.message_id, d["destination"]) in existing:
-                        updates.append(
-                            {
-                                "b_mid": o.message_id,
-                                "b_dest": d["destination"],
-                                **{f"b_{k}": v for k, v in values.items()},
-                            }
-                        )
-                    else:
-                        inserts.append(dict(message_id=o.message_id, destination=d["destination"], **values))
-            if inserts:  # RETURNING makes SQLAlchemy send one multi-row INSERT, not one per row
-                conn.execute(deliveries.insert().returning(deliveries.c.id), inserts).all()
-            if updates:
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.message_id == bindparam("b_mid"), deliveries.c.destination == bindparam("b_dest")
-                    )
-                    .values(
-                        **{
-                            k: bindparam(f"b_{k}")
-                            for k in ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")
-                        }
-                    ),
-                    updates,
+            self._write_deliveries(conn, [(o.message_id, d) for o in outcomes for d in o.deliveries or ()], stamp)
+        return outcomes
+
+    def _write_deliveries(self, conn, rows: list[tuple[int, dict[str, Any]]], stamp: datetime) -> None:
+        """Insert or update one delivery row per (message_id, delivery dict)."""
+        if not rows:
+            return
+        existing = set(
+            conn.execute(
+                select(deliveries.c.message_id, deliveries.c.destination).where(
+                    deliveries.c.message_id.in_({m for m, _d in rows})
                 )
+            ).all()
+        )
+        inserts, updates = [], []
+        for mid, d in rows:
+            values = dict(
+                status=d["status"],
+                attempts=d.get("attempts", 1),
+                result=d.get("result"),
+                error=d.get("error"),
+                next_attempt_at=d.get("next_attempt_at"),
+                updated_at=stamp,
+            )
+            if (mid, d["destination"]) in existing:
+                updates.append({"b_mid": mid, "b_dest": d["destination"], **{f"b_{k}": v for k, v in values.items()}})
+            else:
+                existing.add((mid, d["destination"]))
+                inserts.append(dict(message_id=mid, destination=d["destination"], **values))
+        if inserts:  # RETURNING makes SQLAlchemy send one multi-row INSERT, not one per row
+            conn.execute(deliveries.insert().returning(deliveries.c.id), inserts).all()
+        if updates:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.message_id == bindparam("b_mid"), deliveries.c.destination == bindparam("b_dest"))
+                .values(**{k: bindparam(f"b_{k}") for k in _DELIVERY_VALUES}),
+                updates,
+            )
 
     def pending(
         self, *, channel: str | None = None, older_than: timedelta = timedelta(0), limit: int = 10_000
@@ -529,6 +663,14 @@ class MessageStore:
                 )
         return found
 
+    def copy_of(self, channel: str, source_message_id: int) -> int | None:
+        """The id of the copy of ``source_message_id`` already routed into ``channel``, if any."""
+        q = select(messages.c.id).where(
+            messages.c.channel == channel, messages.c.source_message_id == source_message_id
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q.limit(1)).scalar()
+
     def status_of(self, message_id: int) -> tuple[str, str | None] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(messages.c.status, messages.c.error).where(messages.c.id == message_id)).first()
@@ -582,6 +724,34 @@ class MessageStore:
                 )
             ).all()
         return {(r[0], r[1]): r[2] for r in rows}
+
+
+_SAFE = 0.8
+"""Share of a lease a worker relies on: it stops delivering once 80% of the lease has passed
+since the store last confirmed it (clocks of different hosts may disagree a little)."""
+_DELIVERY_VALUES = ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")
+
+
+def _lock_control_ids(conn, items: list[Inbound]) -> None:
+    """PostgreSQL: hold a transaction-scoped advisory lock per (channel, MSH-4, MSH-10) of
+    ``items`` until commit, taken in ascending order (no deadlock between batches), so the
+    duplicate lookup and the insert of one control id are atomic across processes."""
+    keys = sorted(
+        {
+            int.from_bytes(
+                hashlib.sha256(f"{i.channel}\x1f{i.sending_facility}\x1f{i.control_id}".encode()).digest()[:8],
+                "big",
+                signed=True,
+            )
+            for i in items
+            if i.control_id and not i.error and i.duplicate_window is not None
+        }
+    )
+    if keys:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) s"),
+            {"keys": keys},
+        )
 
 
 def _aware(value):
