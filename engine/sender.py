@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.channels.mllp_sender import MllpClient, ack_code
+from engine.channels.mllp_sender import MllpClient, ack_fields
 from engine.errors import ParseError
 from engine.formats import hl7
 
@@ -21,7 +21,9 @@ PROGRESS_FROM = 200  # files with more messages than this get a progress line on
 def send_files(files: list[str], host: str, port: int, *, timeout: float = 30.0, out=sys.stdout, err=sys.stderr) -> int:
     """Send every message in ``files``; print ``file#n control-id ACK-code [text]`` per message.
 
-    Returns 0 when every message was answered AA (or CA), 1 otherwise.
+    An ACK counts only when its MSA-2 equals the message's MSH-10; an ACK for another message
+    prints ``--`` and closes the connection. Returns 0 when every message was answered AA (or
+    CA), 1 otherwise.
     """
     client = MllpClient(host, port, timeout)
     failures = sent = 0
@@ -42,9 +44,12 @@ def send_files(files: list[str], host: str, port: int, *, timeout: float = 30.0,
                 except ParseError:
                     control_id = "?"
                 try:
-                    code, note = ack_code(client.send(text.encode("latin-1")))
+                    code, answered, note = ack_fields(client.send(text.encode("latin-1")))
                 except OSError as exc:
-                    code, note = "--", f"no ACK: {type(exc).__name__}: {exc}"
+                    code, answered, note = "--", control_id, f"no ACK: {type(exc).__name__}: {exc}"
+                if code and control_id != "?" and answered != control_id:
+                    client.close()  # out of step: the next message starts on a fresh connection
+                    code, note = "--", f"ACK for another message ({code} for {answered!r})"
                 sent += 1
                 if code not in ("AA", "CA"):
                     failures += 1

@@ -1,13 +1,28 @@
 """Destination ``mllp``: send each message to a remote MLLP listener and read its ACK.
 
-The connection is kept open between messages and re-opened after any error. AA (or CA)
-counts as delivered; AE and connection failures are retried with the destination's backoff;
-AR is final (the receiver says the message can never be accepted).
+Connections: every concurrent ``deliver`` call (processing threads call it at the same time)
+takes a connection of its own from a small pool, holds it for the whole call and gives it
+back; at most ``max_connections`` are open at once, and a caller beyond the cap waits for a
+free one. A connection is kept open between messages; after any error it is closed and not
+given back, so a later call opens a fresh one.
+
+ACKs: an ACK counts only when its MSA-2 equals the MSH-10 control id that was sent (an empty
+MSA-2 matches only a message without a control id). An ACK for another message means the
+stream is out of step (a stale ACK, say, after a timeout): the connection is closed and the
+message is retried. After a receive timeout the connection is closed too, so a late ACK is
+never read as the answer to the next message. A matching AA (or CA) counts as delivered; AE
+and connection failures are retried with the destination's backoff; AR (or CR) is final (the
+receiver says the message can never be accepted).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field
@@ -17,34 +32,60 @@ from engine.channels.base import Destination, DestinationConfig, Item
 from engine.errors import DeliveryError, ParseError
 from engine.formats import hl7, mllp
 
+log = logging.getLogger("engine.mllp")
+
 
 class MllpSenderConfig(DestinationConfig):
     type: Literal["mllp"]
     host: str
     port: int = Field(ge=1, le=65535)
     timeout_seconds: float = Field(30.0, gt=0)
-    """Longest wait for the connection and for each ACK."""
+    """Longest wait, in seconds, for the connection and for each whole ACK."""
+    max_connections: int = Field(4, ge=1, le=64)
+    """Most connections open at once to this receiver; one per concurrent ``deliver`` call,
+    further callers wait for a free one."""
 
 
 class MllpClient:
-    """A blocking MLLP client: ``send(bytes) -> ACK text``; reconnects on demand."""
+    """A blocking MLLP client on one socket: ``send(bytes) -> ACK bytes``; (re)connects on demand.
+
+    Not thread-safe: one caller at a time. Any error (timeout included) closes the socket, so
+    nothing left in the stream is read as a later answer.
+    """
 
     def __init__(self, host: str, port: int, timeout: float = 30.0):
+        """``timeout``: seconds, for connecting and for each whole ACK."""
         self.host, self.port, self.timeout = host, port, timeout
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
     def send(self, message: bytes) -> bytes:
-        """Send one message (unframed bytes); return the ACK's bytes. Raises OSError on failure."""
+        """Send one message (unframed bytes); return the first frame that comes back.
+
+        Raises OSError (``TimeoutError`` after ``timeout`` seconds without a whole ACK,
+        ``ConnectionError`` when the peer closes) and closes the connection first.
+        """
+        if self._sock is not None and self._out_of_step():
+            self.close()  # unsolicited bytes or a closed peer: start on a fresh connection
         if self._sock is None:
             self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._buf.clear()
         try:
+            self._sock.settimeout(self.timeout)
             self._sock.sendall(mllp.frame(message))
+            deadline = time.monotonic() + self.timeout
             while True:
                 for payload in mllp.iter_frames(self._buf):
                     return payload
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no ACK within {self.timeout} s")
+                self._sock.settimeout(remaining)
                 chunk = self._sock.recv(65536)
                 if not chunk:
                     raise ConnectionError("connection closed before the ACK arrived")
@@ -53,48 +94,139 @@ class MllpClient:
             self.close()
             raise
 
+    def _out_of_step(self) -> bool:
+        """True if bytes (or the peer's close) wait on an idle connection before we send."""
+        sock = self._sock
+        if self._buf or sock is None:
+            return True
+        sock.setblocking(False)
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # b"" (closed) or a byte nobody asked for
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self.timeout)
+        return True
+
     def close(self) -> None:
         if self._sock is not None:
             try:
                 self._sock.close()
             finally:
                 self._sock = None
+                self._buf.clear()
+
+
+def ack_fields(ack: bytes) -> tuple[str, str, str]:
+    """(MSA-1 code, MSA-2 control id, MSA-3 or ERR-8 text) of an ACK.
+
+    ('', '', reason) if it is not a readable ACK.
+    """
+    try:
+        msg = hl7.Message(ack.decode("latin-1"))
+    except ParseError as exc:
+        return "", "", f"unreadable ACK: {exc}"
+    code = msg.value("MSA-1") or ""
+    control_id = msg.value("MSA-2") or ""
+    return code, control_id, (msg.value("MSA-3") or msg.value("ERR-8") or "")
 
 
 def ack_code(ack: bytes) -> tuple[str, str]:
     """(MSA-1, MSA-3 text) of an ACK; ('', reason) if it is not a readable ACK."""
-    try:
-        msg = hl7.Message(ack.decode("latin-1"))
-    except ParseError as exc:
-        return "", f"unreadable ACK: {exc}"
-    return (msg.value("MSA-1") or ""), (msg.value("MSA-3") or msg.value("ERR-8") or "")
+    code, _, text = ack_fields(ack)
+    return code, text
+
+
+class ClientPool:
+    """At most ``size`` MllpClients; ``with pool.client() as c:`` lends one to one caller.
+
+    A caller beyond the cap blocks until a client is given back. A client that comes back
+    closed (it failed) is dropped; the next caller opens a new one.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float, size: int):
+        self._args = (host, port, timeout)
+        self._size = size
+        self._idle: list[MllpClient] = []
+        self._lent = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def client(self) -> Iterator[MllpClient]:
+        with self._cond:
+            while not self._idle and self._lent >= self._size:
+                self._cond.wait()
+            c = self._idle.pop() if self._idle else MllpClient(*self._args)
+            self._lent += 1
+        try:
+            yield c
+        except BaseException:
+            c.close()  # its state is unknown
+            raise
+        finally:
+            with self._cond:
+                self._lent -= 1
+                if c.connected and not self._closed:
+                    self._idle.append(c)
+                else:
+                    c.close()
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Close the idle clients; clients still lent out are closed when they come back."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
 
 
 @registry.destination("mllp", MllpSenderConfig)
 class MllpSender(Destination):
-    """Forwards the raw message over MLLP and checks the remote ACK."""
+    """Forwards the raw message over MLLP and checks that the remote ACK answers that message."""
+
+    config: MllpSenderConfig
 
     def __init__(self, config: MllpSenderConfig, context):
         super().__init__(config, context)
-        self.client = MllpClient(config.host, config.port, config.timeout_seconds)
+        self.pool = ClientPool(config.host, config.port, config.timeout_seconds, config.max_connections)
 
     def deliver(self, items: list[Item]) -> list[Exception | None]:
-        results: list[Exception | None] = []
-        for item in items:
-            try:
-                code, text = ack_code(self.client.send(item.content))
-            except OSError as exc:
-                results.append(DeliveryError(f"{self.config.host}:{self.config.port}: {type(exc).__name__}"))
-                continue
-            if code in ("AA", "CA"):
-                results.append(None)
-            else:
-                results.append(
-                    DeliveryError(
-                        f"remote answered {code or 'no ACK'}: {text}"[:500], retryable=code not in ("AR", "CR")
-                    )
-                )
-        return results
+        """Send ``items`` in order on one pooled connection; one result per item."""
+        with self.pool.client() as client:
+            return [self._send(client, item) for item in items]
+
+    def deliver_one(self, item: Item) -> Exception | None:
+        """Send one item on a pooled connection: None when the receiver accepted it, else the error."""
+        with self.pool.client() as client:
+            return self._send(client, item)
+
+    def _send(self, client: MllpClient, item: Item) -> Exception | None:
+        where = f"{self.config.host}:{self.config.port}"
+        try:
+            expected = hl7.read_header(item.content).control_id
+        except ParseError:
+            expected = ""
+        try:
+            code, control_id, text = ack_fields(client.send(item.content))
+        except OSError as exc:
+            return DeliveryError(f"{where}: {type(exc).__name__}")
+        if control_id != expected:
+            client.close()  # the stream is out of step: what follows may answer other messages
+            log.warning(
+                "destination=%s message=%s: ACK from %s answers another message; connection closed",
+                self.name,
+                item.message_id,
+                where,
+            )
+            what = text if not code else "ACK for another message"
+            return DeliveryError(f"{where}: {what}; connection closed"[:500], retryable=True)
+        if code in ("AA", "CA"):
+            return None
+        return DeliveryError(f"remote answered {code or 'no ACK'}: {text}"[:500], retryable=code not in ("AR", "CR"))
 
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()
