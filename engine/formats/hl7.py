@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from engine.errors import ParseError
@@ -290,9 +291,15 @@ GROUP_CHILDREN: dict[str, frozenset[str]] = {
 
 
 class Message:
-    """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included."""
+    """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included.
 
-    __slots__ = ("_spans", "_taken", "delimiters", "segments", "text")
+    Reading a path costs O(log n) in the number of segments n, plus the segments returned: the
+    positions of each segment name are indexed once per message, and a scope's group spans
+    and the segments outside its inner groups are computed once (in time proportional to the
+    scope's length) and kept, so walking every group of a message costs O(n) in all.
+    """
+
+    __slots__ = ("_names", "_outside", "_positions", "_spans", "delimiters", "segments", "text")
 
     def __init__(self, text: str):
         text = text.strip("\x0b\x1c\r\n \t\ufeff")
@@ -302,8 +309,10 @@ class Message:
         self.text = text
         self.delimiters = d = Delimiters.from_msh(lines[0])
         self.segments = [Segment(s.rstrip(), d) for s in lines]
-        self._spans: dict = {}
-        self._taken: dict = {}
+        self._names = [seg.name for seg in self.segments]
+        self._positions: dict[str, list[int]] | None = None
+        self._spans: dict[tuple[str, Span | None], list[Span]] = {}
+        self._outside: dict[tuple[str, str, int, int], list[int]] = {}
         for i, seg in enumerate(self.segments):
             if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
                 raise ParseError(
@@ -322,6 +331,18 @@ class Message:
         return Header.from_segment(self.msh)
 
     # -- paths ------------------------------------------------------------------------------
+    def positions(self, segment: str) -> list[int]:
+        """Indexes into ``segments`` of every ``segment`` (ascending; read-only, shared).
+
+        The index of all names is built on the first call, in one pass over the message.
+        """
+        if self._positions is None:
+            index: dict[str, list[int]] = {}
+            for i, name in enumerate(self._names):
+                index.setdefault(name, []).append(i)
+            self._positions = index
+        return self._positions.get(segment, [])
+
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
         """Each occurrence of ``segment`` in ``within`` with the segments that belong to it.
 
@@ -329,25 +350,29 @@ class Message:
         (OBR, OBX, ORC, IN1, NK1, ...) a span covers the segments that may follow the anchor
         in its group (OBR: its OBX, NTE, PRT ...; IN1: IN2, IN3) and Z-segments, and ends at
         the first segment that cannot; any other anchor spans up to the next one of its kind.
+        Computed once per (segment, within), in time proportional to the spans' length.
         """
         key = (segment, within)
         cached = self._spans.get(key)
         if cached is not None:
             return cached
         lo, hi = within or (0, len(self.segments))
-        names = [s.name for s in self.segments]
+        names = self._names
+        starts = self.positions(segment)
         children = GROUP_CHILDREN.get(segment)
         out: list[Span] = []
-        i = lo
-        while i < hi:
-            if names[i] != segment:
-                i += 1
-                continue
+        k, last = bisect_left(starts, lo), bisect_left(starts, hi)
+        while k < last:
+            i = starts[k]
+            k += 1
+            end = starts[k] if k < last else hi  # the next anchor closes any span
             j = i + 1
-            while j < hi and names[j] != segment and (children is None or names[j] in children or names[j][0] == "Z"):
-                j += 1
+            if children is None:
+                j = end
+            else:
+                while j < end and (names[j] in children or names[j][0] == "Z"):
+                    j += 1
             out.append((i, j))
-            i = j
         self._spans[key] = out
         return out
 
@@ -357,25 +382,43 @@ class Message:
         An enclosing scope never lends a segment from a sibling group: inside the OBX loop,
         ``NTE-3`` is this OBX's note or the OBR's own note, never another OBX's.
         """
+        positions = self.positions(path.segment)
+        if not positions:
+            return []
         inner: Span | None = None
         for lo, hi in (*reversed(scopes), (0, len(self.segments))):
             if inner is None:
-                idx = range(lo, hi)
+                a, b = bisect_left(positions, lo), bisect_left(positions, hi)
             else:
-                anchor = self.segments[inner[0]].name
-                taken = self._taken.get((anchor, lo, hi))
-                if taken is None:
-                    taken = frozenset(i for a, b in self.spans(anchor, (lo, hi)) for i in range(a, b))
-                    self._taken[(anchor, lo, hi)] = taken
-                idx = (i for i in range(lo, hi) if i not in taken)
-            found = [self.segments[i] for i in idx if self.segments[i].name == path.segment]
-            if found:
+                found = self._outside_groups(path.segment, self._names[inner[0]], lo, hi)
+                a, b = 0, len(found)
+            if a < b:
+                seq = positions if inner is None else found
                 if path.occurrence == 0:
-                    return found
-                k = (path.occurrence or 1) - 1
-                return [found[k]] if k < len(found) else []
+                    return [self.segments[i] for i in seq[a:b]]
+                k = a + (path.occurrence or 1) - 1
+                return [self.segments[seq[k]]] if k < b else []
             inner = (lo, hi)
         return []
+
+    def _outside_groups(self, segment: str, anchor: str, lo: int, hi: int) -> list[int]:
+        """Positions of ``segment`` in ``[lo, hi)`` that lie in no ``anchor`` group within it.
+
+        Computed once per (segment, anchor, scope) in one merge of two ascending lists.
+        """
+        key = (segment, anchor, lo, hi)
+        out = self._outside.get(key)
+        if out is None:
+            positions = self.positions(segment)
+            groups = self.spans(anchor, (lo, hi))
+            out, g = [], 0
+            for p in positions[bisect_left(positions, lo) : bisect_left(positions, hi)]:
+                while g < len(groups) and groups[g][1] <= p:
+                    g += 1
+                if g == len(groups) or p < groups[g][0]:
+                    out.append(p)
+            self._outside[key] = out
+        return out
 
     def values(self, path: Path | str, scopes: tuple[Span, ...] = ()) -> list[str | None]:
         """Every value at ``path`` (escape sequences decoded); ``None`` for an HL7 null (``""``)."""
@@ -391,7 +434,7 @@ class Message:
         return None
 
     def segment_names(self) -> list[str]:
-        return [s.name for s in self.segments]
+        return list(self._names)
 
 
 def values_in(segments: list[Segment], path: Path, d: Delimiters) -> list[str | None]:

@@ -1,15 +1,19 @@
 """A per-message read cache in front of :class:`engine.formats.hl7.Message`, used while a mapping runs.
 
-A mapping reads some fifty paths per message; ``Message.values`` finds a path's segment by
-scanning every segment each time. :class:`Reader` indexes the segments by name once and
-remembers each message-level value list, so a path read by several fields (the MRN, MSH-9.2)
-costs one lookup. It offers the part of Message's interface that compiled mappings and
-conditions use (``values``, ``find_segments``, ``spans``, ``delimiters``), with identical
-results: scoped reads (inside ``for_each``) are delegated to the Message unchanged, and the
-tests compare both over the fixtures.
+A mapping reads some fifty paths per message, many of them several times (the MRN, MSH-9.2)
+and, inside ``for_each``, once per group (PID-3 for each of thousands of OBX). :class:`Reader`
+remembers each message-level value list, so such a path costs one lookup, and answers a group's
+own anchor (``OBX-5`` inside the OBX loop) without a search. It offers the part of Message's
+interface that compiled mappings and conditions use (``values``, ``find_segments``, ``spans``,
+``delimiters``), with identical results: other scoped reads are delegated to the Message
+unchanged, and the tests compare both over the fixtures. No read scans the message (each is
+O(log n) in its n segments once the per-scope lists are built), so a mapping's cost grows
+linearly with the message: ``tests/test_mapping_scale.py`` counts it.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 
@@ -17,17 +21,11 @@ from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_index", "_outside", "_positions", "delimiters", "msg")
+    __slots__ = ("_cache", "_outside", "delimiters", "msg")
 
     def __init__(self, msg: Message):
         self.msg = msg
         self.delimiters = msg.delimiters
-        index: dict[str, list[Segment]] = {}
-        positions: dict[str, list[int]] = {}
-        for i, seg in enumerate(msg.segments):
-            index.setdefault(seg.name, []).append(seg)
-            positions.setdefault(seg.name, []).append(i)
-        self._index, self._positions = index, positions
         self._cache: dict[int, list] = {}
         self._outside: dict[tuple[str, str], bool] = {}
 
@@ -36,16 +34,22 @@ class Reader:
 
         That holds when no ``segment`` lies inside any group of the outermost scope's kind
         (PID, PV1, MSH read from inside an OBR or AL1 loop): the scope walk then finds
-        nothing in the scopes and everything at message level.
+        nothing in the scopes and everything at message level. Decided once per
+        (segment, anchor), by a binary search of the groups for each ``segment``.
         """
         anchor = self.msg.segments[scopes[0][0]].name
         key = (segment, anchor)
         outside = self._outside.get(key)
         if outside is None:
             spans = self.msg.spans(anchor)
-            outside = self._outside[key] = not any(
-                a <= p < b for p in self._positions.get(segment, ()) for a, b in spans
-            )
+            starts = [a for a, _ in spans]
+            outside = True
+            for p in self.msg.positions(segment):
+                k = bisect_right(starts, p) - 1
+                if k >= 0 and p < spans[k][1]:
+                    outside = False
+                    break
+            self._outside[key] = outside
         return outside
 
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
@@ -58,23 +62,19 @@ class Reader:
                 return own
             if not self._message_level(path.segment, scopes):
                 return self.msg.find_segments(path, scopes)
-        found = self._index.get(path.segment, [])
-        if path.occurrence == 0:
-            return found
-        k = (path.occurrence or 1) - 1
-        return [found[k]] if k < len(found) else []
+        return self.msg.find_segments(path)
 
     def values(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[str | None]:
         """As :meth:`Message.values` (``path`` already parsed)."""
         if scopes:
             own = self._own(path, scopes)
             if own is not None:
-                return self._values(path, own)
+                return values_in(own, path, self.delimiters)
             if not self._message_level(path.segment, scopes):
                 return self.msg.values(path, scopes)
         cached = self._cache.get(id(path))
         if cached is None:
-            cached = self._cache[id(path)] = self._values(path, self.find_segments(path))
+            cached = self._cache[id(path)] = values_in(self.msg.find_segments(path), path, self.delimiters)
         return cached
 
     def _own(self, path: Path, scopes: tuple[Span, ...]) -> list[Segment] | None:
@@ -87,6 +87,3 @@ class Reader:
         if seg.name != path.segment:
             return None
         return [seg] if (path.occurrence or 1) == 1 or path.occurrence == 0 else []
-
-    def _values(self, path: Path, segments: list[Segment]) -> list[str | None]:
-        return values_in(segments, path, self.delimiters)
