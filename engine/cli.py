@@ -260,7 +260,7 @@ def cmd_messages(args) -> int:
             return 1
         sys.stdout.write(content.decode("latin-1").replace("\r", "\n"))
         return 0
-    rows = store.list(channel=args.channel, status=args.status, limit=args.limit)
+    rows = store.search(channel=args.channel, status=args.status, limit=args.limit)
     if args.json:
         out = []
         for r in rows:

@@ -117,20 +117,19 @@ class RedisQueue:
         )
         self._handler = handler
         self._threads = threads
-        self._worker = None
+        self._worker: dramatiq.Worker | None = None
 
         def process(channel: str, ids: list[int]) -> None:
             if self._handler is not None:
                 self._handler(channel, ids)
 
         self.actor = dramatiq.actor(
-            process,
             actor_name="engine.process",
             queue_name=self.QUEUE,
             broker=self.broker,
             max_retries=0,
             time_limit=10 * 60 * 1000,
-        )
+        )(process)
 
     def start(self) -> None:
         """Start consuming (workers only; a listener process only enqueues)."""
@@ -170,6 +169,8 @@ class RedisQueue:
 def make_queue(url: str, handler: Handler | None, *, batch_size: int = 200, threads: int = 4):
     """The queue a URL names: ``memory://`` (in-process) or ``redis://host:port/db``."""
     if url.startswith("memory:"):
+        if handler is None:
+            raise ValueError("the in-process queue needs a handler: it processes in this process")
         return MemoryQueue(handler, batch_size=batch_size)
     if url.startswith(("redis:", "rediss:", "unix:")):
         return RedisQueue(url, handler, threads=threads)

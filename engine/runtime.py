@@ -187,8 +187,8 @@ class Runtime:
         while not self._stop.wait(self._sweep_seconds):
             with self._inflight_lock:
                 waiting, self._undispatched = self._undispatched, {}
-            for channel, ids in waiting.items():
-                self._enqueue(channel, sorted(ids))
+            for channel, held in waiting.items():
+                self._enqueue(channel, sorted(held))
             try:
                 self.message_store.heartbeat(name, self.role, self.processed)
                 if self.role != LISTENER:
@@ -216,7 +216,7 @@ class Runtime:
             h = hl7.read_header(content)
         except ParseError:
             h = None
-        charset = ch.source.charset if isinstance(getattr(ch.source, "charset", None), str) else "utf-8"
+        charset = getattr(ch.source, "charset", None) or "utf-8"
         copy = Inbound(
             channel=ch.name,
             content=content,
@@ -245,7 +245,7 @@ class Runtime:
             src = registry.SOURCES[ch.source.type].factory(ch, ch.source, self.receiver)
             where = await src.start()
             self.sources.append(src)
-            dests = ", ".join(d.name for d in ch.destinations)
+            dests = ", ".join(getattr(d, "name", d.type) for d in ch.destinations)
             lines.append(f"channel {ch.name}: {where} -> {dests}")
         return lines
 

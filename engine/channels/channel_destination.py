@@ -30,6 +30,8 @@ class ChannelDestinationConfig(DestinationConfig):
 class ChannelDestination(Destination):
     """Routes each message to another channel, which processes it on its own."""
 
+    config: ChannelDestinationConfig
+
     def deliver(self, items: list[Item]) -> list[Exception | None]:
         results: list[Exception | None] = []
         for item in items:

@@ -177,7 +177,9 @@ class Receiver:
             sending_facility=header.sending_facility if header else "",
             version=header.version if header else "",
             error=str(problem) if problem else None,
-            ordering_key=None if problem else ordering_key(raw, cfg.ordering_key, charset, header.charset),
+            ordering_key=None
+            if problem or header is None
+            else ordering_key(raw, cfg.ordering_key, charset, header.charset),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll

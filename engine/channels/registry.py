@@ -8,6 +8,7 @@ touches no other module.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -27,7 +28,7 @@ class ConnectorConfig(BaseModel):
 @dataclass(frozen=True)
 class Connector:
     type: str
-    config: type[ConnectorConfig]
+    config: builtins.type[ConnectorConfig]  # the field named ``type`` hides the builtin here
     factory: Callable[..., Any]
     doc: str
 

@@ -64,7 +64,7 @@ def run_online() -> None:
         return
     from engine.stores.db import make_engine
 
-    engine = make_engine(config.get_main_option("sqlalchemy.url"), durable=schema == "messages")
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "", durable=schema == "messages")
     try:
         with engine.connect() as conn:
             _run_on(conn)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import BigInteger, Column, Date, Integer, MetaData, String, Table, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
@@ -52,16 +53,14 @@ def id_column() -> Column:
     return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
 
 
-def demographic_columns() -> list[Column]:
+def demographic_columns() -> list[Column[Any]]:
     """Name, birth date, sex, address and home phone: the columns a patient has in every store
     (each store keeps its own copy, joined to the others by MRN value, never by a key)."""
     names = ("family_name", "given_name", "middle_name")
     address = ("address_line1", "address_line2", "city", "state", "postal_code", "country", "phone_home")
-    return (
-        [Column(n, String) for n in names]
-        + [Column("birth_date", Date), Column("sex", String)]
-        + [Column(n, String) for n in address]
-    )
+    cols: list[Column[Any]] = [Column(n, String) for n in names]
+    cols += [Column("birth_date", Date), Column("sex", String)]
+    return cols + [Column(n, String) for n in address]
 
 
 def managed_columns() -> list[Column]:

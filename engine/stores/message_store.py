@@ -350,7 +350,7 @@ class MessageStore:
         keyed = [i for i in items if i.control_id and not i.error and i.duplicate_window is not None]
         if not keyed:
             return {}
-        window = max(i.duplicate_window for i in keyed)
+        window = max(i.duplicate_window or timedelta(0) for i in keyed)
         rows = conn.execute(
             select(
                 messages.c.id,
@@ -597,7 +597,7 @@ class MessageStore:
             return [(r[0], r[1]) for r in conn.execute(q.order_by(messages.c.id).limit(limit))]
 
     # -- operations -----------------------------------------------------------------------------
-    def list(
+    def search(
         self, *, channel: str | None = None, status: str | None = None, limit: int = 100, before_id: int | None = None
     ) -> list[Any]:
         """Message metadata (never content), newest first."""
@@ -610,13 +610,12 @@ class MessageStore:
         if before_id:
             q = q.where(messages.c.id < before_id)
         with self.engine.connect() as conn:
-            return conn.execute(q.order_by(messages.c.id.desc()).limit(limit)).all()
+            return list(conn.execute(q.order_by(messages.c.id.desc()).limit(limit)).all())
 
     def deliveries_of(self, message_id: int) -> list[Any]:
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(deliveries).where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)
-            ).all()
+            q = select(deliveries).where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)
+            return list(conn.execute(q).all())
 
     def read_content(self, message_id: int, *, who: str, purpose: str = "") -> bytes | None:
         """The raw content of one message; every read is audited with ``who`` and ``purpose``."""
@@ -635,7 +634,7 @@ class MessageStore:
         if message_id is not None:
             q = q.where(content_access.c.message_id == message_id)
         with self.engine.connect() as conn:
-            return conn.execute(q).all()
+            return list(conn.execute(q).all())
 
     def reset_for_reprocess(
         self, ids: list[int] | None = None, *, status: str | None = None, channel: str | None = None
@@ -690,9 +689,9 @@ class MessageStore:
 
     def workers_seen(self, within: timedelta = timedelta(seconds=15)) -> list[Any]:
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(workers).where(workers.c.seen_at >= now() - within).order_by(workers.c.name)
-            ).all()
+            return list(
+                conn.execute(select(workers).where(workers.c.seen_at >= now() - within).order_by(workers.c.name)).all()
+            )
 
     def oldest_pending(self) -> dict[str, datetime]:
         """channel -> receive time of its oldest message still to process."""

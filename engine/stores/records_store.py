@@ -114,7 +114,7 @@ class RecordStore:
         results: list[Exception | None] = [None] * len(batch)
         keys = keys or [None] * len(batch)
         order = [s if s is not None else mid for s, (mid, _r) in zip(seqs or [None] * len(batch), batch)]
-        failed: dict[str, int] = {}  # ordering key -> first message of it that failed
+        failed: dict[str | None, int] = {}  # ordering key -> first message of it that failed
         plans: list[tuple[int, int, int, list[Any]]] = []
         mrns: set[str] = set()
         for i, (message_id, records) in enumerate(batch):
@@ -191,7 +191,8 @@ class RecordStore:
                 for op in ops:
                     per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
             for entries in per_table.values():
-                shape, group = None, []
+                shape: Any = None
+                group: list[dict[str, Any]] = []
                 for op_shape, params in entries:
                     if op_shape != shape:
                         self._flush(conn, shape, group)
@@ -229,7 +230,7 @@ class RecordStore:
         local = dict(resolved) if merges else resolved
         stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
         group: list[dict[str, Any]] = []
-        shape = None
+        shape: Any = None
         for op in ops:
             if isinstance(op, _Merge):
                 self._flush(conn, shape, group)

@@ -142,7 +142,7 @@ class Planner:
     def check_values(self, table: str, values: dict[str, Any], *, allow: frozenset = frozenset()) -> dict[str, Any]:
         """Coerced copy of ``values``; refuses unknown, store-managed and mistyped columns."""
         coercers = self._coercers[table]
-        out = {}
+        out: dict[str, Any] = {}
         for col, v in values.items():
             fn = coercers.get(col)
             if fn is None:

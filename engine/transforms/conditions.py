@@ -29,14 +29,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from engine.errors import ConfigError
 from engine.formats.hl7 import Delimiters, unescape
 from engine.transforms.build import Build, component_spec
 from engine.yamlfile import Key
 
-Condition = Callable[..., bool]
+
+class Condition(Protocol):
+    """A compiled condition: called with (message or repetition, scope); ``text`` reads it back."""
+
+    text: str
+
+    def __call__(self, *args: Any) -> bool: ...
+
+
 OPERATORS = ("equals", "not_equals", "in", "not_in", "exists", "matches")
 COMBINATORS = ("all", "any", "not")
 MESSAGE, REPETITION = "message", "repetition"
@@ -57,11 +65,8 @@ def compile_condition(spec: Any, *, build: Build | None = None, key: Key = (), c
     return cond
 
 
-def _never(*_a) -> bool:
+def _false(*_a) -> bool:
     return False
-
-
-_never.text = "<invalid>"  # type: ignore[attr-defined]
 
 
 def _compile(spec: Any, b: Build, key: Key, context: str) -> Condition:
@@ -169,7 +174,7 @@ def _operator(op: str, arg: Any, b: Build, key: Key):
         if any(v is None for v in items):
             return None
         allowed = frozenset(items)
-        listed = f"[{', '.join(items)}]"
+        listed = f"[{', '.join(str(i) for i in items)}]"
         if op == "in":
             return _text(lambda vals: any(v in allowed for v in vals), f"in {listed}")
         return _text(lambda vals: not any(v in allowed for v in vals), f"not in {listed}")
@@ -181,6 +186,9 @@ def _operator(op: str, arg: Any, b: Build, key: Key):
     return _text(lambda vals: want not in vals, f"!= {want}")
 
 
-def _text(fn, text: str):
-    fn.text = text
-    return fn
+def _text(fn: Callable[..., bool], text: str) -> Condition:
+    fn.text = text  # type: ignore[attr-defined]
+    return cast(Condition, fn)
+
+
+_never = _text(_false, "<invalid>")

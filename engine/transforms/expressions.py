@@ -363,6 +363,6 @@ class Compiler:
                     out.append(entry)
             return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
-        names = ", ".join(f"{n}={c}" for n, c in item.items())
+        names = ", ".join(f"{n}={c}" for n, c in (item or {}).items())
         cond = f"[{where.text}]" if where is not None else ""
         return Expr(json_list, f"json_list({p.text}{cond}: {names})")

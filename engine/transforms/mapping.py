@@ -236,11 +236,11 @@ def _record(
         if set(fields_spec) != set(MERGE_FIELDS):
             b.problem(key + ("fields",), "a merge record has exactly the fields mrn (survivor) and old_mrn")
     else:
-        keys = spec.get("key")
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        listed = spec.get("key")
+        if not isinstance(listed, list) or not listed or not all(isinstance(k, str) for k in listed):
             b.problem(key + ("key",), "key must list the columns to upsert on, e.g. [mrn]")
-            keys = []
-        keys = tuple(keys)
+            listed = []
+        keys = tuple(listed)
         for k in keys:
             if k not in fields_spec:
                 b.problem(key + ("key",), f"key column {k!r} has no field")

@@ -170,7 +170,7 @@ def run_case(case: TestCase) -> CaseResult:
         mapping = _mapping(case.mapping_path)
         msg = Message(case.message)
         records = mapping.run(msg) if mapping.applies(msg) else []
-        outcome: Exception | None = None
+        outcome: MappingError | None = None
     except MappingError as exc:
         records, outcome = [], exc
     except (ConfigError, ParseError) as exc:
