@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.channels.registry import ConnectorConfig
 from engine.formats.hl7 import Message
+from engine.transforms.report import RunReport
 
 
 class RetryConfig(BaseModel):
@@ -90,10 +91,11 @@ class Destination(ABC):
     def name(self) -> str:
         return self.config.name
 
-    def prepare(self, message: Message) -> Any | None:
+    def prepare(self, message: Message, report: RunReport | None = None) -> Any | None:
         """The payload for ``message``, or None if it has nothing for this destination.
 
-        Raises MappingError when the message cannot be mapped (the message goes to ERROR).
+        Raises MappingError when the message cannot be mapped (the message goes to ERROR). A
+        destination that maps adds its warnings and the positions it read to ``report``.
         """
         return message
 

@@ -36,6 +36,7 @@ from engine.stores.message_store import (
     Outcome,
     now,
 )
+from engine.transforms.report import RunReport, unmapped
 
 log = logging.getLogger("engine.pipeline")
 
@@ -157,12 +158,15 @@ class Processor:
         if channel.filter is not None and not channel.filter(msg):
             return Outcome(r.id, FILTERED, "filtered by channel filter")
         results = []
+        report = RunReport()
+        warnings: list[str] = []
         for d in dests:
             done = r.deliveries.get(d.name)
             if done is not None and done.status in (SENT, FILTERED):
                 continue
+            found = RunReport(read=report.read)  # reads pooled: a position is mapped if any destination read it
             try:
-                payload = d.prepare(msg)
+                payload = d.prepare(msg, found)
             except MappingError as exc:
                 results.append(_failed(d, done, f"mapping: {exc}"))
                 continue
@@ -170,12 +174,16 @@ class Processor:
                 log.exception("channel=%s message=%s destination=%s prepare failed", channel.name, r.id, d.name)
                 results.append(_failed(d, done, f"internal: {type(exc).__name__}"))
                 continue
+            finally:
+                warnings.extend(f"{d.name}: {w}" for w in found.warnings)
             if payload is None:
                 results.append(dict(destination=d.name, status=FILTERED, attempts=0, result="nothing to deliver"))
             else:
                 seq = r.seq if r.seq is not None else r.id
                 pending[d.name].append(Item(r.id, payload, r.content, r.ordering_key, seq))
-        return Outcome(r.id, RECEIVED, None, results)
+        return Outcome(
+            r.id, RECEIVED, None, results, warnings or None, unmapped(msg, [report]) if report.read else None
+        )
 
     def _deliver_batch(self, channel_name: str, d: Destination, items: list[Item], prior: dict, outcomes: dict) -> None:
         """A destination that writes the batch in one transaction and keeps per-key order in it."""

@@ -13,6 +13,7 @@ from engine.channels import registry
 from engine.channels.base import Destination, DestinationConfig, Item
 from engine.errors import ConfigError, Problem
 from engine.formats.hl7 import Message
+from engine.transforms.report import RunReport
 
 
 class StoreDestinationConfig(DestinationConfig):
@@ -59,10 +60,10 @@ class StoreDestination(Destination):
         self.mapping = load_for(context.config, config)
         self.store = context.record_store(config.store)
 
-    def prepare(self, message: Message):
+    def prepare(self, message: Message, report: RunReport | None = None):
         if not self.mapping.applies(message):
             return None
-        records = self.mapping.run(message)
+        records = self.mapping.run(message, report)
         return records or None
 
     orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred

@@ -21,6 +21,7 @@ of messages a second durably.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -93,10 +94,15 @@ messages = Table(
     Column("claim_until", UTCDateTime),
     Column("claim_token", String(40)),
     Column("seq", BigInteger().with_variant(Integer, "sqlite")),
+    Column("warnings", Text),
+    Column("unmapped", Text),
 )
 """``claim_token`` fences a claim: only the worker holding it may write the message's statuses.
 ``seq`` is the message's place in receive order when it differs from its own id: a copy routed
-from another channel or a resend of a failed message keeps the original's (NULL means ``id``)."""
+from another channel or a resend of a failed message keeps the original's (NULL means ``id``).
+``warnings`` (JSON list of text, never values) says what the mappings let go under
+``on_error: skip``; ``unmapped`` (JSON list of positions such as ``OBX-17.1``) the populated
+source positions no mapping rule read."""
 Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messages.c.control_id)
 Index("ix_messages_status", messages.c.status, messages.c.channel)
 Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
@@ -206,6 +212,8 @@ class Outcome:
     status: str
     error: str | None = None
     deliveries: list[dict[str, Any]] | None = None  # destination, status, attempts, result, error, next_attempt_at
+    warnings: list[str] | None = None
+    unmapped: list[str] | None = None
 
 
 class MessageStore:
@@ -514,27 +522,28 @@ class MessageStore:
                 owned = self._owned(conn, lease, [o.message_id for o in outcomes])
                 outcomes = [o for o in outcomes if o.message_id in owned]
             released = dict(updated_at=stamp, claim_until=None, claim_token=None)
-            # one UPDATE per status for the messages without an error (most of a batch), one
-            # per message with its own error text
-            plain: dict[str, list[int]] = {}
-            for o in outcomes:
-                if o.error is None:
-                    plain.setdefault(o.status, []).append(o.message_id)
-            for status, same in plain.items():
-                conn.execute(
-                    update(messages).where(messages.c.id.in_(same)).values(status=status, error=None, **released)
-                )
-            with_error = [
-                {"b_id": o.message_id, "b_status": o.status, "b_error": o.error}
+            rows = [
+                {
+                    "b_id": o.message_id,
+                    "b_status": o.status,
+                    "b_error": o.error,
+                    "b_warnings": json.dumps(o.warnings) if o.warnings else None,
+                    "b_unmapped": json.dumps(o.unmapped) if o.unmapped else None,
+                }
                 for o in outcomes
-                if o.error is not None
             ]
-            if with_error:
+            if rows:  # one statement, executed for each message (executemany)
                 conn.execute(
                     update(messages)
                     .where(messages.c.id == bindparam("b_id"))
-                    .values(status=bindparam("b_status"), error=bindparam("b_error"), **released),
-                    with_error,
+                    .values(
+                        status=bindparam("b_status"),
+                        error=bindparam("b_error"),
+                        warnings=bindparam("b_warnings"),
+                        unmapped=bindparam("b_unmapped"),
+                        **released,
+                    ),
+                    rows,
                 )
             self._write_deliveries(conn, [(o.message_id, d) for o in outcomes for d in o.deliveries or ()], stamp)
         return outcomes

@@ -42,6 +42,7 @@ from engine.transforms.build import Build
 from engine.transforms.conditions import compile_condition
 from engine.transforms.expressions import Compiler, Expr
 from engine.transforms.reader import Reader
+from engine.transforms.report import RunReport
 from engine.transforms.tables import Tables
 from engine.transforms.values import MISSING, ValueProblem, zone
 from engine.yamlfile import Key, load
@@ -149,10 +150,11 @@ class Mapping:
         """True when the mapping's ``applies_when`` holds (always, without one)."""
         return self._applies is None or bool(self._applies(msg, ()))
 
-    def run(self, msg: Message) -> list[Record]:
+    def run(self, msg: Message, report: RunReport | None = None) -> list[Record]:
         """Every record for ``msg``, in rule order; raises MappingError (no patient values in it).
 
-        Does not test ``applies``: callers ask that first.
+        Does not test ``applies``: callers ask that first. ``report`` collects warnings and the
+        positions read (see :mod:`engine.transforms.report`).
         """
         out: list[Record] = []
         reader = Reader(msg)
