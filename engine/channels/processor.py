@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from engine.channels.base import Deferred, Destination, Item
 from engine.errors import DeliveryError, MappingError, ParseError
@@ -39,6 +43,10 @@ from engine.stores.message_store import (
 from engine.transforms.report import RunReport, unmapped
 
 log = logging.getLogger("engine.pipeline")
+
+RECORD_PATIENCE = 5
+"""How long (in claim lengths) a worker keeps trying to record what it delivered while the
+message store is unreachable, before it gives up and the messages go again."""
 
 
 class ClaimKeeper:
@@ -145,7 +153,26 @@ class Processor:
         for o in outcomes.values():
             if o.status == RECEIVED:
                 o.status, o.error = _summarise(o.deliveries or [])
-        return self._store.record([o for o in outcomes.values() if o.message_id not in unfinished], lease)
+        self._keeper.drop(lease)  # recording releases the claims: nothing left to renew
+        done = [o for o in outcomes.values() if o.message_id not in unfinished]
+        return self._until_stored(lambda: self._store.record(done, lease), lease)
+
+    def _until_stored(self, write: Callable[[], Any], lease: Lease) -> Any:
+        """Run a status write, retrying while the message store is unreachable (up to
+        ``RECORD_PATIENCE`` claim lengths). What was delivered must be recorded, or it is
+        delivered again: the write is fenced by the claim's token, so retrying after the lease
+        ran out is safe — if another worker took the messages over meanwhile, it is refused."""
+        deadline = time.monotonic() + lease.seconds * RECORD_PATIENCE
+        delay = 0.2
+        while True:
+            try:
+                return write()
+            except OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("message store unreachable while recording (%s); retrying", type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _prepare(self, channel, dests: list[Destination], r, pending: dict[str, list[Item]]) -> Outcome:
         """Parse, filter and map one message for each destination still to deliver."""
@@ -226,9 +253,10 @@ class Processor:
             outcomes[item.message_id].deliveries.append(delivery)
             if res is not None and key:
                 blocked.setdefault(key, item.message_id)
-            if not isinstance(res, Deferred) and item.message_id not in self._store.record_deliveries(
-                lease, [(item.message_id, delivery)]
-            ):
+            if isinstance(res, Deferred):
+                continue
+            row = [(item.message_id, delivery)]
+            if item.message_id not in self._until_stored(partial(self._store.record_deliveries, lease, row), lease):
                 lease.lost.add(item.message_id)
         return []
 

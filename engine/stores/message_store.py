@@ -397,9 +397,12 @@ class MessageStore:
 
         A message is claimed only if it still needs processing, nobody else holds an
         unexpired claim on it, and no earlier message of its channel with the same ordering
-        key is still pending outside ``ids`` (that one goes first: :meth:`next_in_line` hands
-        this one on when it is done). This is what keeps one patient's updates in receive
-        order with any number of workers. One UPDATE, so concurrent workers cannot both win.
+        key is still pending, unless that one is among ``ids`` and free to be claimed with it
+        (else it goes first: :meth:`next_in_line` hands this one on when it is done). This is
+        what keeps one patient's updates in receive order with any number of workers. Claims
+        are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: its single
+        writer), so two workers handed overlapping batches (a re-dispatch after a
+        Redis restart, say) cannot split one patient's messages between them.
         """
         token = uuid.uuid4().hex
         started = time.monotonic()
@@ -414,7 +417,7 @@ class MessageStore:
                 e.c.ordering_key == messages.c.ordering_key,
                 e.c.id < messages.c.id,
                 e.c.status.in_(PENDING),
-                e.c.id.not_in(ids),
+                or_(e.c.id.not_in(ids), and_(e.c.claim_until.is_not(None), e.c.claim_until >= stamp)),
             )
             .exists()
         )
@@ -430,6 +433,8 @@ class MessageStore:
             .returning(messages.c.id)
         )
         with write_transaction(self.status_engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
             claimed = sorted(r[0] for r in conn.execute(stmt))
         return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE)
 
@@ -734,6 +739,7 @@ class MessageStore:
         return {(r[0], r[1]): r[2] for r in rows}
 
 
+_CLAIM_LOCK = int.from_bytes(hashlib.sha256(b"engine.claims").digest()[:8], "big", signed=True)
 _SAFE = 0.8
 """Share of a lease a worker relies on: it stops delivering once 80% of the lease has passed
 since the store last confirmed it (clocks of different hosts may disagree a little)."""
