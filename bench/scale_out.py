@@ -2,7 +2,8 @@
 beside the embedded default (SQLite, in-process queue) in the same run.
 
 Each run starts a fresh engine (``engine run`` for the listeners plus N ``engine worker``
-processes on a fresh PostgreSQL database and Redis db 13), sends the same N ADT/ORU messages
+processes on a fresh PostgreSQL database and a redis-server of its own on a free port, never
+the machine's), sends the same N ADT/ORU messages
 over 8 connections, and times until every message is mapped into both stores.
 
     python bench/scale_out.py [-n 4000] [--workers 1 2 4] [--pg postgresql://postgres@127.0.0.1/test]
@@ -17,8 +18,10 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mllp_ingest import make_messages, run_once
+from services import PrivateRedis
 
 
 def main() -> None:
@@ -30,11 +33,9 @@ def main() -> None:
     ap.add_argument(
         "--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL to create databases"
     )
-    ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = ap.parse_args()
 
     import psycopg
-    import redis
 
     messages = make_messages(args.n)
     print(f"{args.n} messages over {args.connections} connections, {os.cpu_count()} CPUs")
@@ -45,17 +46,18 @@ def main() -> None:
         name = f"engine_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.pg, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        redis.Redis.from_url(args.redis).flushdb()
+        queue = PrivateRedis().start()  # an empty queue each run, and the machine's Redis untouched
         url = f"postgresql+psycopg://{args.pg.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
         env = {
             "ENGINE_MESSAGE_STORE_URL": url,
             "ENGINE_CLINICAL_STORE_URL": url,
             "ENGINE_PM_STORE_URL": url,
-            "ENGINE_QUEUE_URL": args.redis,
+            "ENGINE_QUEUE_URL": queue.url,
         }
         try:
             r = run_once(messages, args.connections, env=env, workers=n, threads=args.threads)
         finally:
+            queue.close()
             with psycopg.connect(args.pg, autocommit=True) as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

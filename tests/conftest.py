@@ -7,21 +7,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from downstream import Downstream
+from services import PrivatePostgres, PrivateRedis, ServiceUnavailable, free_port
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "hl7v2"
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config_file(tmp_path: Path, text: str, name: str = "channels.yaml") -> Path:
@@ -197,3 +194,325 @@ def fresh_engine(tmp_path):
 def services_required() -> bool:
     """In CI a missing PostgreSQL/Redis is a failure, never a skip."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# -- private services and a distributed engine on them ----------------------------------------------
+
+
+def _private(factory):
+    try:
+        service = factory()
+    except ServiceUnavailable as exc:
+        if services_required():
+            pytest.fail(f"{exc} (CI=true: a missing service is a failure)")
+        pytest.skip(str(exc))
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def private_redis():
+    """A Redis of this test's own on a free port, no persistence; gone after the test."""
+    yield from _private(lambda: PrivateRedis().start())
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL cluster of this test's own on a free port; gone after the test."""
+    yield from _private(lambda: PrivatePostgres().start())
+
+
+ADT_DISTRIBUTED = """\
+stores:
+  messages:
+    url: ${ENGINE_MESSAGE_STORE_URL}
+  clinical:
+    url: ${ENGINE_CLINICAL_STORE_URL}
+  pm:
+    url: ${ENGINE_PM_STORE_URL}
+
+queue:
+  url: ${ENGINE_QUEUE_URL}
+  claim_seconds: ${ENGINE_CLAIM_SECONDS:-60}
+  stuck_after_seconds: ${ENGINE_STUCK_AFTER_SECONDS:-120}
+
+mappings_dir: MAPPINGS
+
+channels:
+  - name: adt
+    source:
+      type: mllp
+      host: 127.0.0.1
+      port: ${ENGINE_ADT_PORT}
+    filter:
+      path: MSH-9.1
+      equals: ADT
+    destinations:
+      - name: clinical
+        type: store
+        store: clinical
+        mapping: adt_clinical
+      - name: pm
+        type: store
+        store: pm
+        mapping: adt_pm
+      - name: down
+        type: mllp
+        host: 127.0.0.1
+        port: DOWNSTREAM_PORT
+        retry: {max_attempts: 50, backoff_seconds: 0.2, max_backoff_seconds: 1}
+"""
+
+
+def adt_distributed_config(tmp_path: Path, downstream_port: int) -> Path:
+    """The sample's stores, queue and ``adt`` channel, plus an ``mllp`` destination ``down``
+    forwarding every message to a test listener on ``downstream_port``."""
+    return config_file(tmp_path, ADT_DISTRIBUTED.replace("DOWNSTREAM_PORT", str(downstream_port)))
+
+
+def adt_update(seq: int, patient: int) -> bytes:
+    """An A08 for patient ``patient`` (PID-3.1 ``P0007``) with control id ``F000123`` for
+    ``seq`` 123, ``seq`` in its address and its own visit number ``V000123``."""
+    return (
+        f"MSH|^~\\&|REG|NORTH|ENGINE|HUB|20260101120000||ADT^A08^ADT_A01|F{seq:06d}|P|2.5.1\r"
+        f"EVN|A08|20260101120000\r"
+        f"PID|1||P{patient:04d}^^^NORTH^MR||Tester^Pat{patient}||19800101|F|||SEQ {seq:06d}^^Town^OR^97000\r"
+        f"PV1|1|O|CLINIC||||||||||||||||V{seq:06d}^^^NORTH^VN\r"
+    ).encode()
+
+
+def adt_updates(n: int, patients: int) -> list[tuple[str, str, bytes]]:
+    """``n`` updates round-robin over ``patients``: (control id, ordering key, message)."""
+    return [(f"F{seq:06d}", f"P{seq % patients:04d}", adt_update(seq, seq % patients)) for seq in range(1, n + 1)]
+
+
+class Sender:
+    """Sends messages as a real feed does: one ordering key always on the same connection, in
+    order, each after the previous one's ACK; resends after a non-AA answer or a lost connection.
+    A connection whose message is not ACKed AA within ``give_up_after`` seconds stops there.
+
+    ``acked``: ordering key -> control ids answered AA, in order; ``nacks``: answers other than AA.
+    """
+
+    def __init__(
+        self, port: int, messages: list[tuple[str, str, bytes]], connections: int = 4, give_up_after: float = 120
+    ):
+        self.port = port
+        self.acked: dict[str, list[str]] = {}
+        self.nacks = 0
+        self.give_up_after = give_up_after
+        lane_of: dict[str, int] = {}
+        self.lanes: list[list[tuple[str, str, bytes]]] = [[] for _ in range(connections)]
+        for m in messages:
+            self.lanes[lane_of.setdefault(m[1], len(lane_of) % connections)].append(m)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def sent(self) -> int:
+        """Messages ACKed AA so far."""
+        with self._lock:
+            return sum(map(len, self.acked.values()))
+
+    def start(self) -> Sender:
+        self._threads = [threading.Thread(target=self._lane, args=(lane,), daemon=True) for lane in self.lanes]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def join(self, timeout: float = 300) -> Sender:
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0))
+        return self
+
+    def stop(self) -> None:
+        """Stop sending (each connection after its current message) and wait for that."""
+        self._stop.set()
+        self.join(60)
+
+    def run(self) -> Sender:
+        """Send everything; returns when done (or given up)."""
+        try:
+            return self.start().join()
+        finally:
+            self.stop()
+
+    def _lane(self, lane) -> None:
+        conn = None
+        try:
+            for control_id, key, msg in lane:
+                deadline = time.monotonic() + self.give_up_after
+                while True:
+                    if self._stop.is_set() or time.monotonic() > deadline:
+                        return
+                    try:
+                        conn = conn or MllpConnection(self.port, timeout=30)
+                        answer = conn.send(msg)
+                    except OSError:
+                        if conn:
+                            conn.close()
+                        conn = None
+                        time.sleep(0.2)
+                        continue
+                    if ack_fields(answer).get("MSA", ["", ""])[1] == "AA":
+                        with self._lock:
+                            self.acked.setdefault(key, []).append(control_id)
+                        break
+                    with self._lock:
+                        self.nacks += 1
+                    time.sleep(0.2)  # AE: the engine could not store it; send again shortly
+        finally:
+            if conn:
+                conn.close()
+
+
+FINAL = ("SENT", "FILTERED", "ERROR")
+
+
+class Cluster:
+    """``engine run`` (the listener) and ``engine worker`` processes on a private PostgreSQL
+    (all three stores in its ``postgres`` database) and a private Redis."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        config: Path,
+        postgres: PrivatePostgres,
+        redis: PrivateRedis,
+        *,
+        threads: int = 4,
+        claim_seconds: float = 3,
+        stuck_after_seconds: float = 3,
+    ):
+        self.tmp, self.threads, self.db_url = tmp, threads, postgres.url
+        env = {
+            "ENGINE_MESSAGE_STORE_URL": postgres.url,
+            "ENGINE_CLINICAL_STORE_URL": postgres.url,
+            "ENGINE_PM_STORE_URL": postgres.url,
+            "ENGINE_QUEUE_URL": redis.url,
+            "ENGINE_CLAIM_SECONDS": str(claim_seconds),
+            "ENGINE_STUCK_AFTER_SECONDS": str(stuck_after_seconds),
+        }
+        self.listener = EngineProcess(tmp, config=config, env=env)
+        self.config = config
+        self.workers: list[subprocess.Popen] = []
+        self._logs: list = []
+        out = self.listener.cli("db", "upgrade", "--config", str(config))
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    @property
+    def env(self) -> dict:
+        return self.listener.env
+
+    @property
+    def port(self) -> int:
+        return self.listener.adt_port
+
+    def start(self, workers: int = 2) -> Cluster:
+        self.listener.start()
+        self.start_workers(workers)
+        return self
+
+    def start_workers(self, n: int) -> list[subprocess.Popen]:
+        """Start ``n`` worker processes; returns once each says it consumes the queue."""
+        started = []
+        for _ in range(n):
+            log = open(self.tmp / f"worker-{len(self.workers) + 1}.log", "wb")
+            self._logs.append(log)
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "engine.cli", "worker", "--config", str(self.config)]
+                    + ["--threads", str(self.threads)],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                )
+            )
+            self.workers.append(started[-1])
+        for w in started:
+            line = w.stdout.readline()
+            assert line.startswith(b"worker "), f"worker did not start: {line!r}; see {self.tmp}/worker-*.log"
+        return started
+
+    def kill_worker(self, index: int = 0) -> None:
+        self.workers[index].send_signal(signal.SIGKILL)
+        self.workers[index].wait(30)
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after 30 s); safe to call twice."""
+        try:
+            if self.listener.proc is not None:
+                self.listener.stop()
+        finally:
+            for w in self.workers:
+                if w.poll() is None:
+                    w.send_signal(signal.SIGTERM)
+            for w in self.workers:
+                try:
+                    w.wait(30)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    w.wait()
+                if w.stdout:
+                    w.stdout.close()
+            for log in self._logs:
+                log.close()
+
+    def query(self, sql: str, **params) -> list[dict]:
+        eng = create_engine(self.db_url)
+        try:
+            with eng.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+        finally:
+            eng.dispose()
+
+    def statuses(self) -> dict[str, int]:
+        rows = self.query("select status, count(*) as n from messages where channel = 'adt' group by status")
+        return {r["status"]: r["n"] for r in rows}
+
+    def wait_settled(self, done: int, timeout: float = 120) -> dict[str, int]:
+        """Wait until nothing is pending and at least ``done`` messages are SENT or ERROR;
+        returns the count per status. Store outages while waiting are waited out."""
+        deadline = time.monotonic() + timeout
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            try:
+                counts = self.statuses()
+            except Exception:
+                time.sleep(0.5)
+                continue
+            pending = sum(n for s, n in counts.items() if s not in FINAL)
+            if not pending and counts.get("SENT", 0) + counts.get("ERROR", 0) >= done:
+                return counts
+            time.sleep(0.3)
+        raise AssertionError(f"not settled in {timeout} s: {counts} (want {done} SENT or ERROR, none pending)")
+
+
+@pytest.fixture
+def downstream():
+    """A :class:`~downstream.Downstream` MLLP listener, closed after the test."""
+    with Downstream() as down:
+        yield down
+
+
+@pytest.fixture
+def cluster(tmp_path, private_postgres, private_redis):
+    """Builds :class:`Cluster` s on this test's private services; stops them all afterwards."""
+    made: list[Cluster] = []
+
+    def build(config: Path, **kwargs) -> Cluster:
+        c = Cluster(tmp_path, config, private_postgres, private_redis, **kwargs)
+        made.append(c)
+        return c
+
+    yield build
+    for c in made:
+        c.stop()

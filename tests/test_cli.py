@@ -148,7 +148,7 @@ def test_a_message_that_fails_mapping_is_error_with_its_reason_and_reprocess_ret
 
 
 def test_acked_messages_survive_a_kill_mid_processing_and_are_applied_once_after_restart(fresh_engine):
-    from test_scale_out import adt_update
+    from conftest import adt_update
 
     eng = fresh_engine()
     conn = MllpConnection(eng.adt_port)
