@@ -22,7 +22,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -65,6 +65,11 @@ class RecordStore:
         self.engine = engine or make_engine(url, durable=True)
         self.spec: StoreSpec = importlib.import_module(f"engine.stores.{schema}").SPEC
         self._planner = Planner(self.spec, self.engine.dialect.name)
+        self._owned = {  # tables keyed by something else than the patient, whose rows carry one
+            name
+            for name, t in self.spec.tables.items()
+            if "mrn" in t.c and "mrn" not in self.spec.keys[name] and name != self.spec.identity
+        }
 
     # -- schema -------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -136,6 +141,22 @@ class RecordStore:
             plans.append((i, message_id, order[i], ops))
         if not plans:
             return results
+        conflicts = self._owner_conflicts(plans, mrns)
+        if conflicts:
+            kept = []
+            for plan in plans:
+                i, message_id = plan[0], plan[1]
+                if keys[i] in failed:
+                    results[i] = Deferred(failed[keys[i]])
+                elif i in conflicts:
+                    results[i] = conflicts[i]
+                    if keys[i]:
+                        failed[keys[i]] = message_id
+                else:
+                    kept.append(plan)
+            plans = kept
+            if not plans:
+                return results
 
         now = datetime.now(UTC)
         if not any(isinstance(op, _Merge) for _i, _m, _s, ops in plans for op in ops):
@@ -175,6 +196,47 @@ class RecordStore:
             )
             return [r if r is not None else err for r in results]
         return results
+
+    def _owner_conflicts(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[str]) -> dict[int, Exception]:
+        """Messages whose records would move a row to another patient: {batch index: error}.
+
+        A row keyed by something other than the patient (an encounter by its visit number, an
+        observation by its order and set id) belongs to the patient who first had it. A later
+        message that names the same key for another patient is a conflict the analyst must
+        see (a reused visit number, a wrong patient in the feed): its message fails with the
+        reason, and the row is never re-parented (the upsert's guard says so too). One query
+        per such table per batch; merged-away MRNs compare by their survivor.
+        """
+        wanted: dict[str, dict[tuple, list[tuple[int, str]]]] = {}
+        for i, _m, _s, ops in plans:
+            for op in ops:
+                if isinstance(op, Upsert) and op.table in self._owned and op.params.get("mrn"):
+                    key = tuple(op.params[k] for k in self.spec.keys[op.table])
+                    wanted.setdefault(op.table, {}).setdefault(key, []).append((i, op.params["mrn"]))
+        if not wanted:
+            return {}
+        out: dict[int, Exception] = {}
+        with self.engine.connect() as conn:
+            resolved = load_resolution(conn, self.spec, mrns)
+            for table, by_key in wanted.items():
+                t = self.spec.tables[table]
+                cols = [t.c[k] for k in self.spec.keys[table]]
+                owners: dict[tuple, str] = {}
+                found = list(by_key)
+                for k in range(0, len(found), 500):
+                    rows = conn.execute(select(*cols, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500])))
+                    owners.update({tuple(r[:-1]): r[-1] for r in rows if r[-1] is not None})
+                for key, claims in by_key.items():
+                    for i, mrn in claims:
+                        mine = resolved.get(mrn, mrn)
+                        owner = owners.setdefault(key, mine)
+                        if resolved.get(owner, owner) != mine and i not in out:
+                            out[i] = DeliveryError(
+                                f"{self.schema}.{table}: this {'/'.join(self.spec.keys[table])} already belongs "
+                                "to another patient; not moved (a reused or mistyped identifier?)",
+                                retryable=False,
+                            )
+        return out
 
     def _apply_grouped(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[str], now: datetime) -> None:
         """The fast path for a batch without merges: one executemany per run of one shape.

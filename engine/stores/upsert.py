@@ -22,7 +22,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Date, Float, Integer, Table, bindparam, or_
+from sqlalchemy import Boolean, Date, Float, Integer, Table, and_, bindparam, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import DeliveryError
@@ -183,7 +183,9 @@ class Planner:
             t = self.spec.tables[table]
             ins = self._insert(t).values({c: bindparam(c) for c in (*cols, *MANAGED)})
             update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in key}
-            newer_or_same = or_(t.c.last_seq.is_(None), t.c.last_seq <= ins.excluded.last_seq)
-            stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update, where=newer_or_same)
+            guard = or_(t.c.last_seq.is_(None), t.c.last_seq <= ins.excluded.last_seq)
+            if "mrn" in cols and "mrn" not in key and table != self.spec.identity:  # never re-parented
+                guard = and_(guard, or_(t.c.mrn.is_(None), t.c.mrn == ins.excluded.mrn))
+            stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update, where=guard)
             self._statements[shape] = stmt
         return stmt
