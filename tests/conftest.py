@@ -196,6 +196,26 @@ def services_required() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def adt_config(tmp_path: Path, mappings: Path = ROOT / "mappings", *, ack_mode: str = "on_receive") -> Path:
+    """The sample ADT channel into the clinical and PM stores (SQLite, under the engine's data dir)."""
+    return config_file(
+        tmp_path,
+        f"""
+stores:
+  messages: {{url: "${{ENGINE_MESSAGE_STORE_URL}}"}}
+  clinical: {{url: "${{ENGINE_CLINICAL_STORE_URL}}"}}
+  pm: {{url: "${{ENGINE_PM_STORE_URL}}"}}
+mappings_dir: {mappings}
+channels:
+  - name: adt
+    source: {{type: mllp, port: "${{ENGINE_ADT_PORT}}", ack_mode: {ack_mode}, result_timeout_seconds: 10}}
+    destinations:
+      - {{name: clinical, type: store, store: clinical, mapping: adt_clinical}}
+      - {{name: pm, type: store, store: pm, mapping: adt_pm}}
+""",
+    )
+
+
 # -- private services and a distributed engine on them ----------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ROOT, MllpConnection, ack_fields, config_file
+from conftest import MllpConnection, ack_fields, adt_config
 
 
 def adt(control_id: str, mrn: str, visit: str, given: str) -> bytes:
@@ -15,22 +15,7 @@ def adt(control_id: str, mrn: str, visit: str, given: str) -> bytes:
 
 
 def test_a_visit_number_reused_for_another_patient_is_an_error_and_never_moves_the_visit(tmp_path, fresh_engine):
-    cfg = config_file(
-        tmp_path,
-        f"""
-stores:
-  messages: {{url: "${{ENGINE_MESSAGE_STORE_URL}}"}}
-  clinical: {{url: "${{ENGINE_CLINICAL_STORE_URL}}"}}
-  pm: {{url: "${{ENGINE_PM_STORE_URL}}"}}
-mappings_dir: {ROOT / "mappings"}
-channels:
-  - name: adt
-    source: {{type: mllp, port: "${{ENGINE_ADT_PORT}}"}}
-    destinations:
-      - {{name: clinical, type: store, store: clinical, mapping: adt_clinical}}
-      - {{name: pm, type: store, store: pm, mapping: adt_pm}}
-""",
-    )
+    cfg = adt_config(tmp_path)
     eng = fresh_engine(cfg)
     conn = MllpConnection(eng.adt_port)
     assert ack_fields(conn.send(adt("V-1", "P1", "V100", "First")))["MSA"][1] == "AA"

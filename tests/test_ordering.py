@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from conftest import ROOT, MllpConnection, ack_fields, config_file
+from conftest import ROOT, MllpConnection, ack_fields, adt_config, config_file
 from downstream import Downstream
 
 
@@ -47,25 +47,6 @@ def strict_mappings(tmp_path: Path) -> Path:
 def learn_class_z(mappings: Path) -> None:
     table = mappings / "tables" / "patient_class.yaml"
     table.write_text(table.read_text().replace("  U: unknown\n", "  U: unknown\n  Z: outpatient\n"))
-
-
-def adt_config(tmp_path: Path, mappings: Path, *, ack_mode: str = "on_receive") -> Path:
-    return config_file(
-        tmp_path,
-        f"""
-stores:
-  messages: {{url: "${{ENGINE_MESSAGE_STORE_URL}}"}}
-  clinical: {{url: "${{ENGINE_CLINICAL_STORE_URL}}"}}
-  pm: {{url: "${{ENGINE_PM_STORE_URL}}"}}
-mappings_dir: {mappings}
-channels:
-  - name: adt
-    source: {{type: mllp, port: "${{ENGINE_ADT_PORT}}", ack_mode: {ack_mode}, result_timeout_seconds: 10}}
-    destinations:
-      - {{name: clinical, type: store, store: clinical, mapping: adt_clinical}}
-      - {{name: pm, type: store, store: pm, mapping: adt_pm}}
-""",
-    )
 
 
 def test_reprocess_never_puts_an_older_update_over_a_newer_one(tmp_path, fresh_engine):
