@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.channels import registry
 from engine.errors import ConfigError, Problem
+from engine.formats.hl7 import parse_path
+from engine.formats.hl7_segments import unknown_segment
 from engine.yamlfile import Located, load
 
 STORE_KINDS = ("messages", "clinical", "pm")
@@ -235,17 +237,23 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
                 problems.extend(
                     src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems
                 )
-        try:
-            from engine.formats.hl7 import parse_path
-
-            parse_path(ch.config.ordering_key)
-        except ValueError as exc:
-            problems.append(src.problem(base + ("ordering_key",), str(exc)))
+        problem = _path_problem(ch.config.ordering_key)
+        if problem:
+            problems.append(src.problem(base + ("ordering_key",), problem))
         for j, d in zip(ch.destination_index, ch.destinations):
             if hasattr(d, "check"):
                 problems.extend(d.check(cfg, base + ("destinations", j), src, check_mappings=check_mappings))
     return problems
 
 
+def _path_problem(text: str) -> str | None:
+    """What is wrong with an HL7 path (malformed, or a segment no HL7 v2 version has), or None."""
+    try:
+        return unknown_segment(parse_path(text).segment)
+    except ValueError as exc:
+        return str(exc)
+
+
 def _split_key(key: str) -> list:
-    return [k for k in key.replace("[", ".").replace("]", "").split(".") if k]
+    """``all[1].path`` -> ``["all", 1, "path"]``: list positions as numbers, as the YAML lines are keyed."""
+    return [int(k) if k.isdigit() else k for k in key.replace("[", ".").replace("]", "").split(".") if k]

@@ -348,11 +348,11 @@ def test_a_resend_pipelined_in_the_same_write_is_still_a_duplicate(engine):
     assert rows[1]["status"] == "FILTERED" and rows[1]["duplicate_of"] == rows[0]["id"]
 
 
-def test_bytes_that_do_not_match_the_declared_charset_are_stored_and_errored_with_the_reason(engine):
+def test_bytes_that_do_not_match_the_declared_charset_are_stored_errored_and_answered_ae(engine):
     latin1 = fixture_bytes("adt_a01_latin1.hl7").replace(b"|8859/1", b"|UNICODE UTF-8")
     msg = with_control_id(latin1, "WRONG-CHARSET")
     conn = MllpConnection(engine.adt_port)
-    assert ack_fields(conn.send(msg))["MSA"][1] == "AA"  # stored first: nothing is lost
+    assert ack_fields(conn.send(msg))["MSA"][1] == "AE"  # stored first, and the sender is told
     conn.close()
     rows = engine.wait_for(
         "messages",

@@ -53,7 +53,7 @@ class MllpListenerConfig(ConnectorConfig):
     """A frame must end (FS) within this many seconds of its start (VT), else the connection is
     closed and nothing of that frame is stored or ACKed."""
     charset: str = "utf-8"
-    """Python codec for messages whose MSH-18 is empty."""
+    """Python codec for messages whose MSH-18 is empty and that carry no byte order mark."""
     max_connections: int = Field(256, ge=1)
     """Connections open at once; beyond it a new one closes the longest-idle connection."""
     max_connections_per_peer: int = Field(32, ge=1)

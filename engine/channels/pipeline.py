@@ -155,11 +155,18 @@ class Receiver:
         ack_mode: str = "on_receive",
         result_timeout: float = 30.0,
     ) -> Ack:
-        """Commit ``raw`` for ``channel`` and return the ACK (AA, AE or AR). Never raises."""
-        header, problem = None, None
+        """Commit ``raw`` for ``channel`` and return the ACK (AA, AE or AR). Never raises.
+
+        The message is decoded here, once (its ordering key is read now): bytes its character
+        set cannot read are stored as ERROR and answered AE (table 0008: an error in the
+        message itself, for the sender to correct) with an ERR naming the byte offset.
+        ``charset``: the channel's codec for messages whose MSH-18 is empty.
+        """
+        header, problem, text = None, None, None
         try:
             header = hl7.read_header(raw)
             hl7.check_header(header)
+            text = hl7.decode(raw, charset, charset=header.charset)
         except ParseError as exc:
             problem = exc
         except Exception as exc:  # unreadable in a way the parser did not foresee: still answered
@@ -177,9 +184,7 @@ class Receiver:
             sending_facility=header.sending_facility if header else "",
             version=header.version if header else "",
             error=str(problem) if problem else None,
-            ordering_key=None
-            if problem or header is None
-            else ordering_key(raw, cfg.ordering_key, charset, header.charset),
+            ordering_key=None if problem or text is None else key_of(text, cfg.ordering_key),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll
@@ -220,10 +225,22 @@ def ordering_key(raw: bytes, path: str, default_charset: str = "utf-8", charset:
     """The value at the channel's ordering path (default PID-3.1, the patient's id), or None.
 
     Read at receive time, because a later message of the same key must see it before this one
-    is processed. Only the segment named by the path is split; an unreadable message has none.
+    is processed. Bytes that do not decode have none (the Receiver decodes first and answers
+    that as a problem; this is for a copy routed between channels, already received once).
     """
     try:
-        value = hl7.Message(hl7.decode(raw, default_charset, charset=charset)).value(path)
+        text = hl7.decode(raw, default_charset, charset=charset)
+    except ParseError:
+        return None
+    return key_of(text, path)
+
+
+def key_of(text: str, path: str) -> str | None:
+    """The ordering key in decoded ``text``: the first value at ``path``, at most 200 characters,
+    or None (none there, or a message the tokenizer cannot read: processing reports that).
+    Only the segment named by the path is split."""
+    try:
+        value = hl7.Message(text).value(path)
     except (ParseError, ValueError, IndexError):
         return None
     return value[:200] if value else None

@@ -518,20 +518,46 @@ class Header:
         )
 
 
+_BYTE_ORDER_MARKS = (  # UTF-32 LE first: its mark begins with UTF-16 LE's
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_FRAMING = b"\x0b\x1c\r\n \t"  # MLLP framing bytes and blank space a sender may leave around a message
+
+
+def byte_order_mark(data: bytes) -> tuple[int, int, str] | None:
+    """The byte order mark at the start of ``data`` (after MLLP framing or blank space, if
+    any): ``(offset, length in bytes, codec)``, or None. Editors on Windows save files with
+    one; it is not part of the message, so every reader skips it (stored bytes keep it)."""
+    start = len(data) - len(data.lstrip(_FRAMING))
+    for mark, codec in _BYTE_ORDER_MARKS:
+        if data.startswith(mark, start):
+            return start, len(mark), codec
+    return None
+
+
 def read_header(raw: bytes) -> Header:
     """Read MSH from raw bytes without decoding the body; raises ParseError on a missing MSH.
 
     Header fields are ASCII in every character set HL7 allows except UTF-16/32, which a
-    BOM or NUL bytes give away and which are decoded first.
+    byte order mark or NUL bytes give away and which are decoded first. A UTF-8 byte order
+    mark is skipped.
     """
-    data = raw.strip(b"\x0b\x1c\r\n \t")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:8]:
+    data = raw.strip(_FRAMING)
+    mark = byte_order_mark(data)
+    wide = mark[2] if mark and mark[2] != "utf-8" else ("utf-16" if b"\x00" in data[:8] else None)
+    if wide:
+        data = raw.lstrip(_FRAMING)  # not stripped at the end: a CR byte there is half a code unit
+        data = data[: len(data) - len(data) % (4 if wide == "utf-32" else 2)]
         try:
-            data = data.decode("utf-16").encode("utf-8")
+            data = data.decode(wide).encode("utf-8")
         except UnicodeError as exc:  # NUL bytes but not UTF-16 (binary junk, odd length)
             raise ParseError("message bytes are neither ASCII-compatible nor UTF-16", code=100, segment="MSH") from exc
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    elif mark:
+        data = data[mark[1] :]
     if not data.startswith(b"MSH"):
         raise ParseError("message does not start with an MSH segment", code=100, segment="MSH")
     end = len(data)
@@ -557,22 +583,55 @@ def check_header(h: Header, *, versions: tuple[str, ...] = SUPPORTED_VERSIONS) -
 
 
 def decode(raw: bytes, default_charset: str = "utf-8", *, charset: str | None = None) -> str:
-    """Decode a message's bytes with the codec MSH-18 names, else ``default_charset``.
+    """Decode a message's bytes: with the codec MSH-18 names, else the one its byte order mark
+    names, else ``default_charset`` (the channel's). A UTF-8 byte order mark is left out of
+    the text; a UTF-16/32 one decides the codec, as no other can read those bytes.
 
     ``charset``: MSH-18 when the caller has already read the header (saves reading it again).
+    Raises ParseError (code 102 at MSH-18, answered AE) naming the byte offset in ``raw`` of
+    the first byte the codec cannot read and the field it lies in, never the content.
     """
     if charset is None:
         try:
             charset = read_header(raw).charset
         except ParseError:
             charset = ""
-    codec = codec_for(charset, default_charset)
+    mark = byte_order_mark(raw)
+    if mark and mark[2] != "utf-8":
+        codec, start = mark[2], mark[0]  # the codec reads (and drops) the mark: it tells the byte order
+    else:
+        codec = codec_for(charset, "utf-8" if mark else default_charset)
+        start = mark[0] + mark[1] if mark else 0
     try:
-        return raw.decode(codec)
+        return raw[start:].decode(codec)
     except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        where = "" if codec.startswith(("utf-16", "utf-32")) else _field_at(raw, offset)
+        declared = charset.split("~", 1)[0].strip()
+        if declared and codec_for(declared, ""):
+            said = "the charset MSH-18 declares"
+        else:
+            said = "the charset its byte order mark declares" if mark else "the channel's charset"
+            said += f" (MSH-18 {declared[:20]!r} is unknown)" if declared else " (MSH-18 is empty)"
         raise ParseError(
-            f"message bytes are not valid {codec} (MSH-18 {charset!r})", code=102, field=18, reject=True
+            f"byte {offset}{where} is not valid {codec}, {said}", code=102, field=18, reject=False
         ) from exc
+
+
+def _field_at(data: bytes, offset: int) -> str:
+    """`` (PID-5)``: where the byte at ``offset`` lies in ASCII-compatible ``data``, as an HL7
+    path (``OBX[3]-5`` for the third OBX); empty when the segment has no valid name."""
+    start = max(data.rfind(b"\r", 0, offset), data.rfind(b"\n", 0, offset)) + 1
+    name = data[start : start + 3].decode("latin-1")
+    msh = data.find(b"MSH")
+    if not _SEGMENT_NAME.match(name) or msh < 0:
+        return ""
+    fs = data[msh + 3 : msh + 4]
+    field = data.count(fs, start, offset) + (1 if name in ("MSH", "FHS", "BHS") else 0)
+    lines = re.split(rb"\r\n|\r|\n", data[:start])
+    earlier = sum(line.strip(_FRAMING).startswith(name.encode()) for line in lines)
+    seg = f"{name}[{earlier + 1}]" if earlier else name
+    return f" ({seg}-{field})" if field else f" ({seg})"
 
 
 def split_batch(text: str) -> list[str]:
@@ -584,7 +643,7 @@ def split_batch(text: str) -> list[str]:
     messages: list[list[str]] = []
     stray: list[str] = []
     for line in _SEGMENT_SPLIT.split(text.replace("\x0b", "\n").replace("\x1c", "\n")):
-        s = line.strip()
+        s = line.strip().lstrip("\ufeff")  # a byte order mark starts each file of a concatenation
         if not s:
             continue
         name = s[:3]

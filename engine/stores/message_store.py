@@ -163,7 +163,7 @@ class Inbound:
     version: str = ""
     ordering_key: str | None = None
     peer: str = ""
-    error: str | None = None  # set when the header is unreadable: stored as ERROR, answered AR
+    error: str | None = None  # set when the header or the bytes are unreadable: stored as ERROR, answered AR or AE
     duplicate_window: timedelta | None = timedelta(hours=24)
     source_message_id: int | None = None
     seq: int | None = None  # receive order of the original (a routed copy); None: its own id

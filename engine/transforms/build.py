@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.errors import Problem
 from engine.formats.hl7 import Path, parse_path
+from engine.formats.hl7_segments import unknown_segment
 from engine.yamlfile import Key, Located, dotted
 
 
@@ -41,15 +42,21 @@ class Build:
         return ok
 
     def path(self, text: Any, key: Key) -> Path | None:
-        """Parse an HL7 path; a problem (and None) when it is not a string or malformed."""
+        """Parse an HL7 path; a problem (and None) when it is not a string, malformed, or names a
+        segment no HL7 v2 version defines (Z-segments excepted)."""
         if not isinstance(text, str):
             self.problem(key, f"expected an HL7 path such as PID-5.1, got {type(text).__name__}")
             return None
         try:
-            return parse_path(text)
+            path = parse_path(text)
         except ValueError as exc:
             self.problem(key, str(exc))
             return None
+        unknown = unknown_segment(path.segment)
+        if unknown:
+            self.problem(key, unknown)
+            return None
+        return path
 
     def scalar(self, value: Any, key: Key) -> str | None:
         """A comparison value as text: strings and integers; floats and booleans are refused.
