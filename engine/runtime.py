@@ -14,13 +14,13 @@ from sqlalchemy.engine import make_url
 
 from engine.channels import registry
 from engine.channels.base import Context, Destination, Item
-from engine.channels.pipeline import Committer, Receiver, ordering_key
+from engine.channels.pipeline import Committer, Receiver, inbound, ordering_key
 from engine.channels.processor import Processor
 from engine.config import Config
 from engine.errors import ParseError
 from engine.formats import hl7
 from engine.queue import make_queue
-from engine.stores.message_store import Inbound, MessageStore, Outcome
+from engine.stores.message_store import MessageStore, Outcome
 
 ALL, LISTENER, WORKER = "all", "listener", "worker"
 
@@ -217,19 +217,13 @@ class Runtime:
         except ParseError:
             h = None
         charset = getattr(ch.source, "charset", None) or "utf-8"
-        copy = Inbound(
-            channel=ch.name,
-            content=content,
+        copy = inbound(
+            ch.name,
+            content,
+            h,
             source_message_id=item.message_id,
             seq=item.seq if item.seq is not None else item.message_id,
             ordering_key=ordering_key(content, ch.config.ordering_key, charset, h.charset) if h else None,
-            charset=h.charset if h else "",
-            message_type=h.message_type if h else "",
-            trigger=h.trigger if h else "",
-            control_id=h.control_id if h else "",
-            sending_app=h.sending_app if h else "",
-            sending_facility=h.sending_facility if h else "",
-            version=h.version if h else "",
             duplicate_window=None,
         )
         self.committer.submit_sync([copy])

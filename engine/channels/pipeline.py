@@ -172,17 +172,12 @@ class Receiver:
         except Exception as exc:  # unreadable in a way the parser did not foresee: still answered
             problem = ParseError(f"unreadable message: {type(exc).__name__}", code=207)
         cfg = channel.config
-        item = Inbound(
-            channel=cfg.name,
-            content=raw,
+        item = inbound(
+            cfg.name,
+            raw,
+            header,
             peer=peer,
             charset=(header.charset if header and header.charset else charset),
-            message_type=header.message_type if header else "",
-            trigger=header.trigger if header else "",
-            control_id=header.control_id if header else "",
-            sending_app=header.sending_app if header else "",
-            sending_facility=header.sending_facility if header else "",
-            version=header.version if header else "",
             error=str(problem) if problem else None,
             ordering_key=None if problem or text is None else key_of(text, cfg.ordering_key),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
@@ -219,6 +214,21 @@ class Receiver:
 
     def _ack(self, header, code: str, error: ParseError | None) -> Ack:
         return Ack(code, hl7_ack.build_ack(header, code, error=error, app=self._app, facility=self._facility))
+
+
+def inbound(channel: str, raw: bytes, header: hl7.Header | None, **extra: Any) -> Inbound:
+    """An Inbound for ``raw`` with the header fields the store indexes (empty without a header)."""
+    h = header
+    fields: dict[str, Any] = dict(
+        charset=h.charset if h else "",
+        message_type=h.message_type if h else "",
+        trigger=h.trigger if h else "",
+        control_id=h.control_id if h else "",
+        sending_app=h.sending_app if h else "",
+        sending_facility=h.sending_facility if h else "",
+        version=h.version if h else "",
+    )
+    return Inbound(channel=channel, content=raw, **{**fields, **extra})
 
 
 def ordering_key(raw: bytes, path: str, default_charset: str = "utf-8", charset: str | None = None) -> str | None:
