@@ -186,6 +186,10 @@ class Engine:
         with self.db.connect() as c:
             return c.execute(text("select count(*) from messages where status = 'ERROR'")).scalar()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the engine's processes so far (Linux /proc; 0 elsewhere)."""
+        return sum(_proc_cpu(p.pid) for p in [self.proc, *self.workers])
+
     def stop(self):
         for p in [self.proc, *self.workers]:
             p.terminate()
@@ -201,11 +205,13 @@ def run_once(
     eng = Engine(env, workers, threads)
     try:
         port_for = lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt
+        cpu0, client0 = eng.cpu_seconds(), time.process_time()
         t_start = time.perf_counter()
         seconds, lat, bad = asyncio.run(send_all(port_for, messages, connections))
         while eng.done_count() < len(messages):
             time.sleep(0.02)
         end_to_end = time.perf_counter() - t_start
+        cpu, client = eng.cpu_seconds() - cpu0, time.process_time() - client0
         errors = eng.error_count()
     finally:
         eng.stop()
@@ -216,7 +222,18 @@ def run_once(
         "p99": pct(lat, 0.99),
         "bad": bad,
         "errors": errors,
+        "cpu_ms": cpu * 1000 / len(messages),
+        "client_cpu_ms": client * 1000 / len(messages),
     }
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[float, list[float], int]:
@@ -291,6 +308,7 @@ def main() -> None:
         print(f"  ACKed (durable)   {r['acked']:8.0f} msg/s   ({r['bad']} not AA)")
         print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (mapped into both stores; {r['errors']} ERROR)")
         print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
+        print(f"  engine CPU        {r['cpu_ms']:8.2f} ms/msg   (load client: {r['client_cpu_ms']:.2f} ms/msg)")
     rates = parse_rates(messages)
     print("\nbare parse rate, one core, same messages:")
     for k, v in rates.items():
