@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--content", type=int, metavar="ID", help="print one message's content (audited)")
     sp.add_argument("--purpose", default="", help="why the content is read (kept in the audit trail)")
+    sp = cmd("unmapped", cmd_unmapped, "per channel: populated positions no mapping read, most frequent first")
+    sp.add_argument("--channel")
+    sp.add_argument("--since", type=_since, help="received since: 24h, 7d, 30m or an ISO date/time (UTC)")
+    sp.add_argument("--limit", type=int, default=50, help="positions per channel (default %(default)s)")
     sp = cmd("reprocess", cmd_reprocess, "process messages again (by id, or all with a status)")
     sp.add_argument("ids", nargs="*", type=int)
     sp.add_argument("--status", type=str.upper)
@@ -192,12 +196,14 @@ def cmd_status(args) -> int:
     cfg, store = _message_store(args)
     counts = store.counts()
     oldest = store.oldest_pending()
+    warned = store.warning_counts()
     now = datetime.now(UTC)
     channels = sorted({c for c, _ in counts} | {ch.name for ch in cfg.channels})
-    print(f"{'CHANNEL':16}" + "".join(f"{s:>12}" for s in STATUSES) + "   OLDEST PENDING")
+    print(f"{'CHANNEL':16}" + "".join(f"{s:>12}" for s in STATUSES) + f"{'WARNINGS':>12}   OLDEST PENDING")
     for ch in channels:
         age = f"{(now - oldest[ch]).total_seconds():.0f} s" if ch in oldest else "-"
-        print(f"{ch:16}" + "".join(f"{counts.get((ch, s), 0):>12}" for s in STATUSES) + f"   {age}")
+        row = "".join(f"{counts.get((ch, s), 0):>12}" for s in STATUSES) + f"{warned.get(ch, 0):>12}"
+        print(f"{ch:16}{row}   {age}")
     dl = store.delivery_counts()
     if dl:
         print("\ndestinations waiting or failed:")
@@ -267,6 +273,8 @@ def cmd_messages(args) -> int:
             d = dict(r._mapping)
             d["received_at"] = d["received_at"].isoformat()
             d["updated_at"] = d["updated_at"].isoformat()
+            d["warnings"] = json.loads(d.get("warnings") or "[]")
+            d["unmapped"] = json.loads(d.get("unmapped") or "[]")
             d["deliveries"] = [
                 {"destination": x.destination, "status": x.status, "attempts": x.attempts, "error": x.error}
                 for x in store.deliveries_of(r.id)
@@ -274,14 +282,55 @@ def cmd_messages(args) -> int:
             out.append(d)
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':14} {'TYPE':8} {'CONTROL ID':20} {'STATUS':11} ERROR")
+    print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':14} {'TYPE':8} {'CONTROL ID':20} {'STATUS':11} WARN  ERROR")
     for r in rows:
         kind = f"{r.message_type}^{r.trigger}" if r.trigger else r.message_type
+        warn = len(json.loads(r.warnings)) if r.warnings else 0
         print(
             f"{r.id:>8}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.channel:14} {kind:8} {r.control_id[:20]:20} "
-            f"{r.status:11} {(r.error or '')[:100]}"
+            f"{r.status:11} {warn or '-':>4}  {(r.error or '')[:100]}"
         )
     return 0
+
+
+def cmd_unmapped(args) -> int:
+    from engine.transforms.report import summarise
+
+    _cfg, store = _message_store(args)
+    lists: dict[str, list[list[str]]] = {}
+    for channel, text in store.unmapped_lists(args.channel, args.since):
+        lists.setdefault(channel, []).append(json.loads(text))
+    if not lists:
+        print("no message with unmapped positions" + (f" since {args.since:%Y-%m-%d %H:%M} UTC" if args.since else ""))
+        return 0
+    for channel in sorted(lists):
+        found = summarise(lists[channel])
+        print(f"channel {channel}: {len(lists[channel])} message(s) with populated positions no mapping read")
+        print(f"  {'POSITION':12} MESSAGES")
+        for where, n in found[: args.limit]:
+            print(f"  {where:12} {n:>8}")
+        if len(found) > args.limit:
+            print(f"  ... {len(found) - args.limit} more position(s) (--limit)")
+    return 0
+
+
+def _since(text: str):
+    """``--since``: ``30m``, ``24h``, ``7d`` ago, or an ISO date/time (UTC unless it says)."""
+    import re
+    from datetime import datetime, timedelta
+
+    m = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m[2]]
+        return datetime.now(UTC) - timedelta(**{unit: int(m[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 30m, 24h, 7d or an ISO date/time, got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+# The two reads below belong in MessageStore (message_store.py is not this change's to edit).
 
 
 def cmd_reprocess(args) -> int:

@@ -15,6 +15,7 @@ Nothing here logs message content.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -187,9 +188,11 @@ class Processor:
         results = []
         report = RunReport()
         warnings: list[str] = []
+        retried = False  # some destination got this message in an earlier attempt
         for d in dests:
             done = r.deliveries.get(d.name)
             if done is not None and done.status in (SENT, FILTERED):
+                retried = True
                 continue
             found = RunReport(read=report.read)  # reads pooled: a position is mapped if any destination read it
             try:
@@ -208,9 +211,11 @@ class Processor:
             else:
                 seq = r.seq if r.seq is not None else r.id
                 pending[d.name].append(Item(r.id, payload, r.content, r.ordering_key, seq))
-        return Outcome(
-            r.id, RECEIVED, None, results, warnings or None, unmapped(msg, [report]) if report.read else None
-        )
+        left = unmapped(msg, [report]) if report.read else None
+        if retried:  # what the destinations done earlier noticed and read is in the stored lists
+            warnings = list(dict.fromkeys([*json.loads(r.warnings or "[]"), *warnings]))
+            left = json.loads(r.unmapped) if r.unmapped else left
+        return Outcome(r.id, RECEIVED, None, results, warnings or None, left)
 
     def _deliver_batch(self, channel_name: str, d: Destination, items: list[Item], prior: dict, outcomes: dict) -> None:
         """A destination that writes the batch in one transaction and keeps per-key order in it."""

@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -716,6 +716,27 @@ class MessageStore:
                 .group_by(messages.c.channel)
             ).all()
         return {r[0]: _aware(r[1]) for r in rows}
+
+    def warning_counts(self) -> dict[str, int]:
+        """channel -> messages whose mappings left a warning."""
+        q = (
+            select(messages.c.channel, func.count())
+            .where(messages.c.warnings.is_not(None))
+            .group_by(messages.c.channel)
+        )
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(q)}
+
+    def unmapped_lists(self, channel: str | None = None, since: datetime | None = None) -> Iterator[tuple[str, str]]:
+        """(channel, unmapped JSON list) of every message with unmapped positions, streamed."""
+        q = select(messages.c.channel, messages.c.unmapped).where(messages.c.unmapped.is_not(None))
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        if since is not None:
+            q = q.where(messages.c.received_at >= since)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=1000).execute(q):
+                yield row[0], row[1]
 
     def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         """(channel, destination, status) -> deliveries, for QUEUED and ERROR."""

@@ -19,7 +19,8 @@ function key plus that function's options and the common modifiers::
 Modifiers on any expression: ``when`` (a condition; false -> absent), ``default`` (used when
 the value is absent), ``required: true`` (absent or HL7 null -> MappingError). Function
 arguments are expressions themselves (a string is a path). A compiled :class:`Expr` is
-``fn(msg, scopes) -> value | MISSING`` raising ValueProblem; ``source`` says where it reads.
+``fn(reader, scopes) -> value | MISSING`` raising ValueProblem; ``source`` says where it reads.
+Each read adds its position to ``reader.read`` (see :mod:`engine.transforms.report`).
 """
 
 from __future__ import annotations
@@ -310,8 +311,10 @@ class Compiler:
         if p is None or comp is None or (where is None and "where" in spec):
             return _BAD
         get, first = component_getter(*comp), fallback == "first"
+        reads = _reads(p, {comp[0]} | _components(spec.get("where")))
 
         def pick(m, s):
+            m.read.update(reads)
             segs = m.find_segments(p, s)
             raw = segs[0].field(p.field) if segs else ""
             if not raw:
@@ -334,6 +337,7 @@ class Compiler:
         where = self._where(spec, key)
         item = spec.get("item")
         getters: list[tuple[str, Callable]] = []
+        used: list[tuple[int, int | None]] = []
         if not isinstance(item, dict) or not item:
             self.b.problem(key + ("item",), "json_list needs item: {name: component, ...}, e.g. {id: 1, type: 5}")
         else:
@@ -343,10 +347,13 @@ class Compiler:
                     self.b.problem(key + ("item", name), 'expected a component number such as 5 or "4.1"')
                 else:
                     getters.append((str(name), component_getter(*comp)))
+                    used.append(comp)
         if p is None or not getters:
             return _BAD
+        reads = _reads(p, {c for c, _sub in used} | _components(spec.get("where")))
 
         def json_list(m, s):
+            m.read.update(reads)
             segs = m.find_segments(p, s)
             raw = segs[0].field(p.field) if segs else ""
             if not raw:
@@ -366,3 +373,19 @@ class Compiler:
         names = ", ".join(f"{n}={c}" for n, c in (item or {}).items())
         cond = f"[{where.text}]" if where is not None else ""
         return Expr(json_list, f"json_list({p.text}{cond}: {names})")
+
+
+def _components(where: Any) -> set[int]:
+    """The component numbers a ``where`` condition tests (``{component: "4.1", ...}`` -> {4})."""
+    if isinstance(where, list):
+        return {c for w in where for c in _components(w)}
+    if not isinstance(where, dict):
+        return set()
+    found = {c for v in where.values() for c in _components(v)}
+    comp = component_spec(where.get("component"))
+    return (found | {comp[0]}) if comp else found
+
+
+def _reads(p: Any, components: set[int]) -> frozenset[str]:
+    """The positions a ``pick``/``json_list`` of field ``p`` reads (see engine.transforms.report)."""
+    return frozenset(f"{p.segment}-{p.field}.{c}" for c in components)

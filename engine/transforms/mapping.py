@@ -17,6 +17,7 @@ File shape (``mappings/<name>.yaml``; the mapping's name is the file name)::
       - target: clinical.observation
         for_each: [OBR, OBX]          # each OBX within each OBR (scopes nest)
         key: [filler_order_number, set_id]
+        on_error: skip                # an OBX that cannot be mapped is left out, with a warning
         fields: {filler_order_number: OBR-3.1, set_id: OBX-1, value: OBX-5}
       - target: clinical.patient
         op: merge                     # A40: fields are exactly mrn (survivor) and old_mrn
@@ -24,8 +25,17 @@ File shape (``mappings/<name>.yaml``; the mapping's name is the file name)::
 
 Inside ``for_each`` a path reads the innermost segment group that has its segment, then the
 enclosing ones (``OBX-5`` the current OBX, ``OBR-3`` its OBR, ``PID-3`` the message's PID).
+``on_error`` says what a record that cannot be built does (a required value missing, a code
+a table with ``on_unknown: error`` does not list, an unreadable date or number): ``fail`` (the
+default) fails the whole message with a MappingError; ``skip`` leaves that record out — in a
+``for_each`` rule that one item — and adds a warning (``pm.coverage.member_id: reason``, where
+and from which path; never the value) to the run's :class:`~engine.transforms.report.RunReport`;
+the message's other records go on. A merge always fails: a merge left out would keep two
+patients apart without anyone deciding it.
+
 Expressions are described in :mod:`engine.transforms.expressions`, conditions in
-:mod:`engine.transforms.conditions`, tables in :mod:`engine.transforms.tables`.
+:mod:`engine.transforms.conditions`, tables in :mod:`engine.transforms.tables`; what a run
+records as read, and what counts as unmapped, in :mod:`engine.transforms.report`.
 """
 
 from __future__ import annotations
@@ -48,11 +58,15 @@ from engine.transforms.values import MISSING, ValueProblem, zone
 from engine.yamlfile import Key, load
 
 TOP_KEYS = ("description", "timezone", "applies_when", "define", "records")
-RECORD_KEYS = ("description", "target", "op", "key", "when", "for_each", "fields")
+RECORD_KEYS = ("description", "target", "op", "key", "when", "for_each", "on_error", "fields")
+ON_ERROR = ("fail", "skip")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 _SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
 MERGE_FIELDS = ("mrn", "old_mrn")
+WARNINGS_PER_RULE = 10
+"""Skipped records a rule lists one by one per message; the rest are counted in one more line
+(a 16,000-OBX result whose every OBX fails keeps a short warning list)."""
 
 
 class _Field:
@@ -76,9 +90,11 @@ class RecordRule:
         fields: list[_Field],
         when=None,
         for_each: tuple[str, ...] = (),
+        on_error: str = "fail",
     ):
         self.mapping, self.index, self.target, self.op, self.key = mapping, index, target, op, key
         self.fields, self.when, self.for_each = fields, when, for_each
+        self.skip = on_error == "skip"
 
     def scopes(self, msg: Reader) -> Iterator[tuple[tuple, str]]:
         """Each (scopes, where) this rule runs in; ``where`` names the group for errors (``OBR 2/OBX 3``)."""
@@ -97,40 +113,66 @@ class RecordRule:
 
         yield from walk(0, None, (), "")
 
-    def emit(self, msg: Reader, out: list[Record]) -> None:
+    def emit(self, msg: Reader, out: list[Record], warnings: list[str]) -> None:
+        """Append this rule's records to ``out``; a record skipped under ``on_error: skip``
+        adds one line to ``warnings`` instead (at most WARNINGS_PER_RULE, then one line counting
+        the rest). Raises MappingError (``on_error: fail``)."""
+        skipped = 0
         for scopes, where in self.scopes(msg):
             if self.when is not None and not self.when(msg, scopes):
                 continue
-            values: dict[str, Any] = {}
-            sources: dict[str, str] = {}
-            for f in self.fields:
-                try:
-                    v = f.fn(msg, scopes)
-                except ValueProblem as exc:
-                    raise self._error(f, exc.reason, where) from None
-                source = f.source
-                if v is MISSING:
-                    if f.default is not MISSING:
-                        v, source = f.default, "default"
-                    elif f.required:
-                        raise self._error(f, "required value is missing", where)
-                    else:
-                        continue
-                elif v is None and f.required:
-                    raise self._error(f, 'required value is an HL7 null ("")', where)
-                values[f.column] = v
-                sources[f.column] = source
-            out.append(Record(self.target, self.key, values, self.op, sources))
+            try:
+                out.append(self._record(msg, scopes))
+            except _Unbuilt as exc:
+                if not self.skip:
+                    raise self._error(exc.field, exc.reason, where) from None
+                skipped += 1
+                if skipped <= WARNINGS_PER_RULE:
+                    warnings.append(self._text(exc.field, exc.reason, where, "record skipped"))
+        if skipped > WARNINGS_PER_RULE:
+            more = f"{skipped - WARNINGS_PER_RULE} more record(s) skipped"
+            warnings.append(f"{self.target}: {more} (mapping {self.mapping}, records[{self.index}])")
+
+    def _record(self, msg: Reader, scopes: tuple) -> Record:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for f in self.fields:
+            try:
+                v = f.fn(msg, scopes)
+            except ValueProblem as exc:
+                raise _Unbuilt(f, exc.reason) from None
+            source = f.source
+            if v is MISSING:
+                if f.default is not MISSING:
+                    v, source = f.default, "default"
+                elif f.required:
+                    raise _Unbuilt(f, "required value is missing")
+                else:
+                    continue
+            elif v is None and f.required:
+                raise _Unbuilt(f, 'required value is an HL7 null ("")')
+            values[f.column] = v
+            sources[f.column] = source
+        return Record(self.target, self.key, values, self.op, sources)
+
+    def _text(self, f: _Field, reason: str, where: str, outcome: str = "") -> str:
+        """``target.column: reason (...)``: column and reason first, as an ACK's MSA-3 keeps
+        only the first 80 characters. Paths and places only, never a value."""
+        at = f" in {where}" if where else ""
+        done = f"; {outcome}" if outcome else ""
+        place = f"mapping {self.mapping}, records[{self.index}], from {f.source}{at}"
+        return f"{self.target}.{f.column}: {reason}{done} ({place})"
 
     def _error(self, f: _Field, reason: str, where: str) -> MappingError:
-        at = f" in {where}" if where else ""
-        # column and reason first: an ACK's MSA-3 keeps only the first 80 characters
-        return MappingError(
-            f"{self.target}.{f.column}: {reason} (mapping {self.mapping}, records[{self.index}], from {f.source}{at})",
-            mapping=self.mapping,
-            field=f.column,
-            path=f.source,
-        )
+        return MappingError(self._text(f, reason, where), mapping=self.mapping, field=f.column, path=f.source)
+
+
+class _Unbuilt(Exception):
+    """A record of one scope could not be built: which field, and why (no value in it)."""
+
+    def __init__(self, f: _Field, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = f, reason
 
 
 class Mapping:
@@ -153,13 +195,16 @@ class Mapping:
     def run(self, msg: Message, report: RunReport | None = None) -> list[Record]:
         """Every record for ``msg``, in rule order; raises MappingError (no patient values in it).
 
-        Does not test ``applies``: callers ask that first. ``report`` collects warnings and the
-        positions read (see :mod:`engine.transforms.report`).
+        Does not test ``applies``: callers ask that first. ``report`` collects the warnings of
+        records skipped under ``on_error: skip`` and the positions read (see
+        :mod:`engine.transforms.report`); what it collected stays when MappingError is raised.
         """
         out: list[Record] = []
-        reader = Reader(msg)
+        if report is None:
+            report = RunReport()
+        reader = Reader(msg, report.read)
         for rule in self.rules:
-            rule.emit(reader, out)
+            rule.emit(reader, out, report.warnings)
         return out
 
     def __repr__(self) -> str:
@@ -247,6 +292,12 @@ def _record(
             if k not in fields_spec:
                 b.problem(key + ("key",), f"key column {k!r} has no field")
     _check_target(target, op, fields_spec, key, b, columns)
+    on_error = spec.get("on_error", "fail")
+    if on_error not in ON_ERROR:
+        b.problem(key + ("on_error",), "on_error must be fail (the message fails) or skip (the record is left out)")
+        on_error = "fail"
+    elif on_error == "skip" and op == "merge":
+        b.problem(key + ("on_error",), "a merge cannot be skipped: a merge that cannot be built fails the message")
     when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
     for_each = spec.get("for_each", [])
     for_each = [for_each] if isinstance(for_each, str) else for_each
@@ -261,7 +312,7 @@ def _record(
             continue
         expr, default, required = c.field(fspec, fkey)
         fields.append(_Field(column, expr, default, required or column in keys))
-    return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each))
+    return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 
 def _check_target(target, op, fields_spec, key, b: Build, columns) -> None:

@@ -9,6 +9,11 @@ interface that compiled mappings and conditions use (``values``, ``find_segments
 unchanged, and the tests compare both over the fixtures. No read scans the message (each is
 O(log n) in its n segments once the per-scope lists are built), so a mapping's cost grows
 linearly with the message: ``tests/test_mapping_scale.py`` counts it.
+
+Every :meth:`Reader.values` call also adds the position it reads (``PID-5.1``, see
+:func:`engine.transforms.report.position`) to ``read``: one dict lookup and one set add. Reads
+that go through :meth:`Reader.find_segments` (``pick``, ``json_list``) add their precise
+components themselves.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from engine.formats.hl7 import Message, Path, Segment, Span, values_in
+from engine.transforms.report import position
+
+_POSITIONS: dict[str, str] = {}  # path text -> position; as many entries as distinct paths in mappings
 
 
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_outside", "delimiters", "msg")
+    __slots__ = ("_cache", "_outside", "delimiters", "msg", "read")
 
-    def __init__(self, msg: Message):
+    def __init__(self, msg: Message, read: set[str] | None = None):
+        """``read`` collects the positions read (a new set when not given)."""
         self.msg = msg
+        self.read: set[str] = set() if read is None else read
         self.delimiters = msg.delimiters
         self._cache: dict[int, list] = {}
         self._outside: dict[tuple[str, str], bool] = {}
@@ -65,7 +75,11 @@ class Reader:
         return self.msg.find_segments(path)
 
     def values(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[str | None]:
-        """As :meth:`Message.values` (``path`` already parsed)."""
+        """As :meth:`Message.values` (``path`` already parsed); records the position in ``read``."""
+        pos = _POSITIONS.get(path.text)
+        if pos is None:
+            pos = _POSITIONS[path.text] = position(path)
+        self.read.add(pos)
         if scopes:
             own = self._own(path, scopes)
             if own is not None:

@@ -17,15 +17,26 @@ Test file shape::
         message: |
           ...
         error: {column: mrn, contains: required}     # a MappingError for this column
+      - name: a self-pay IN1 without a member id is skipped (on_error: skip)
+        message: |
+          ...
+        records: [...]               # the records that were built
+        warnings:                    # one entry per warning, in order; each is contained in it
+          - "pm.coverage.member_id: required value is missing; record skipped"
 
 Values compare as text: dates ISO (``1958-07-22``), date/times in UTC as
 ``2024-03-14T15:05:00Z``, numbers without a trailing ``.0``, ``true``/``false``, ``null``
-(HL7 ``""``). A failing case shows a unified diff of expected against actual records.
+(HL7 ``""``). A case without ``warnings:`` expects none. A failing case shows a unified
+diff of expected against actual records and warnings.
+
+``engine try`` prints, per message, the records with the source of every value, the warnings,
+and the positions the mapping left unmapped (:mod:`engine.transforms.report`).
 """
 
 from __future__ import annotations
 
 import difflib
+import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,9 +47,10 @@ from engine.formats.hl7 import Message, decode, split_batch
 from engine.records import Record
 from engine.transforms.build import Build
 from engine.transforms.mapping import Mapping, load_mapping
+from engine.transforms.report import RunReport, unmapped
 from engine.yamlfile import load
 
-CASE_KEYS = ("name", "message", "records", "error")
+CASE_KEYS = ("name", "message", "records", "error", "warnings")
 RECORD_KEYS = ("target", "op", "key", "values")
 ERROR_KEYS = ("column", "contains")
 
@@ -55,6 +67,7 @@ class TestCase:
     message: str
     records: list[dict] | None = None
     error: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -67,6 +80,7 @@ class CaseResult:
     passed: bool
     diff: str = ""
     actual: list[Record] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def discover(mappings_dir: str | Path) -> list[TestCase]:
@@ -122,7 +136,14 @@ def _cases(file: Path) -> list[TestCase]:
             not isinstance(error, dict) or not b.keys(error, key + ("error",), ERROR_KEYS, "an expected error")
         ):
             b.problem(key + ("error",), "expected {column: <column>, contains: <text>} (both optional)")
-        out.append(TestCase(file, i, src.line(key), c["name"], mapping_path, c["message"], records, error))
+        warnings = c.get("warnings", [])
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            b.problem(key + ("warnings",), "expected a list of texts, each contained in one warning, in order")
+            warnings = []
+        elif warnings and error is not None:
+            b.problem(key + ("warnings",), "warnings: go with records: (a failed message keeps no records)")
+        line = src.line(key)
+        out.append(TestCase(file, i, line, c["name"], mapping_path, c["message"], records, error, warnings))
     if b.problems:
         raise ConfigError(b.problems)
     return out
@@ -166,10 +187,11 @@ def _actual_lines(records: list[Record]) -> list[str]:
 
 def run_case(case: TestCase) -> CaseResult:
     """Run one case; ``passed`` and, when it failed, a unified ``diff`` (expected -> actual)."""
+    report = RunReport()
     try:
         mapping = _mapping(case.mapping_path)
         msg = Message(case.message)
-        records = mapping.run(msg) if mapping.applies(msg) else []
+        records = mapping.run(msg, report) if mapping.applies(msg) else []
         outcome: MappingError | None = None
     except MappingError as exc:
         records, outcome = [], exc
@@ -189,9 +211,21 @@ def run_case(case: TestCase) -> CaseResult:
         for i, r in enumerate(case.records or []):
             key = r.get("key", list(records[i].key) if i < len(records) else None)
             expected += _lines(r.get("target", "?"), r.get("op", "upsert"), key, r.get("values") or {})
+        if outcome is None:
+            actual += [f"warning: {w}" for w in report.warnings]
+            expected += _expected_warnings(case.warnings, report.warnings)
         passed = outcome is None and expected == actual
     diff = "" if passed else "\n".join(difflib.unified_diff(expected, actual, "expected", "actual", lineterm="", n=2))
-    return CaseResult(case, passed, diff, records)
+    return CaseResult(case, passed, diff, records, report.warnings)
+
+
+def _expected_warnings(wanted: list[str], got: list[str]) -> list[str]:
+    """Expected warning lines: the actual warning where the expected text is contained in it
+    (so a passing entry shows no difference), else the expected text itself."""
+    return [
+        f"warning: {got[i]}" if i < len(got) and want in got[i] else f"warning: ...{want}..."
+        for i, want in enumerate(wanted)
+    ]
 
 
 def run_all(mappings_dir: str | Path) -> tuple[bool, str]:
@@ -241,16 +275,29 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
         if not mapping.applies(msg):
             out.append(f"  does not apply (applies_when: {mapping.applies_text})")
             continue
+        report = RunReport()
         try:
-            records = mapping.run(msg)
+            records = mapping.run(msg, report)
         except MappingError as exc:
+            records = []
             out.append(f"  ERROR {exc}")
-            continue
-        if not records:
-            out.append("  no records")
+        else:
+            if not records:
+                out.append("  no records")
         for i, r in enumerate(records, 1):
             out.append(f"  record {i}: {r.target} {r.op} key=[{', '.join(r.key)}]")
             width = max((len(c) for c in r.values), default=0)
             for col, value in r.values.items():
                 out.append(f"    {col.ljust(width)} = {render(value):<30} <- {r.sources.get(col, '?')}")
+        out.extend(f"  warning: {w}" for w in report.warnings)
+        out.extend(_unmapped_lines(unmapped(msg, [report])))
     return "\n".join(out)
+
+
+def _unmapped_lines(positions: list[str]) -> list[str]:
+    """``unmapped (n): A, B, ...`` wrapped to about 100 characters; positions only, never values."""
+    if not positions:
+        return ["  unmapped: none (every populated position was read)"]
+    head = f"  unmapped ({len(positions)}): "
+    text = ", ".join(positions)
+    return textwrap.wrap(text, 100, initial_indent=head, subsequent_indent="    ", break_on_hyphens=False)
