@@ -131,7 +131,7 @@ def test_engine_status_shows_the_queue_and_the_processes_alive(tmp_path, downstr
     out = c.listener.cli("status", "--config", str(c.config))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[1].split() == ["adt", "0", "0", "0", "0", "50", "0", "-"], out.stdout
+    assert lines[1].split() == ["adt", "0", "0", "0", "0", "50", "0", "0", "-"], out.stdout
     assert "queue: redis, 0 batch(es) waiting" in lines, out.stdout
     assert "processes alive: 2" in lines, out.stdout
     host = socket.gethostname()
