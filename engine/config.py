@@ -5,7 +5,12 @@ Shape (see the sample ``config/channels.yaml``)::
     stores:        name -> {url, kind}       kind: messages | clinical | pm (default: the name)
     queue:         {type: memory}            the in-process queue (scale-out adds redis)
     mappings_dir:  ../mappings               relative to this file
-    channels:      list of {name, source, filter?, validation?, ordering_key?, destinations}
+    channels:      list of {name, source, filter?, validation?, ordering_key?, timezone?,
+                   timezones?, destinations}
+
+A channel's ``ordering_key`` is the patient's identity, read at receive: by default
+``{identifier: PID-3, types: [MR, PI, PT], default_issuer: MSH-4.1}`` (the repetition the
+mappings pick, as ``issuer|value``; see :mod:`engine.transforms.identifiers`), or a plain HL7 path.
 
 A source or destination is a tagged union on ``type``, resolved through the connector
 registry. Strings may use ``${VAR}`` and ``${VAR:-default}``; secrets belong in the
@@ -17,15 +22,18 @@ refuses to start with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.channels import registry
 from engine.errors import ConfigError, Problem
 from engine.formats.hl7 import parse_path
 from engine.formats.hl7_segments import unknown_segment
+from engine.transforms.identifiers import DEFAULT_TYPES, Identifier, IdentifierKey
+from engine.transforms.values import zone
 from engine.yamlfile import Located, load
 
 STORE_KINDS = ("messages", "clinical", "pm")
@@ -53,17 +61,72 @@ class QueueConfig(_Model):
     """How often a processing process looks for due retries and stuck messages."""
 
 
+DEFAULT_ORDERING_KEY: dict[str, Any] = {
+    "identifier": "PID-3",
+    "types": list(DEFAULT_TYPES),
+    "default_issuer": "MSH-4.1",
+}
+
+
+class LiteralIssuer(_Model):
+    literal: str = Field(min_length=1)
+
+
+class IdentifierKeyConfig(_Model):
+    """``ordering_key: {identifier: PID-3, types: [MR, PI], default_issuer: MSH-4.1}``."""
+
+    identifier: str
+    """The CX field (a field path without component: PID-3)."""
+    types: list[str] = Field(default_factory=lambda: list(DEFAULT_TYPES), min_length=1)
+    """Identifier types (CX-5) in priority order; others are never taken."""
+    default_issuer: str | LiteralIssuer | None = None
+    """The issuer when the chosen repetition has no CX-4: an HL7 path, or {literal: text}."""
+    untyped: bool = False
+    """A repetition without a type is taken after every listed type."""
+
+
 class ChannelConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     enabled: bool = True
     source: dict[str, Any]
     filter: Any = None
     validation: Literal["none", "strict"] = "none"
-    ordering_key: str = "PID-3.1"
-    """HL7 path whose value orders processing (updates for one patient apply in receive order)."""
+    ordering_key: str | dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_ORDERING_KEY))
+    """What orders processing (updates for one patient apply in receive order): an identifier
+    spec (``issuer|value`` of the chosen CX repetition, the default) or a plain HL7 path."""
     duplicate_window_hours: float = Field(24.0, ge=0)
     """A resend with the same MSH-4, MSH-10 and content within this window is not applied twice."""
+    timezone: str | None = None
+    """IANA zone of the senders' clocks, for date/times sent without an offset (default: each
+    mapping's ``timezone:``)."""
+    timezones: dict[str, str] = {}
+    """Per sending facility, ``{MSH-4 value: IANA zone}``, overriding ``timezone``; a key matches
+    MSH-4.1 (namespace id), MSH-4.2 (universal id, such as a CLIA number) or the whole MSH-4."""
     destinations: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone(name)  # ValueError names the problem
+        return name
+
+    @field_validator("timezones")
+    @classmethod
+    def _known_zones(cls, zones: dict[str, str]) -> dict[str, str]:
+        for name in zones.values():
+            zone(name)
+        return zones
+
+    def clock(self, sending_facility: str, component: str = "^") -> tzinfo | None:
+        """The zone for a message from ``sending_facility`` (MSH-4 as sent, ``component`` its
+        separator): its ``timezones`` entry, else ``timezone``, else None (the mapping's own)."""
+        if self.timezones:
+            parts = sending_facility.split(component)
+            for candidate in (parts[0], parts[1] if len(parts) > 1 else "", sending_facility):
+                if candidate and candidate in self.timezones:
+                    return zone(self.timezones[candidate])
+        return zone(self.timezone) if self.timezone else None
 
 
 class _Top(_Model):
@@ -81,6 +144,7 @@ class Channel:
     source: registry.ConnectorConfig
     destinations: list[registry.ConnectorConfig]
     filter: Any = None  # compiled condition, callable(Message) -> bool
+    ordering: str | IdentifierKey | None = None  # the compiled ordering_key (a path's text, or an identifier)
     destination_index: list[int] = field(default_factory=list)  # position of each in the file
 
     @property
@@ -237,13 +301,53 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
                 problems.extend(
                     src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems
                 )
-        problem = _path_problem(ch.config.ordering_key)
-        if problem:
-            problems.append(src.problem(base + ("ordering_key",), problem))
+        ch.ordering, found = _ordering_key(ch.config.ordering_key)
+        problems.extend(src.problem(base + ("ordering_key", *k), p) for k, p in found)
         for j, d in zip(ch.destination_index, ch.destinations):
             if hasattr(d, "check"):
                 problems.extend(d.check(cfg, base + ("destinations", j), src, check_mappings=check_mappings))
     return problems
+
+
+def _ordering_key(raw: str | dict[str, Any]) -> tuple[str | IdentifierKey | None, list[tuple[tuple, str]]]:
+    """The compiled ordering key, and its problems as (key below ordering_key, message)."""
+    if isinstance(raw, str):
+        problem = _path_problem(raw)
+        return (None, [((), problem)]) if problem else (raw, [])
+    try:
+        spec = IdentifierKeyConfig.model_validate(raw)
+    except ValidationError as exc:
+        return None, [
+            (tuple(e["loc"]), "unknown key" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()
+        ]
+    found: list[tuple[tuple, str]] = []
+    cx = None
+    try:
+        cx = parse_path(spec.identifier)
+        problem = unknown_segment(cx.segment) or (
+            None
+            if cx.field is not None and cx.component is None and cx.repetition is None
+            else "identifier takes a field without repetition or component, e.g. PID-3"
+        )
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        found.append((("identifier",), problem))
+    issuer_path, literal = None, None
+    if isinstance(spec.default_issuer, str):
+        problem = _path_problem(spec.default_issuer)
+        if problem:
+            found.append((("default_issuer",), problem + " (a fixed issuer is written {literal: ...})"))
+        else:
+            issuer_path = parse_path(spec.default_issuer)
+    elif spec.default_issuer is not None:
+        literal = spec.default_issuer.literal
+    types = tuple(t.strip() for t in spec.types)
+    if not all(types):
+        found.append((("types",), "an identifier type is a code such as MR, never empty"))
+    if found or cx is None:
+        return None, found
+    return IdentifierKey(cx, Identifier(types, spec.untyped), issuer_path, literal), []
 
 
 def _path_problem(text: str) -> str | None:

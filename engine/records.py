@@ -12,7 +12,8 @@ class Record:
 
     ``target`` is ``"<store>.<table>"`` with the store named as in channels.yaml (``clinical``,
     ``pm``). ``op`` is ``"upsert"`` (insert or update the row whose ``key`` columns match) or
-    ``"merge"`` (ADT A40: ``values`` holds ``mrn`` (the survivor) and ``old_mrn``).
+    ``"merge"`` (ADT A40: ``values`` holds ``mrn`` and ``mrn_issuer`` (the survivor),
+    ``old_mrn`` and ``old_mrn_issuer``; other values are written onto the survivor).
     ``values`` holds typed Python values (str, int, float, date, timezone-aware datetime,
     bool, None). A column absent from ``values`` is left as the store has it; a column present
     with ``None`` is cleared (HL7's explicit null ``""``). ``sources`` names, per column, where

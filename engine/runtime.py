@@ -53,9 +53,12 @@ class Runtime:
         )
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
-        context = Context(cfg, self.record_store, self.route)
         self.destinations: dict[str, list[Destination]] = {
-            ch.name: [registry.DESTINATIONS[d.type].factory(d, context) for d in ch.destinations] for ch in cfg.channels
+            ch.name: [
+                registry.DESTINATIONS[d.type].factory(d, Context(cfg, self.record_store, self.route, ch.config))
+                for d in ch.destinations
+            ]
+            for ch in cfg.channels
         }
         self.processor = Processor(
             self.message_store,
@@ -223,7 +226,7 @@ class Runtime:
             h,
             source_message_id=item.message_id,
             seq=item.seq if item.seq is not None else item.message_id,
-            ordering_key=ordering_key(content, ch.config.ordering_key, charset, h.charset) if h else None,
+            ordering_key=ordering_key(content, ch.ordering, charset, h.charset) if h else None,
             duplicate_window=None,
         )
         self.committer.submit_sync([copy])

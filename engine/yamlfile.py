@@ -53,6 +53,9 @@ def dotted(key: Key) -> str:
 def load(path: str | Path, *, interpolate: bool = False) -> Located:
     """Load one YAML file; raise ConfigError (with line) if it is not valid YAML or missing.
 
+    Anchors, aliases and merge keys (``<<: *anchor``: the anchored mapping's keys, except those
+    given beside it, in the anchor's order) work as in YAML 1.1.
+
     With ``interpolate``, ``${VAR}`` and ``${VAR:-default}`` in string values are replaced from
     the environment; an unset variable without default is a problem naming the key, kept in
     ``Located.problems`` so that validation goes on and reports everything at once.
@@ -79,11 +82,22 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
             return None
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
+            explicit: set[Any] = set()
             for k, v in n.value:
+                if k.tag == _MERGE:  # <<: *anchor — the anchored mapping's keys, unless given here
+                    for src in v.value if isinstance(v, yaml.SequenceNode) else [v]:
+                        if not isinstance(src, yaml.MappingNode):
+                            problems.append(Problem(file, k.start_mark.line + 1, dotted(key), "<< takes a mapping"))
+                            continue
+                        for name, value in walk(src, key).items():
+                            if name not in explicit:
+                                out[name] = value
+                    continue
                 name = constructor.construct_object(k, deep=True)
                 lines[key + (name,)] = k.start_mark.line + 1
-                if name in out:
+                if name in explicit:
                     problems.append(Problem(file, k.start_mark.line + 1, dotted(key + (name,)), "duplicate key"))
+                explicit.add(name)
                 out[name] = walk(v, key + (name,))
             return out
         if isinstance(n, yaml.SequenceNode):
@@ -103,6 +117,7 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
     return Located(file, data, lines, soft)
 
 
+_MERGE = "tag:yaml.org,2002:merge"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

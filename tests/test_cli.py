@@ -185,7 +185,7 @@ def test_db_upgrade_reports_each_store_at_head(tmp_path):
 def test_try_prints_each_record_and_where_every_field_came_from():
     out = run("try", "mappings/adt_clinical.yaml", str(FIXTURES / "adt_a01.hl7"))
     assert out.returncode == 0, out.stderr
-    assert "clinical.patient upsert key=[mrn]" in out.stdout
+    assert "clinical.patient upsert key=[mrn, mrn_issuer]" in out.stdout
     assert "<- PID-5.1.1" in out.stdout and "<- table sex(PID-8)" in out.stdout
 
 

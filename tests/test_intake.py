@@ -55,7 +55,7 @@ def test_a_frame_starting_with_a_byte_order_mark_is_stored_as_received_and_proce
     engine.wait_for("messages", "select 1 from messages where control_id = 'SGH-BOM-0003' and status = 'SENT'")
     row = message_row(engine, "SGH-BOM-0003")
     assert row["content"] == raw  # kept byte for byte, mark included
-    assert row["ordering_key"] == "MRN700003"
+    assert row["ordering_key"] == "SUNRISE_GH|MRN700003"
     patient = engine.query("clinical", "select family_name, city from patient where mrn = 'MRN700003'")
     assert patient == [{"family_name": "HALVORSEN", "city": "MAPLETON"}]
 
@@ -96,12 +96,13 @@ description: ADT -> patient, with a slip of the keyboard in one path
 applies_when: {path: MSH-9.1, equals: ADT}
 records:
   - target: clinical.patient
-    key: [mrn]
+    key: [mrn, mrn_issuer]
     fields:
       mrn: PID-3.1
       family_name: PID-5.1.1
       city: PDI-11.3
       middle_name: ZPI-2
+      mrn_issuer: PID-3.4.1
 """
 
 

@@ -108,6 +108,7 @@ def test_every_problem_is_reported_with_file_line_and_key(tmp_path):
     problems, file = problems_of(tmp_path, BAD, columns={"clinical": columns_of("clinical")})
     expected = {
         "timezone": (1, "unknown time zone"),
+        "records[0].fields": (8, "mrn and mrn_issuer go together"),
         "records[0].fields.family_name": (10, "unknown function 'uppercase'"),
         "records[0].fields.given_name": (11, "malformed HL7 path"),
         "records[0].fields.shoe_size": (12, "unknown column 'shoe_size'"),
@@ -133,6 +134,11 @@ def test_every_problem_is_reported_with_file_line_and_key(tmp_path):
         ("mrn: {path: PID-3, when: {path: MSH-12, equals: 2.10}}", "records[0].fields.mrn.when.equals", "in quotes"),
         ("mrn: {datetime: PV1-44, timezone: Nowhere/Land}", "records[0].fields.mrn.timezone", "unknown time zone"),
         ("mrn: 42", "records[0].fields.mrn", "{literal: ...}"),
+        ("mrn: {typed: OBX-5, type: OBX-2, part: colour}", "records[0].fields.mrn.part", "unknown part 'colour'"),
+        ("mrn: {typed: OBX-5.1, type: CWE}", "records[0].fields.mrn.typed", "without repetition or component"),
+        ("mrn: {ordinal: OBX-1}", "records[0].fields.mrn.ordinal", "a segment of the rule's for_each"),
+        ("mrn: {json_list: PID-5, from: 0, item: {a: 1}}", "records[0].fields.mrn.from", "repetition to start at"),
+        ("mrn: {own: NTE--3}", "records[0].fields.mrn.own", "malformed HL7 path"),
     ],
 )
 def test_single_problems(tmp_path, fields, key, text):
@@ -273,7 +279,7 @@ def test_try_mapping_reports_each_message_record_and_source():
     out = try_mapping(MAPPINGS / "adt_clinical", FIXTURES / "batch_adt.hl7")
     assert out.startswith("mapping adt_clinical")
     assert out.count("\nmessage ") >= 2
-    assert "clinical.patient upsert key=[mrn]" in out
+    assert "clinical.patient upsert key=[mrn, mrn_issuer]" in out
     assert "<- PID-5.1.1" in out and "<- table sex(PID-8)" in out
 
 

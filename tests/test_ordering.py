@@ -138,7 +138,7 @@ channels:
     copies = eng.query(
         "messages", "select ordering_key, seq, source_message_id from messages where channel = 'outbound'"
     )
-    assert {c["ordering_key"] for c in copies} == {"P7"}
+    assert {c["ordering_key"] for c in copies} == {"NORTH|P7"}  # issuer|value of the patient identifier
     assert all(c["seq"] == c["source_message_id"] for c in copies)
 
 

@@ -18,17 +18,32 @@ from engine.stores.records_store import RecordStore
 PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+ISSUER = "NORTH"  # one authority issues every patient here; two authorities: tests/test_identity.py
+
+
 def up(target: str, key: tuple[str, ...], **values) -> Record:
+    """A record; one naming ``mrn`` names the patient (ISSUER, mrn), in its key too where the key has mrn."""
+    if "mrn" in values and "mrn_issuer" not in values:
+        values["mrn_issuer"] = ISSUER
+        key = (*key, "mrn_issuer") if "mrn" in key else key
     return Record(target, key, values)
 
 
 def merge(store: str, old: str, new: str) -> Record:
     return Record(
         f"{store}.patient" if store == "clinical" else f"{store}.registration",
-        ("mrn",),
-        {"mrn": new, "old_mrn": old},
+        ("mrn", "mrn_issuer"),
+        {"mrn": new, "mrn_issuer": ISSUER, "old_mrn": old, "old_mrn_issuer": ISSUER},
         op="merge",
     )
+
+
+OBSERVATION_KEY = ("filler_order_number", "report_code", "report_occurrence", "specimen_seq", "seq")
+
+
+def observation_key(filler: str, seq: int = 1) -> dict:
+    """An observation's key: the ``seq``-th result of report (``filler``, PANEL, 1)."""
+    return dict(filler_order_number=filler, report_code="PANEL", report_occurrence=1, specimen_seq=0, seq=seq)
 
 
 def strip(rows: list[dict]) -> list[dict]:
@@ -95,8 +110,8 @@ def test_reapplying_a_message_leaves_the_same_state(clinical):
         *[
             up(
                 "clinical.observation",
-                ("filler_order_number", "set_id"),
-                filler_order_number="F1",
+                OBSERVATION_KEY,
+                **observation_key("F1", i),
                 set_id=i,
                 mrn="M1",
                 code="GLU",
@@ -110,7 +125,7 @@ def test_reapplying_a_message_leaves_the_same_state(clinical):
     before = snapshot(clinical)
     assert clinical.apply_batch([(7, msg)]) == [None]
     assert snapshot(clinical) == before
-    assert [r["set_id"] for r in clinical.rows("observation")] == ["1", "2", "3"]  # int coerced to text key
+    assert [r["set_id"] for r in clinical.rows("observation")] == ["1", "2", "3"]  # int coerced to text
 
 
 def test_batch_with_repeated_keys_applies_in_order(clinical):
@@ -132,9 +147,8 @@ def test_one_bad_message_rolls_back_alone(clinical, tmp_path):
     eng.dispose()
     obs = lambda f, code: up(
         "clinical.observation",
-        ("filler_order_number", "set_id"),
-        filler_order_number=f,
-        set_id="1",
+        OBSERVATION_KEY,
+        **observation_key(f),
         mrn="M2",
         code=code,
     )
@@ -297,16 +311,16 @@ def test_merge_of_unknown_mrns_leaves_a_resolvable_stub(pm):
 
 
 def test_merge_record_may_carry_survivor_values(pm):
-    rec = Record(
-        "pm.registration", ("mrn",), {"mrn": "S", "old_mrn": "O", "given_name": "Bo", "city": None}, op="merge"
-    )
+    survivor = {"mrn": "S", "mrn_issuer": ISSUER, "old_mrn": "O", "old_mrn_issuer": ISSUER}
+    rec = Record("pm.registration", ("mrn", "mrn_issuer"), {**survivor, "given_name": "Bo", "city": None}, op="merge")
     assert pm.apply_batch(
         [(1, [up("pm.registration", ("mrn",), mrn="O", city="Oslo", given_name="B")]), (2, [rec])]
     ) == [None, None]
     by = {r["mrn"]: r for r in pm.rows("registration")}
     assert (by["S"]["given_name"], by["S"]["city"], by["S"]["last_message_id"]) == ("Bo", None, 2)
     assert by["O"]["merged_into"] == "S"
-    (err,) = pm.apply_batch([(3, [Record("pm.registration", ("mrn",), {"mrn": "S", "old_mrn": "S"}, op="merge")])])
+    itself = {**survivor, "old_mrn": "S"}
+    (err,) = pm.apply_batch([(3, [Record("pm.registration", ("mrn", "mrn_issuer"), itself, op="merge")])])
     assert isinstance(err, DeliveryError) and not err.retryable
 
 
@@ -334,8 +348,8 @@ def test_columns_and_key_columns():
     cols = store.columns()
     assert "patient_merge" not in cols and "merged_into" not in cols["patient"]
     assert {"mrn", "family_name", "other_ids"} <= cols["patient"] and "updated_at" not in cols["observation"]
-    assert store.key_columns("observation") == ("filler_order_number", "set_id")
-    assert RecordStore("sqlite://", "pm").key_columns("coverage") == ("mrn", "payer_id", "member_id")
+    assert store.key_columns("observation") == OBSERVATION_KEY
+    assert RecordStore("sqlite://", "pm").key_columns("coverage") == ("mrn", "mrn_issuer", "payer_id", "member_id")
     with pytest.raises(DeliveryError, match="nope"):
         store.key_columns("nope")
 
@@ -399,9 +413,8 @@ def test_postgresql_upsert_merge_and_savepoints(pg_url):
     at = datetime(2024, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
     obs = lambda f, code: up(
         "clinical.observation",
-        ("filler_order_number", "set_id"),
-        filler_order_number=f,
-        set_id="1",
+        OBSERVATION_KEY,
+        **observation_key(f),
         mrn="OLD",
         code=code,
         effective_at=at,

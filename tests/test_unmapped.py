@@ -50,8 +50,9 @@ def settled(eng, n: int) -> None:
 
 def test_try_shows_the_populated_positions_the_mapping_does_not_read():
     positions = engine_try("oru_clinical", "gaps/oru_r01_sn_text.hl7")
-    assert {"NTE-3", "ORC-1", "OBR-16.1", "OBX-6.3", "PID-11.1"} <= set(positions)  # notes, order control, ...
-    assert not {"OBX-5", "OBX-3.1", "OBX-23.1", "OBR-3.1", "PID-5.1", "PID-3.1"} & set(positions)  # mapped
+    assert {"NTE-2", "ORC-1", "OBR-16.9", "OBX-6.3", "PID-11.1"} <= set(positions)  # note source, order control, ...
+    mapped = {"OBX-5", "OBX-3.1", "OBX-23.1", "OBR-3.1", "PID-5.1", "PID-3.1", "NTE-3", "OBR-16.1"}
+    assert not mapped & set(positions)  # results, the notes (NTE-3) and the ordering provider (OBR-16.1)
     assert not [p for p in positions if p.startswith("MSH")]  # the header is the engine's own
     assert all(re.fullmatch(r"[A-Z][A-Z0-9]{2}-\d+(\.\d+)?", p) for p in positions), positions
 
@@ -89,7 +90,7 @@ def test_unmapped_summarises_each_channel_most_frequent_first_and_json_carries_t
 
     lab = eng.cli("unmapped", "--config", str(eng.config), "--channel", "lab-results", "--since", "1h")
     assert "channel lab-results: 1 message(s)" in lab.stdout and "channel adt" not in lab.stdout
-    assert re.search(r"^  NTE-3 +1$", lab.stdout, re.M)
+    assert re.search(r"^  NTE-2 +1$", lab.stdout, re.M)
     later = eng.cli("unmapped", "--config", str(eng.config), "--since", "2999-01-01")
     assert later.returncode == 0 and "no message with unmapped positions" in later.stdout
     bad = eng.cli("unmapped", "--config", str(eng.config), "--since", "yesterday")
@@ -97,7 +98,8 @@ def test_unmapped_summarises_each_channel_most_frequent_first_and_json_carries_t
 
     rows = json.loads(eng.cli("messages", "--config", str(eng.config), "--json").stdout)
     by_id = {r["control_id"]: r for r in rows}
-    assert "NTE-3" in by_id["SN-R01-0001"]["unmapped"] and "OBX-5" not in by_id["SN-R01-0001"]["unmapped"]
+    left = set(by_id["SN-R01-0001"]["unmapped"])
+    assert "NTE-2" in left and not {"OBX-5", "NTE-3"} & left
     assert len(by_id["SN-R01-0001"]["warnings"]) == 1
     assert "ZPV-1" in by_id["SP-A04-0001"]["unmapped"]
     assert all(isinstance(r["unmapped"], list) and isinstance(r["warnings"], list) for r in rows)

@@ -67,12 +67,13 @@ class Context:
 
     ``record_store(name)`` gives a store by its channels.yaml name; ``route(channel, item)``
     commits an item's message into another channel, in the item's place in receive order, and
-    dispatches it.
+    dispatches it; ``channel`` is the destination's own channel's config (its senders' clock).
     """
 
     config: Any
     record_store: Callable[[str], Any]
     route: Callable[[str, Item], None]
+    channel: Any = None
 
 
 class Destination(ABC):

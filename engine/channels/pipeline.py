@@ -21,6 +21,7 @@ from typing import Any
 from engine.errors import ParseError, StoreUnavailable
 from engine.formats import hl7, hl7_ack
 from engine.stores.message_store import ERROR, FILTERED, RECEIVED, SENT, Inbound, MessageStore, Outcome, Stored
+from engine.transforms.identifiers import IdentifierKey
 
 log = logging.getLogger("engine.pipeline")
 
@@ -179,7 +180,7 @@ class Receiver:
             peer=peer,
             charset=(header.charset if header and header.charset else charset),
             error=str(problem) if problem else None,
-            ordering_key=None if problem or text is None else key_of(text, cfg.ordering_key),
+            ordering_key=None if problem or text is None else key_of(text, channel.ordering),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll
@@ -231,8 +232,10 @@ def inbound(channel: str, raw: bytes, header: hl7.Header | None, **extra: Any) -
     return Inbound(channel=channel, content=raw, **{**fields, **extra})
 
 
-def ordering_key(raw: bytes, path: str, default_charset: str = "utf-8", charset: str | None = None) -> str | None:
-    """The value at the channel's ordering path (default PID-3.1, the patient's id), or None.
+def ordering_key(
+    raw: bytes, key: str | IdentifierKey | None, default_charset: str = "utf-8", charset: str | None = None
+) -> str | None:
+    """The channel's ordering key of ``raw`` (see :func:`key_of`), or None.
 
     Read at receive time, because a later message of the same key must see it before this one
     is processed. Bytes that do not decode have none (the Receiver decodes first and answers
@@ -242,15 +245,21 @@ def ordering_key(raw: bytes, path: str, default_charset: str = "utf-8", charset:
         text = hl7.decode(raw, default_charset, charset=charset)
     except ParseError:
         return None
-    return key_of(text, path)
+    return key_of(text, key)
 
 
-def key_of(text: str, path: str) -> str | None:
-    """The ordering key in decoded ``text``: the first value at ``path``, at most 200 characters,
-    or None (none there, or a message the tokenizer cannot read: processing reports that).
-    Only the segment named by the path is split."""
+def key_of(text: str, key: str | IdentifierKey | None) -> str | None:
+    """The ordering key in decoded ``text``, at most 200 characters, or None (none there, or a
+    message the tokenizer cannot read: processing reports that).
+
+    ``key`` is the channel's compiled ``ordering_key``: an :class:`IdentifierKey` (the default:
+    ``issuer|value`` of the patient identifier the mappings pick) or a plain path (its first
+    value). Only the segments it names are split."""
+    if key is None:
+        return None
     try:
-        value = hl7.Message(text).value(path)
+        msg = hl7.Message(text)
+        value = msg.value(key) if isinstance(key, str) else key.read(msg)
     except (ParseError, ValueError, IndexError):
         return None
     return value[:200] if value else None

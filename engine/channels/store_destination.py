@@ -1,7 +1,8 @@
 """Destination ``store``: map each message with a mapping file and upsert into a record store.
 
 The mapping runs in ``prepare`` (a mapping error fails this destination for this message
-only); ``deliver`` writes a whole batch of messages in one transaction with one savepoint per
+only), on the clock of the message's sender (its channel's ``timezone``/``timezones``);
+``deliver`` writes a whole batch of messages in one transaction with one savepoint per
 message, so one bad message cannot cost the others their write.
 """
 
@@ -63,7 +64,11 @@ class StoreDestination(Destination):
     def prepare(self, message: Message, report: RunReport | None = None):
         if not self.mapping.applies(message):
             return None
-        records = self.mapping.run(message, report)
+        channel = self.context.channel
+        zone = None
+        if channel is not None and (channel.timezone or channel.timezones):
+            zone = channel.clock(message.header().sending_facility, message.delimiters.component)
+        records = self.mapping.run(message, report, zone)
         return records or None
 
     orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred

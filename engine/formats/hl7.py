@@ -289,6 +289,28 @@ GROUP_CHILDREN: dict[str, frozenset[str]] = {
     "GT1": frozenset(),
 }
 
+_NESTED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def nested_anchors(parent: str, segment: str) -> tuple[str, ...]:
+    """The group anchors that may sit inside a ``parent`` group and hold ``segment`` in groups
+    of their own: an OBR's SPM holds OBX and NTE, its OBX hold NTE; an ORC's OBR holds OBX.
+
+    A ``segment`` inside such a nested group belongs to that group, not to ``parent`` itself.
+    """
+    key = (parent, segment)
+    found = _NESTED.get(key)
+    if found is None:
+        found = tuple(
+            sorted(
+                a
+                for a in GROUP_CHILDREN.get(parent, ())
+                if a != segment and segment in GROUP_CHILDREN.get(a, frozenset())
+            )
+        )
+        _NESTED[key] = found
+    return found
+
 
 class Message:
     """A tokenized HL7 v2 message. Every segment is kept, in order, Z-segments included.
@@ -299,7 +321,7 @@ class Message:
     scope's length) and kept, so walking every group of a message costs O(n) in all.
     """
 
-    __slots__ = ("_names", "_outside", "_positions", "_spans", "delimiters", "segments", "text")
+    __slots__ = ("_members", "_names", "_outside", "_positions", "_spans", "delimiters", "segments", "text")
 
     def __init__(self, text: str):
         text = text.strip("\x0b\x1c\r\n \t\ufeff")
@@ -313,6 +335,7 @@ class Message:
         self._positions: dict[str, list[int]] | None = None
         self._spans: dict[tuple[str, Span | None], list[Span]] = {}
         self._outside: dict[tuple[str, str, int, int], list[int]] = {}
+        self._members: dict[tuple[str, Span], list[int]] = {}
         for i, seg in enumerate(self.segments):
             if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
                 raise ParseError(
@@ -375,6 +398,43 @@ class Message:
             out.append((i, j))
         self._spans[key] = out
         return out
+
+    def members(self, segment: str, within: Span) -> list[int]:
+        """Positions of ``segment`` in the group ``within`` that belong to that group itself.
+
+        A ``segment`` inside a nested group of another kind that may hold it (see
+        :func:`nested_anchors`) belongs to that nested group: in an OBR group, the OBX of its
+        SPM groups are the specimen's, the NTE after an OBX are that result's notes. Computed
+        once per (segment, group), in time proportional to the group's length.
+        """
+        key = (segment, within)
+        out = self._members.get(key)
+        if out is None:
+            lo, hi = within
+            positions = self.positions(segment)
+            inside = positions[bisect_left(positions, lo) : bisect_left(positions, hi)]
+            nested = sorted(s for a in nested_anchors(self._names[lo], segment) for s in self.spans(a, within))
+            out, g = [], 0
+            for p in inside:
+                while g < len(nested) and nested[g][1] <= p:
+                    g += 1
+                if g == len(nested) or not nested[g][0] < p:
+                    out.append(p)
+            self._members[key] = out
+        return out
+
+    def groups(self, segment: str, within: Span | None = None) -> list[Span]:
+        """The ``segment`` groups that belong to the group ``within`` itself (every one in the
+        message when ``within`` is None): :meth:`spans` without those inside a nested group of
+        another kind. In an OBR group, its OBX groups are its results; the OBX under its SPM
+        are the specimen's groups, walked as ``spans("SPM", obr)`` then ``groups("OBX", spm)``.
+        This is how a mapping's ``for_each`` walks the message.
+        """
+        spans = self.spans(segment, within)
+        if within is None or not nested_anchors(self._names[within[0]], segment):
+            return spans
+        own = set(self.members(segment, within))
+        return [s for s in spans if s[0] in own]
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
         """Segments matching ``path``: in the innermost scope that has any, then outwards.

@@ -55,12 +55,41 @@ def id_column() -> Column:
 
 def demographic_columns() -> list[Column[Any]]:
     """Name, birth date, sex, address and home phone: the columns a patient has in every store
-    (each store keeps its own copy, joined to the others by MRN value, never by a key)."""
+    (each store keeps its own copy, joined to the others by MRN value, never by a key); then
+    name prefix and suffix, ``aliases`` (JSON list of the other names), and race, ethnicity and
+    marital status each as code, text and coding system (``races``: every race, JSON list)."""
     names = ("family_name", "given_name", "middle_name")
     address = ("address_line1", "address_line2", "city", "state", "postal_code", "country", "phone_home")
     cols: list[Column[Any]] = [Column(n, String) for n in names]
     cols += [Column("birth_date", Date), Column("sex", String)]
-    return cols + [Column(n, String) for n in address]
+    cols += [Column(n, String) for n in address]
+    cols += [Column("name_prefix", String), Column("name_suffix", String), Column("aliases", JSONText)]
+    cols += [*coded_columns("race"), Column("races", JSONText), *coded_columns("ethnicity")]
+    return cols + coded_columns("marital_status")
+
+
+def coded_columns(name: str) -> list[Column[Any]]:
+    """A coded element as three columns: ``<name>_code``, ``<name>_text``, ``<name>_system``."""
+    return [Column(f"{name}_{part}", String) for part in ("code", "text", "system")]
+
+
+def visit_columns() -> list[Column[Any]]:
+    """What an encounter (clinical) and a visit (PM) keep beyond class, attending and times:
+    the parts of the location (PV1-3: point of care, room, bed, facility, building), the admit
+    type (PV1-4), the attending's name, the admitting and referring doctors (id and name) and
+    the consulting ones (JSON list), and admit and discharge dates sent without a time of day."""
+    location = ("point_of_care", "room", "bed", "facility", "building")
+    cols: list[Column[Any]] = [Column(f"location_{n}", String) for n in location]
+    doctors = ("attending_name", "admitting", "admitting_name", "referring", "referring_name")
+    cols += [Column("admit_type", String), *(Column(n, String) for n in doctors), Column("consulting", JSONText)]
+    return cols + [Column("admit_date", Date), Column("discharge_date", Date)]
+
+
+def issuer_column(name: str = "mrn_issuer") -> Column:
+    """The assigning authority beside an ``mrn`` column: a patient is the pair (issuer, value).
+
+    NOT NULL, '' where no issuer is known (rows written before identity had issuers)."""
+    return Column(name, String, nullable=False, server_default="")
 
 
 def managed_columns() -> list[Column]:
@@ -72,18 +101,25 @@ def managed_columns() -> list[Column]:
     ]
 
 
+MERGE_AUDIT_KEY = ("old_mrn_issuer", "old_mrn", "new_mrn_issuer", "new_mrn", "message_id")
+"""The merge audit's natural key."""
+
+
 def merge_audit_table(metadata: MetaData, name: str) -> Table:
-    """The audit of ADT A40 merges: one row per (old_mrn, new_mrn, message_id)."""
+    """The audit of ADT A40 merges: one row per (old patient, survivor, message_id), each
+    patient as its (issuer, mrn) pair."""
     return Table(
         name,
         metadata,
         id_column(),
         Column("old_mrn", String, nullable=False),
+        issuer_column("old_mrn_issuer"),
         Column("new_mrn", String, nullable=False),
+        issuer_column("new_mrn_issuer"),
         Column("merged_at", UTCDateTime, nullable=False),
         Column("message_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
         *managed_columns(),
-        UniqueConstraint("old_mrn", "new_mrn", "message_id"),
+        UniqueConstraint(*MERGE_AUDIT_KEY, name=f"uq_{name}_pair"),
     )
 
 
@@ -92,9 +128,10 @@ class StoreSpec:
     """What the writer needs to know about one store kind beyond its ``metadata``.
 
     ``tables`` maps the logical table name (as records and ``rows()`` name it) to its Table;
-    ``keys`` gives each table's natural key; ``identity`` is the table keyed by ``mrn`` that
-    carries ``merged_into`` (patient, registration); ``merge_audit`` the logical name of the
-    A40 audit table, which mappings may not write.
+    ``keys`` gives each table's natural key; ``identity`` is the table keyed by the patient
+    (``mrn``, ``mrn_issuer``) that carries ``merged_into`` and ``merged_into_issuer`` (patient,
+    registration); ``merge_audit`` the logical name of the A40 audit table, which mappings may
+    not write.
     """
 
     kind: str

@@ -4,8 +4,9 @@
 fsync on SQLite) with one SAVEPOINT per message: a message whose records fail rolls back alone
 and gets its exception in the result list; the others commit. Upserts are keyed on each
 table's natural key, so applying the same message twice leaves the same rows (only
-``updated_at`` moves). MRNs are resolved through ``merged_into`` on the way in, so records for
-a merged-away MRN land on the survivor.
+``updated_at`` moves). A patient is the pair (``mrn_issuer``, ``mrn``): the same value from two
+authorities is two patients. Patients are resolved through ``merged_into`` on the way in, so
+records for a merged-away patient land on the survivor.
 
 Errors: a record the schema cannot take (unknown table or column, wrong type, missing key) is
 a :class:`DeliveryError` with ``retryable=False`` naming the table/column; a database
@@ -31,7 +32,7 @@ from engine.records import Record
 from engine.stores import migrate
 from engine.stores.columns import StoreSpec
 from engine.stores.db import make_engine, write_transaction
-from engine.stores.merge import apply_merge, load_resolution
+from engine.stores.merge import Patient, apply_merge, load_resolution
 from engine.stores.schema import MANAGED as NOT_MAPPABLE
 from engine.stores.upsert import Planner, Upsert
 
@@ -41,12 +42,18 @@ KINDS = ("clinical", "pm")
 
 
 class _Merge:
-    """One checked merge record: old MRN into survivor, plus optional survivor values."""
+    """One checked merge record: old patient into survivor, plus optional survivor values."""
 
     __slots__ = ("extra", "new", "old")
 
-    def __init__(self, old: str, new: str, extra: Upsert | None):
+    def __init__(self, old: Patient, new: Patient, extra: Upsert | None):
         self.old, self.new, self.extra = old, new, extra
+
+
+def _patient(params: dict[str, Any]) -> Patient | None:
+    """The (issuer, mrn) a checked upsert names, or None."""
+    mrn = params.get("mrn")
+    return (params.get("mrn_issuer") or "", mrn) if mrn else None
 
 
 class RecordStore:
@@ -121,7 +128,7 @@ class RecordStore:
         order = [s if s is not None else mid for s, (mid, _r) in zip(seqs or [None] * len(batch), batch)]
         failed: dict[str | None, int] = {}  # ordering key -> first message of it that failed
         plans: list[tuple[int, int, int, list[Any]]] = []
-        mrns: set[str] = set()
+        mrns: set[Patient] = set()
         for i, (message_id, records) in enumerate(batch):
             if keys[i] in failed:
                 results[i] = Deferred(failed[keys[i]])
@@ -136,8 +143,8 @@ class RecordStore:
             for op in ops:
                 if isinstance(op, _Merge):
                     mrns.update((op.old, op.new))
-                elif "mrn" in op.params:
-                    mrns.add(op.params["mrn"])
+                elif (patient := _patient(op.params)) is not None:
+                    mrns.add(patient)
             plans.append((i, message_id, order[i], ops))
         if not plans:
             return results
@@ -197,7 +204,9 @@ class RecordStore:
             return [r if r is not None else err for r in results]
         return results
 
-    def _owner_conflicts(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[str]) -> dict[int, Exception]:
+    def _owner_conflicts(
+        self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[Patient]
+    ) -> dict[int, Exception]:
         """Messages whose records would move a row to another patient: {batch index: error}.
 
         A row keyed by something other than the patient (an encounter by its visit number, an
@@ -205,14 +214,15 @@ class RecordStore:
         message that names the same key for another patient is a conflict the analyst must
         see (a reused visit number, a wrong patient in the feed): its message fails with the
         reason, and the row is never re-parented (the upsert's guard says so too). One query
-        per such table per batch; merged-away MRNs compare by their survivor.
+        per such table per batch; patients compare as (issuer, mrn) pairs, merged-away ones by
+        their survivor.
         """
-        wanted: dict[str, dict[tuple, list[tuple[int, str]]]] = {}
+        wanted: dict[str, dict[tuple, list[tuple[int, Patient]]]] = {}
         for i, _m, _s, ops in plans:
             for op in ops:
-                if isinstance(op, Upsert) and op.table in self._owned and op.params.get("mrn"):
+                if isinstance(op, Upsert) and op.table in self._owned and (patient := _patient(op.params)):
                     key = tuple(op.params[k] for k in self.spec.keys[op.table])
-                    wanted.setdefault(op.table, {}).setdefault(key, []).append((i, op.params["mrn"]))
+                    wanted.setdefault(op.table, {}).setdefault(key, []).append((i, patient))
         if not wanted:
             return {}
         out: dict[int, Exception] = {}
@@ -221,14 +231,17 @@ class RecordStore:
             for table, by_key in wanted.items():
                 t = self.spec.tables[table]
                 cols = [t.c[k] for k in self.spec.keys[table]]
-                owners: dict[tuple, str] = {}
+                owners: dict[tuple, Patient] = {}
                 found = list(by_key)
+                n = len(cols)
                 for k in range(0, len(found), 500):
-                    rows = conn.execute(select(*cols, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500])))
-                    owners.update({tuple(r[:-1]): r[-1] for r in rows if r[-1] is not None})
+                    rows = conn.execute(
+                        select(*cols, t.c.mrn_issuer, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500]))
+                    )
+                    owners.update({tuple(r[:n]): (r[n] or "", r[n + 1]) for r in rows if r[n + 1] is not None})
                 for key, claims in by_key.items():
-                    for i, mrn in claims:
-                        mine = resolved.get(mrn, mrn)
+                    for i, patient in claims:
+                        mine = resolved.get(patient, patient)
                         owner = owners.setdefault(key, mine)
                         if resolved.get(owner, owner) != mine and i not in out:
                             out[i] = DeliveryError(
@@ -238,7 +251,7 @@ class RecordStore:
                             )
         return out
 
-    def _apply_grouped(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[str], now: datetime) -> None:
+    def _apply_grouped(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[Patient], now: datetime) -> None:
         """The fast path for a batch without merges: one executemany per run of one shape.
 
         Tables have no foreign keys between them, so each table's upserts can go together;
@@ -273,21 +286,25 @@ class RecordStore:
             raise DeliveryError(f"{self.schema}.{table}: unknown record op {record.op!r}", retryable=False)
         self._planner.table(table)
         values = dict(record.values)
-        old, new = values.pop("old_mrn", None), values.get("mrn")
-        if not isinstance(old, str) or not old or not isinstance(new, str) or not new:
-            raise DeliveryError(f"{self.schema}.{table}: merge needs text values mrn and old_mrn", retryable=False)
+        old = (values.pop("old_mrn_issuer", None), values.pop("old_mrn", None))
+        new = (values.get("mrn_issuer"), values.get("mrn"))
+        if not all(isinstance(v, str) for v in (*old, *new)) or not old[1] or not new[1]:
+            raise DeliveryError(
+                f"{self.schema}.{table}: merge needs text values mrn, mrn_issuer, old_mrn and old_mrn_issuer",
+                retryable=False,
+            )
         if old == new:
-            raise DeliveryError(f"{self.schema}.{table}: merge of an MRN into itself", retryable=False)
+            raise DeliveryError(f"{self.schema}.{table}: merge of a patient into itself", retryable=False)
         extra = None
-        if len(values) > 1:  # survivor values besides mrn: upserted onto the survivor's identity row
-            extra = self._planner.upsert(self.spec.identity, ("mrn",), values)
-        return _Merge(old, new, extra)
+        if len(values) > 2:  # survivor values besides its identity: upserted onto its identity row
+            extra = self._planner.upsert(self.spec.identity, self.spec.keys[self.spec.identity], values)
+        return _Merge((str(old[0]), str(old[1])), (str(new[0]), str(new[1])), extra)
 
     def _apply_ops(
-        self, conn, ops: list, message_id: int, seq: int, now: datetime, resolved: dict[str, str]
-    ) -> dict[str, str] | None:
-        """Run one message's checked records. A message with merges works on a copy of the MRN
-        resolution and returns it (adopted once its savepoint is released); otherwise None."""
+        self, conn, ops: list, message_id: int, seq: int, now: datetime, resolved: dict[Patient, Patient]
+    ) -> dict[Patient, Patient] | None:
+        """Run one message's checked records. A message with merges works on a copy of the
+        patient resolution and returns it (adopted once its savepoint is released); otherwise None."""
         merges = any(isinstance(o, _Merge) for o in ops)
         local = dict(resolved) if merges else resolved
         stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
@@ -349,16 +366,16 @@ class RecordStore:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def _params(op: Upsert, resolved: dict[str, str], stamp: dict[str, Any]) -> dict[str, Any]:
+def _params(op: Upsert, resolved: dict[Patient, Patient], stamp: dict[str, Any]) -> dict[str, Any]:
     params = {**op.params, **stamp}
-    mrn = params.get("mrn")
-    if mrn is not None and mrn in resolved:
-        params["mrn"] = resolved[mrn]
+    patient = _patient(params)
+    if patient is not None and patient in resolved:
+        params["mrn_issuer"], params["mrn"] = resolved[patient]
     return params
 
 
-def _update_resolution(resolved: dict[str, str], changes: dict[str, str]) -> None:
-    """Fold a merge's {mrn: survivor} changes into ``resolved``, keeping chains one hop deep."""
+def _update_resolution(resolved: dict[Patient, Patient], changes: dict[Patient, Patient]) -> None:
+    """Fold a merge's {patient: survivor} changes into ``resolved``, keeping chains one hop deep."""
     for old, new in changes.items():
         for k, v in list(resolved.items()):
             if v == old:

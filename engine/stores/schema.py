@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MANAGED = frozenset({"id", "updated_at", "last_message_id", "last_seq", "merged_into"})
+MANAGED = frozenset({"id", "updated_at", "last_message_id", "last_seq", "merged_into", "merged_into_issuer"})
 """Columns the store writer maintains itself; mappings never set them."""
 
 

@@ -29,7 +29,7 @@ from engine.errors import DeliveryError
 from engine.stores.columns import MANAGED, JSONText, StoreSpec
 from engine.stores.db import UTCDateTime
 
-NOT_WRITABLE = frozenset({"id", "merged_into", *MANAGED})
+NOT_WRITABLE = frozenset({"id", "merged_into", "merged_into_issuer", *MANAGED})
 
 
 class _Refused(Exception):
@@ -170,10 +170,27 @@ class Planner:
                 retryable=False,
             )
         params = self.check_values(table, values)
+        self._check_identity(table, params)
         for k in natural:
-            if params.get(k) in (None, ""):
+            if params.get(k) is None or (params[k] == "" and k != "mrn_issuer"):
                 raise DeliveryError(f"{self.spec.kind}.{table}: key column {k!r} has no value", retryable=False)
         return Upsert(table, (table, natural, tuple(sorted(params))), params)
+
+    def _check_identity(self, table: str, params: dict[str, Any]) -> None:
+        """A patient is the pair (``mrn_issuer``, ``mrn``): a record writes both or neither.
+        The issuer is text ('' for none known); with ``mrn`` cleared it is ''."""
+        if "mrn_issuer" not in self.spec.tables[table].c:
+            return
+        if ("mrn" in params) != ("mrn_issuer" in params):
+            raise DeliveryError(
+                f"{self.spec.kind}.{table}: mrn and mrn_issuer go together (a patient is the pair)", retryable=False
+            )
+        if "mrn" in params and params["mrn_issuer"] is None:
+            if params["mrn"] is not None:
+                raise DeliveryError(
+                    f"{self.spec.kind}.{table}.mrn_issuer: no issuer is '' (empty text), never null", retryable=False
+                )
+            params["mrn_issuer"] = ""
 
     def statement(self, shape: tuple[str, tuple[str, ...], tuple[str, ...]]):
         """The cached INSERT ... ON CONFLICT DO UPDATE for ``shape`` (binds: columns + managed)."""
@@ -185,7 +202,8 @@ class Planner:
             update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in key}
             guard = or_(t.c.last_seq.is_(None), t.c.last_seq <= ins.excluded.last_seq)
             if "mrn" in cols and "mrn" not in key and table != self.spec.identity:  # never re-parented
-                guard = and_(guard, or_(t.c.mrn.is_(None), t.c.mrn == ins.excluded.mrn))
+                same = and_(t.c.mrn == ins.excluded.mrn, t.c.mrn_issuer == ins.excluded.mrn_issuer)
+                guard = and_(guard, or_(t.c.mrn.is_(None), same))
             stmt = ins.on_conflict_do_update(index_elements=[t.c[k] for k in key], set_=update, where=guard)
             self._statements[shape] = stmt
         return stmt

@@ -4,17 +4,35 @@ A field's value is a string (an HL7 path, the common case) or a mapping with exa
 function key plus that function's options and the common modifiers::
 
     family_name: PID-5.1.1                                     # path shorthand
-    mrn:         {pick: PID-3, where: {component: 5, equals: MR}, component: 1, fallback: first}
+    mrn:         {identifier: PID-3, types: [MR, PI, PT], default_issuer: MSH-4.1}    # CX-1 of the chosen repetition
+    mrn_issuer:  {identifier: PID-3, types: [MR, PI, PT], default_issuer: MSH-4.1, part: issuer}
+    account:     {pick: PID-18, where: {component: 5, equals: AN}, component: 1}
     other_ids:   {json_list: PID-3, where: {component: 5, not_equals: MR}, item: {id: 1, authority: "4.1", type: 5}}
     status:      {literal: final}
     name:        {concat: [PID-5.2, PID-5.1.1], separator: " "}   # empties skipped
     phone:       {coalesce: [PID-13.1, PID-14.1]}                  # first non-empty
     sex:         {table: sex, value: PID-8}                        # mappings/tables/sex.yaml
-    birth_date:  {date: PID-7}
-    admit_at:    {datetime: PV1-44, timezone: America/Chicago}     # UTC-normalised
+    birth_date:  {date: PID-7}                                     # the calendar date as written
+    admit_at:    {datetime: PV1-44, timezone: America/Chicago}     # UTC-normalised; absent without a time of day
+    aliases:     {json_list: PID-5, from: 2, item: {family: "1.1", given: 2}}   # repetitions 2, 3, ...
+    notes:       {concat: [{own: "NTE[*]-3[*]"}], separator: "\\n"}  # this group's own NTE (structure.py)
+    seq:         {ordinal: OBX}                                    # the OBX's number in its group
+    value_code:  {typed: OBX-5, type: OBX-2, part: code}           # by data type (datatypes.py)
     result:      {number: OBX-5, when: {path: OBX-2, equals: NM}}
     priority:    {integer: IN1-1}
     mrn_again:   {use: mrn}                                        # a value under define:
+
+``identifier`` picks the patient's identifier from a CX list (see
+:mod:`engine.transforms.identifiers`): the repetition whose type (CX-5) comes first in
+``types`` (default MR, PI, PT; other types never), its value (``part: value``, the default) or
+its issuer (``part: issuer``: CX-4.1, else CX-4.2, else ``default_issuer``, an expression such
+as ``MSH-4.1`` or ``{literal: NORTH}``). An empty field is absent; a field with no acceptable
+repetition, or whose chosen one has no issuer, fails the record with the reason.
+
+A ``datetime`` without an offset is read in the sender's time zone: the expression's own
+``timezone:``, else the message's (a channel's ``timezone``/``timezones`` per sending facility),
+else the mapping's ``timezone:``. A value without a time of day (``20240314``) is a date, not an
+instant: ``datetime`` leaves it absent (never local midnight) and ``date`` gives it.
 
 Modifiers on any expression: ``when`` (a condition; false -> absent), ``default`` (used when
 the value is absent), ``required: true`` (absent or HL7 null -> MappingError). Function
@@ -31,10 +49,22 @@ from datetime import tzinfo
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.transforms import structure
 from engine.transforms.build import Build, component_spec
 from engine.transforms.conditions import REPETITION, compile_condition, component_getter
+from engine.transforms.datatypes import PARTS, TYPES
+from engine.transforms.identifiers import DEFAULT_TYPES, Identifier
 from engine.transforms.tables import Tables
-from engine.transforms.values import MISSING, ValueProblem, to_date, to_datetime, to_integer, to_number, zone
+from engine.transforms.values import (
+    MISSING,
+    ValueProblem,
+    has_time,
+    to_date,
+    to_datetime,
+    to_integer,
+    to_number,
+    zone,
+)
 from engine.yamlfile import Key
 
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -49,7 +79,11 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "number": (),
     "integer": (),
     "pick": ("where", "component", "fallback"),
-    "json_list": ("where", "item"),
+    "json_list": ("where", "item", "from"),
+    "own": (),
+    "ordinal": ("per",),
+    "typed": ("type", "part"),
+    "identifier": ("types", "default_issuer", "untyped", "part"),
 }
 MODIFIERS = ("when", "default", "required")
 
@@ -271,13 +305,71 @@ class Compiler:
         return self._convert(spec, "date", key, to_date)
 
     def _f_datetime(self, spec: dict, key: Key) -> Expr:
-        tz = self.zone
+        fixed, default = None, self.zone
         if "timezone" in spec:
             try:
-                tz = zone(str(spec["timezone"]))
+                fixed = zone(str(spec["timezone"]))
             except ValueError as exc:
                 self.b.problem(key + ("timezone",), str(exc))
-        return self._convert(spec, "datetime", key, lambda v: to_datetime(v, tz))
+        inner = self.expr(spec["datetime"], key + ("datetime",))
+        fn = inner.fn
+
+        def converted(m, s):
+            v = fn(m, s)
+            if v is MISSING or v is None:
+                return v
+            v = v if isinstance(v, str) else str(v)
+            if not has_time(v):
+                return MISSING  # a date: never an instant at local midnight
+            return to_datetime(v, fixed or getattr(m, "zone", None) or default)
+
+        return Expr(converted, f"datetime({inner.source})")
+
+    # -- structure (engine.transforms.structure) ---------------------------------------------
+    def _f_own(self, spec: dict, key: Key) -> Expr:
+        p = self.b.path(spec["own"], key + ("own",))
+        if p is None:
+            return _BAD
+        one, many = structure.own(p)
+        return Expr(one, f"own({p.text})", many)
+
+    def _f_ordinal(self, spec: dict, key: Key) -> Expr:
+        found = self.b.path(spec["ordinal"], key + ("ordinal",))
+        if found is None or found.field is not None or found.occurrence is not None:
+            if found is not None:
+                self.b.problem(key + ("ordinal",), "ordinal takes a segment of the rule's for_each, e.g. OBX")
+            return _BAD
+        segment = found.segment
+        per = spec.get("per", [])
+        if not isinstance(per, list):
+            self.b.problem(key + ("per",), "per takes a list of expressions, e.g. [OBR-3.1, OBR-4.1]")
+            per = []
+        exprs = [self.expr(e, key + ("per", i)) for i, e in enumerate(per)]
+        where = f" per {', '.join(e.source for e in exprs)}" if exprs else ""
+        return Expr(structure.ordinal(segment, [e.fn for e in exprs]), f"ordinal({segment}{where})")
+
+    def _f_typed(self, spec: dict, key: Key) -> Expr:
+        p = self._field_path(spec, "typed", key)
+        if "type" not in spec:
+            self.b.problem(key, "typed needs type: a data type (CWE, XAD) or where to read it (OBX-2)")
+            return _BAD
+        raw_type = spec["type"]
+        type_of: Any = raw_type if isinstance(raw_type, str) and raw_type in TYPES else None
+        type_source = str(raw_type)
+        if type_of is None:
+            type_expr = self.expr(raw_type, key + ("type",))
+            type_of, type_source = type_expr.fn, type_expr.source
+        name = spec.get("part")
+        if name is not None and name not in PARTS:
+            self.b.problem(key + ("part",), f"unknown part {name!r} (known: {', '.join(sorted(PARTS))})")
+            return _BAD
+        if p is None:
+            return _BAD
+        shown = raw_type if isinstance(raw_type, str) else "..."
+        return Expr(
+            structure.typed(p, type_of, type_source, name, self.zone),
+            f"typed({p.text} as {shown}){'.' + name if name else ''}",
+        )
 
     def _f_number(self, spec: dict, key: Key) -> Expr:
         return self._convert(spec, "number", key, to_number)
@@ -332,10 +424,61 @@ class Compiler:
         cond = "" if where is None else f"{where.text}{', else first' if first else ''}"
         return Expr(pick, f"{p.text}[{cond or 'first'}].{'.'.join(str(c) for c in comp if c)}")
 
+    def _f_identifier(self, spec: dict, key: Key) -> Expr:
+        p = self._field_path(spec, "identifier", key)
+        rule = self._identifier_rule(spec, key)
+        part = spec.get("part", "value")
+        if part not in ("value", "issuer"):
+            self.b.problem(key + ("part",), "part must be value (CX-1) or issuer (CX-4, else default_issuer)")
+        default = self.expr(spec["default_issuer"], key + ("default_issuer",)) if "default_issuer" in spec else None
+        if p is None or rule is None:
+            return _BAD
+        reads, field, issuer = _reads(p, {1, 4, 5}), p.text, part == "issuer"
+
+        def identifier(m, s):
+            m.read.update(reads)
+            segs = m.find_segments(p, s)
+            raw = segs[0].field(p.field) if segs else ""
+            if not raw:
+                return MISSING
+            chosen = rule.choose(raw, m.delimiters)
+            if chosen is None:
+                raise ValueProblem(rule.missing(field))
+            found = chosen.issuer
+            if not found and default is not None:
+                v = default.fn(m, s)
+                found = "" if v is MISSING or v is None else str(v).strip()
+            if not found:
+                raise ValueProblem(rule.no_issuer(chosen, field))
+            return found if issuer else chosen.value
+
+        return Expr(identifier, f"identifier({field}: {rule.listed}){'.issuer' if issuer else ''}")
+
+    def _identifier_rule(self, spec: dict, key: Key) -> Identifier | None:
+        """The ``types``/``untyped`` of an identifier spec; None (and problems) when invalid."""
+        types = spec.get("types", list(DEFAULT_TYPES))
+        if not isinstance(types, list) or not types:
+            self.b.problem(key + ("types",), "types takes a non-empty list of identifier types, e.g. [MR, PI]")
+            return None
+        listed = [self.b.scalar(t, key + ("types", i)) for i, t in enumerate(types)]
+        if any(t is None or not t.strip() for t in listed):
+            if all(t is not None for t in listed):
+                self.b.problem(key + ("types",), "an identifier type is a code such as MR, never empty")
+            return None
+        untyped = spec.get("untyped", False)
+        if not isinstance(untyped, bool):
+            self.b.problem(key + ("untyped",), "untyped takes true or false")
+            return None
+        return Identifier(tuple(t.strip() for t in listed if t), untyped)
+
     def _f_json_list(self, spec: dict, key: Key) -> Expr:
         p = self._field_path(spec, "json_list", key)
         where = self._where(spec, key)
         item = spec.get("item")
+        start = spec.get("from", 1)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            self.b.problem(key + ("from",), "from takes the repetition to start at (1, 2, ...)")
+            start = 1
         getters: list[tuple[str, Callable]] = []
         used: list[tuple[int, int | None]] = []
         if not isinstance(item, dict) or not item:
@@ -362,7 +505,10 @@ class Compiler:
                 return None
             d = m.delimiters
             out = []
-            for rep in raw.split(d.repetition):
+            reps = raw.split(d.repetition)[start - 1 :]
+            if not reps:
+                return MISSING  # no repetition from there on: the message has none
+            for rep in reps:
                 if where is not None and not where(rep, d):
                     continue
                 entry = {name: v for name, get in getters if (v := get(rep, d))}
@@ -372,6 +518,7 @@ class Compiler:
 
         names = ", ".join(f"{n}={c}" for n, c in (item or {}).items())
         cond = f"[{where.text}]" if where is not None else ""
+        cond += f"[from {start}]" if start > 1 else ""
         return Expr(json_list, f"json_list({p.text}{cond}: {names})")
 
 

@@ -6,25 +6,32 @@ File shape (``mappings/<name>.yaml``; the mapping's name is the file name)::
     timezone: America/New_York        # for date/times sent without offset (default UTC)
     applies_when: {all: [{path: MSH-9.1, equals: ADT}, {path: MSH-9.2, in: [A01, A04]}]}
     define:                           # named values, used in fields as {use: mrn}
-      mrn: {pick: PID-3, where: {component: 5, equals: MR}, component: 1, fallback: first}
+      mrn: {identifier: PID-3, types: [MR, PI], default_issuer: MSH-4.1}
+      mrn_issuer: {identifier: PID-3, types: [MR, PI], default_issuer: MSH-4.1, part: issuer}
     records:
       - target: clinical.patient      # store.table
-        key: [mrn]                    # the columns the store upserts on (always required)
+        key: [mrn, mrn_issuer]        # the columns the store upserts on (always required)
         when: {path: MSH-9.2, not_equals: A40}
         fields:
           mrn: {use: mrn}
+          mrn_issuer: {use: mrn_issuer}
           family_name: PID-5.1.1
       - target: clinical.observation
         for_each: [OBR, OBX]          # each OBX within each OBR (scopes nest)
-        key: [filler_order_number, set_id]
+        key: [filler_order_number, seq]
         on_error: skip                # an OBX that cannot be mapped is left out, with a warning
-        fields: {filler_order_number: OBR-3.1, set_id: OBX-1, value: OBX-5}
+        fields: {filler_order_number: OBR-3.1, seq: {ordinal: OBX}, value: OBX-5}
       - target: clinical.patient
-        op: merge                     # A40: fields are exactly mrn (survivor) and old_mrn
-        fields: {mrn: {use: mrn}, old_mrn: MRG-1.1}
+        op: merge                     # A40: the survivor's mrn and mrn_issuer, old_mrn and old_mrn_issuer
+        for_each: PID                 # each PID/MRG pair
+        fields: {mrn: {use: mrn}, mrn_issuer: {use: mrn_issuer}, old_mrn: ..., old_mrn_issuer: ...}
 
-Inside ``for_each`` a path reads the innermost segment group that has its segment, then the
+``for_each`` walks the groups as the message structure nests them
+(:meth:`engine.formats.hl7.Message.groups`): ``[OBR, OBX]`` is each result of each OBR, and
+not the OBX under the OBR's SPM, which ``[OBR, SPM, OBX]`` walks as the specimen's. Inside
+``for_each`` a path reads the innermost segment group that has its segment, then the
 enclosing ones (``OBX-5`` the current OBX, ``OBR-3`` its OBR, ``PID-3`` the message's PID).
+A YAML merge key copies a mapping written elsewhere (``fields: {<<: *observation, kind: ...}``).
 ``on_error`` says what a record that cannot be built does (a required value missing, a code
 a table with ``on_unknown: error`` does not list, an unreadable date or number): ``fail`` (the
 default) fails the whole message with a MappingError; ``skip`` leaves that record out — in a
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +71,8 @@ ON_ERROR = ("fail", "skip")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 _SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
-MERGE_FIELDS = ("mrn", "old_mrn")
+MERGE_FIELDS = ("mrn", "mrn_issuer", "old_mrn", "old_mrn_issuer")
+IDENTITY = ("mrn", "mrn_issuer")  # a patient is the pair (issuer, value), in every store
 WARNINGS_PER_RULE = 10
 """Skipped records a rule lists one by one per message; the rest are counted in one more line
 (a 16,000-OBX result whose every OBX fails keeps a short warning list)."""
@@ -104,7 +113,7 @@ class RecordRule:
 
         def walk(level: int, within, scopes: tuple, where: str):
             seg = self.for_each[level]
-            for n, span in enumerate(msg.spans(seg, within), 1):
+            for n, span in enumerate(msg.groups(seg, within), 1):
                 here = f"{where}/{seg} {n}" if where else f"{seg} {n}"
                 if level + 1 == len(self.for_each):
                     yield scopes + (span,), here
@@ -192,17 +201,19 @@ class Mapping:
         """True when the mapping's ``applies_when`` holds (always, without one)."""
         return self._applies is None or bool(self._applies(msg, ()))
 
-    def run(self, msg: Message, report: RunReport | None = None) -> list[Record]:
+    def run(self, msg: Message, report: RunReport | None = None, zone: tzinfo | None = None) -> list[Record]:
         """Every record for ``msg``, in rule order; raises MappingError (no patient values in it).
 
         Does not test ``applies``: callers ask that first. ``report`` collects the warnings of
         records skipped under ``on_error: skip`` and the positions read (see
         :mod:`engine.transforms.report`); what it collected stays when MappingError is raised.
+        ``zone`` is the sender's clock for date/times without an offset (a channel's
+        ``timezone``/``timezones``); None leaves the mapping's ``timezone:``.
         """
         out: list[Record] = []
         if report is None:
             report = RunReport()
-        reader = Reader(msg, report.read)
+        reader = Reader(msg, report.read, zone)
         for rule in self.rules:
             rule.emit(reader, out, report.warnings)
         return out
@@ -277,11 +288,14 @@ def _record(
         b.problem(key + ("fields",), "expected column: expression pairs")
         fields_spec = {}
     if op == "merge":
-        keys = tuple(spec.get("key", ["mrn"])) if isinstance(spec.get("key", ["mrn"]), list) else ()
-        if keys != ("mrn",):
-            b.problem(key + ("key",), "a merge record's key is [mrn]")
+        keys = tuple(spec.get("key", IDENTITY)) if isinstance(spec.get("key", []), list) else ()
+        if set(keys) != set(IDENTITY) or len(keys) != 2:
+            b.problem(key + ("key",), "a merge record's key is [mrn, mrn_issuer]")
         if set(fields_spec) != set(MERGE_FIELDS):
-            b.problem(key + ("fields",), "a merge record has exactly the fields mrn (survivor) and old_mrn")
+            b.problem(
+                key + ("fields",),
+                "a merge record has exactly the fields mrn and mrn_issuer (the survivor), old_mrn and old_mrn_issuer",
+            )
     else:
         listed = spec.get("key")
         if not isinstance(listed, list) or not listed or not all(isinstance(k, str) for k in listed):
@@ -311,7 +325,7 @@ def _record(
             b.problem(fkey, "a column name is lower_case_with_underscores")
             continue
         expr, default, required = c.field(fspec, fkey)
-        fields.append(_Field(column, expr, default, required or column in keys))
+        fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
     return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 
@@ -334,3 +348,5 @@ def _check_target(target, op, fields_spec, key, b: Build, columns) -> None:
     for column in fields_spec:
         if column not in known:
             b.problem(key + ("fields", column), f"unknown column {column!r} in {target}")
+    if set(IDENTITY) <= known and len(set(IDENTITY) & set(fields_spec)) == 1:
+        b.problem(key + ("fields",), "mrn and mrn_issuer go together: a patient is the pair (issuer, value)")

@@ -19,6 +19,8 @@ components themselves.
 from __future__ import annotations
 
 from bisect import bisect_right
+from datetime import tzinfo
+from typing import Any
 
 from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 from engine.transforms.report import position
@@ -29,12 +31,16 @@ _POSITIONS: dict[str, str] = {}  # path text -> position; as many entries as dis
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_outside", "delimiters", "msg", "read")
+    __slots__ = ("_cache", "_outside", "delimiters", "memo", "msg", "read", "zone")
 
-    def __init__(self, msg: Message, read: set[str] | None = None):
-        """``read`` collects the positions read (a new set when not given)."""
+    def __init__(self, msg: Message, read: set[str] | None = None, zone: tzinfo | None = None):
+        """``read`` collects the positions read (a new set when not given); ``zone`` is the
+        sender's clock for date/times without an offset (None: each mapping's own default)."""
         self.msg = msg
         self.read: set[str] = set() if read is None else read
+        self.zone = zone
+        self.memo: dict[Any, Any] = {}
+        """Per-message results of expressions that look beyond their own group (``ordinal``)."""
         self.delimiters = msg.delimiters
         self._cache: dict[int, list] = {}
         self._outside: dict[tuple[str, str], bool] = {}
@@ -64,6 +70,9 @@ class Reader:
 
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
         return self.msg.spans(segment, within)
+
+    def groups(self, segment: str, within: Span | None = None) -> list[Span]:
+        return self.msg.groups(segment, within)
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
         if scopes:

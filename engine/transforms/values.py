@@ -67,6 +67,14 @@ def parse_dtm(text: str) -> tuple[datetime, tzinfo | None]:
     return value, offset
 
 
+def has_time(text: str) -> bool:
+    """True unless ``text`` is a valid HL7 date/time without a time of day (``20240314``,
+    ``202403``): such a value names a calendar date or period, never an instant. Text that is
+    not a date/time at all answers True, so that converting it reports the problem."""
+    m = _DTM.fullmatch(text.strip())
+    return m is None or m.group(4) is not None
+
+
 def to_date(text: str) -> date:
     """The calendar date as written (an offset does not move it: a birth date stays put)."""
     return parse_dtm(text)[0].date()
