@@ -65,6 +65,7 @@ DEFAULT_ORDERING_KEY: dict[str, Any] = {
     "identifier": "PID-3",
     "types": list(DEFAULT_TYPES),
     "default_issuer": "MSH-4.1",
+    "untyped": True,  # PID-3 is the patient identifier list: many feeds leave CX-5 empty there
 }
 
 

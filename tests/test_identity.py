@@ -30,7 +30,7 @@ from engine.stores.records_store import RecordStore
 from engine.transforms import load_mapping
 
 PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REASON = "no identifier of type MR/PI/PT in PID-3"
+REASON = "no identifier of type MR/PI/PT/untyped in PID-3"
 
 
 def segment(name: str, fields: dict[int, str]) -> str:
