@@ -144,3 +144,19 @@ def test_engine_check_names_each_unknown_segment_in_filters_ordering_keys_and_ma
         f"{cfg}:12: channels[0].ordering_key: unknown segment 'PDI' (did you mean PID?)",
         f"{tmp_path / 'adt_patient.yaml'}:9: records[0].fields.city: unknown segment 'PDI' (did you mean PID?)",
     ]
+
+
+def test_a_segment_without_a_valid_id_is_answered_ar_with_its_sequence_not_aa_then_error(engine):
+    msg = (
+        b"MSH|^~\\&|REG|NORTH|ENGINE|HUB|20260101120000||ADT^A08^ADT_A01|BADSEG-1|P|2.5.1\r"
+        b"EVN|A08|20260101120000\r"
+        b"PID|1||P1^^^NORTH^MR||Tester^Pat\r"
+        b"pv1|1|O|CLINIC\r"
+    )
+    conn = MllpConnection(engine.adt_port)
+    ack = ack_fields(conn.send(msg))
+    conn.close()
+    assert ack["MSA"][1] == "AR"
+    assert ack["ERR"][3].startswith("100")  # HL7 table 0357: segment sequence error
+    rows = engine.query("messages", "select status, error from messages where control_id = 'BADSEG-1'")
+    assert rows[0]["status"] == "ERROR" and "segment 4" in rows[0]["error"]  # stored before the answer

@@ -160,14 +160,17 @@ class Receiver:
 
         The message is decoded here, once (its ordering key is read now): bytes its character
         set cannot read are stored as ERROR and answered AE (table 0008: an error in the
-        message itself, for the sender to correct) with an ERR naming the byte offset.
+        message itself, for the sender to correct) with an ERR naming the byte offset; a
+        segment without a valid id is stored as ERROR and answered AR with ERR 100 and its
+        sequence (the message can never be read as sent).
         ``charset``: the channel's codec for messages whose MSH-18 is empty.
         """
-        header, problem, text = None, None, None
+        header, problem, msg = None, None, None
         try:
             header = hl7.read_header(raw)
             hl7.check_header(header)
-            text = hl7.decode(raw, charset, charset=header.charset)
+            # the segments are split once here: a malformed one is answered now, not after an AA
+            msg = hl7.Message(hl7.decode(raw, charset, charset=header.charset))
         except ParseError as exc:
             problem = exc
         except Exception as exc:  # unreadable in a way the parser did not foresee: still answered
@@ -180,7 +183,7 @@ class Receiver:
             peer=peer,
             charset=(header.charset if header and header.charset else charset),
             error=str(problem) if problem else None,
-            ordering_key=None if problem or text is None else key_of(text, channel.ordering),
+            ordering_key=None if problem or msg is None else key_of(msg, channel.ordering),
             duplicate_window=timedelta(hours=cfg.duplicate_window_hours) if cfg.duplicate_window_hours else None,
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll
@@ -242,15 +245,14 @@ def ordering_key(
     that as a problem; this is for a copy routed between channels, already received once).
     """
     try:
-        text = hl7.decode(raw, default_charset, charset=charset)
+        msg = hl7.Message(hl7.decode(raw, default_charset, charset=charset))
     except ParseError:
         return None
-    return key_of(text, key)
+    return key_of(msg, key)
 
 
-def key_of(text: str, key: str | IdentifierKey | None) -> str | None:
-    """The ordering key in decoded ``text``, at most 200 characters, or None (none there, or a
-    message the tokenizer cannot read: processing reports that).
+def key_of(msg: hl7.Message, key: str | IdentifierKey | None) -> str | None:
+    """The ordering key of ``msg``, at most 200 characters, or None (none there).
 
     ``key`` is the channel's compiled ``ordering_key``: an :class:`IdentifierKey` (the default:
     ``issuer|value`` of the patient identifier the mappings pick) or a plain path (its first
@@ -258,7 +260,6 @@ def key_of(text: str, key: str | IdentifierKey | None) -> str | None:
     if key is None:
         return None
     try:
-        msg = hl7.Message(text)
         value = msg.value(key) if isinstance(key, str) else key.read(msg)
     except (ParseError, ValueError, IndexError):
         return None
