@@ -202,14 +202,28 @@ def test_dates_and_times():
         assert bad not in str(info.value)
 
 
-def test_mapping_errors_name_mapping_column_and_path_never_the_value():
+def test_an_unreadable_value_is_left_out_with_a_warning_naming_mapping_column_and_path_never_the_value():
+    from engine.transforms.report import RunReport
+
     m = load_mapping(MAPPINGS / "adt_clinical.yaml")
     text = (FIXTURES / "adt_a01.hl7").read_text(encoding="latin-1").replace("|19580722|", "|19581372|")
+    report = RunReport()
+    patient = m.run(Message(text), report)[0]
+    assert patient.table == "patient" and "birth_date" not in patient.values  # the stored one stays
+    [warning] = [w for w in report.warnings if "birth_date" in w]
+    assert "adt_clinical" in warning and "date(PID-7)" in warning and "value left out" in warning
+    assert "19581372" not in warning
+
+
+def test_mapping_errors_name_mapping_column_and_path_never_the_value():
+    m = load_mapping(MAPPINGS / "adt_clinical.yaml")
+    text = (FIXTURES / "adt_a01.hl7").read_text(encoding="latin-1")
+    text = text.replace("MRN100001^^^SUNRISE_GH^MR~", "").replace("HCN5550001^^^ORHCN^JHN", "HCN5550001^^^ORHCN^SS")
     with pytest.raises(MappingError) as info:
         m.run(Message(text))
     e = info.value
-    assert (e.mapping, e.field, e.path) == ("adt_clinical", "birth_date", "date(PID-7)")
-    assert "adt_clinical" in str(e) and "birth_date" in str(e) and "19581372" not in str(e)
+    assert (e.mapping, e.field) == ("adt_clinical", "mrn") and "PID-3" in e.path
+    assert "adt_clinical" in str(e) and "mrn" in str(e) and "HCN5550001" not in str(e)
 
 
 def test_records_carry_sources():

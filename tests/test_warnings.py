@@ -66,7 +66,7 @@ def test_an_a01_sent_before_its_visit_number_keeps_patient_and_allergies_and_ski
     ]
 
 
-def test_one_sn_result_written_as_text_costs_that_observation_only_not_the_other_21(engine):
+def test_one_sn_result_written_as_text_costs_that_value_only_not_its_row_nor_the_other_21(engine):
     row = deliver(engine, engine.lab_port, "gaps/oru_r01_sn_text.hl7", "SN-R01-0001")
     assert row["status"] == "SENT"
     [warning] = row["warnings"]
@@ -75,7 +75,11 @@ def test_one_sn_result_written_as_text_costs_that_observation_only_not_the_other
     stored = engine.query(
         "clinical", "select set_id from observation where filler_order_number = 'LAB600301' order by set_id + 0"
     )
-    assert [r["set_id"] for r in stored] == [str(i) for i in range(1, 23) if i != 9]
+    assert [r["set_id"] for r in stored] == [str(i) for i in range(1, 23)]
+    nine = engine.query(
+        "clinical", "select value_numeric from observation where filler_order_number = 'LAB600301' and set_id = '9'"
+    )
+    assert nine == [{"value_numeric": None}]
     assert engine.query("clinical", "select count(*) as n from diagnostic_report where mrn = 'MRN500301'")[0]["n"] == 1
 
 

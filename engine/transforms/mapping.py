@@ -127,29 +127,42 @@ class RecordRule:
         adds one line to ``warnings`` instead (at most WARNINGS_PER_RULE, then one line counting
         the rest). Raises MappingError (``on_error: fail``)."""
         skipped = 0
+        left: list[str] = []  # values left out of otherwise good records
         for scopes, where in self.scopes(msg):
             if self.when is not None and not self.when(msg, scopes):
                 continue
             try:
-                out.append(self._record(msg, scopes))
+                out.append(self._record(msg, scopes, where, left))
             except _Unbuilt as exc:
                 if not self.skip:
                     raise self._error(exc.field, exc.reason, where) from None
                 skipped += 1
                 if skipped <= WARNINGS_PER_RULE:
                     warnings.append(self._text(exc.field, exc.reason, where, "record skipped"))
+        warnings.extend(left[:WARNINGS_PER_RULE])
+        if len(left) > WARNINGS_PER_RULE:
+            more = f"{len(left) - WARNINGS_PER_RULE} more value(s) left out"
+            warnings.append(f"{self.target}: {more} (mapping {self.mapping}, records[{self.index}])")
         if skipped > WARNINGS_PER_RULE:
             more = f"{skipped - WARNINGS_PER_RULE} more record(s) skipped"
             warnings.append(f"{self.target}: {more} (mapping {self.mapping}, records[{self.index}])")
 
-    def _record(self, msg: Reader, scopes: tuple) -> Record:
+    def _record(self, msg: Reader, scopes: tuple, where: str = "", left: list[str] | None = None) -> Record:
+        """One record. A value that cannot be read (an impossible date, a number that is text)
+        in a field that is neither required nor part of the key is left out — the stored value
+        stays — and noted in ``left`` as a warning; in a required or key field it fails the
+        record (:class:`_Unbuilt`)."""
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
+        unread: dict[str, list[_Field]] = {}  # reason -> the fields it cost (one source value, many parts)
         for f in self.fields:
             try:
                 v = f.fn(msg, scopes)
             except ValueProblem as exc:
-                raise _Unbuilt(f, exc.reason) from None
+                if f.required or f.column in self.key or left is None:
+                    raise _Unbuilt(f, exc.reason) from None
+                unread.setdefault(exc.reason, []).append(f)
+                continue
             source = f.source
             if v is MISSING:
                 if f.default is not MISSING:
@@ -162,6 +175,9 @@ class RecordRule:
                 raise _Unbuilt(f, 'required value is an HL7 null ("")')
             values[f.column] = v
             sources[f.column] = source
+        for reason, cost in unread.items():
+            others = f" with {', '.join(g.column for g in cost[1:])}" if len(cost) > 1 else ""
+            left.append(self._text(cost[0], reason, where, f"value left out{others}"))  # type: ignore[union-attr]
         return Record(self.target, self.key, values, self.op, sources)
 
     def _text(self, f: _Field, reason: str, where: str, outcome: str = "") -> str:
