@@ -211,7 +211,8 @@ class Processor:
             else:
                 seq = r.seq if r.seq is not None else r.id
                 pending[d.name].append(Item(r.id, payload, r.content, r.ordering_key, seq))
-        left = unmapped(msg, [report]) if report.read else None
+        complete = not any(x["status"] == ERROR for x in results)  # a mapping that failed read only part
+        left = unmapped(msg, [report]) if report.read and complete else None
         if retried:  # what the destinations done earlier noticed and read is in the stored lists
             warnings = list(dict.fromkeys([*json.loads(r.warnings or "[]"), *warnings]))
             left = json.loads(r.unmapped) if r.unmapped else left
