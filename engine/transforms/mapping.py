@@ -159,7 +159,7 @@ class RecordRule:
             try:
                 v = f.fn(msg, scopes)
             except ValueProblem as exc:
-                if f.required or f.column in self.key or left is None:
+                if f.required or f.column in self.key or left is None or not exc.unreadable:
                     raise _Unbuilt(f, exc.reason) from None
                 unread.setdefault(exc.reason, []).append(f)
                 continue

@@ -28,11 +28,17 @@ MISSING = _Missing()
 
 
 class ValueProblem(Exception):
-    """A value could not be produced; ``reason`` is safe to log (no patient data)."""
+    """A value could not be produced; ``reason`` is safe to log (no patient data).
 
-    def __init__(self, reason: str):
+    ``unreadable``: the sent value is malformed (a date or number that is not one), as opposed
+    to a rule the analyst set (a required value, a code table's ``on_unknown: error``). An
+    unreadable value in an optional field is left out with a warning; the rest fail the record.
+    """
+
+    def __init__(self, reason: str, *, unreadable: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.unreadable = unreadable
 
 
 # YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]
@@ -50,18 +56,22 @@ def parse_dtm(text: str) -> tuple[datetime, tzinfo | None]:
     """
     m = _DTM.fullmatch(text.strip())
     if not m:
-        raise ValueProblem("not a valid HL7 date/time (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+        raise ValueProblem(
+            "not a valid HL7 date/time (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])", unreadable=True
+        )
     y, mo, d, h, mi, s, frac, sign, oh, om = m.groups()
     try:
         value = datetime(
             int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0), int((frac or "0").ljust(6, "0"))
         )
     except ValueError:
-        raise ValueProblem("not a valid HL7 date/time (a month, day or time is out of range)") from None
+        raise ValueProblem(
+            "not a valid HL7 date/time (a month, day or time is out of range)", unreadable=True
+        ) from None
     offset = None
     if sign:
         if int(oh) > 14 or int(om) > 59:
-            raise ValueProblem("not a valid HL7 date/time (time zone offset out of range)")
+            raise ValueProblem("not a valid HL7 date/time (time zone offset out of range)", unreadable=True)
         delta = timedelta(hours=int(oh), minutes=int(om))
         offset = timezone(-delta if sign == "-" else delta)
     return value, offset
@@ -103,7 +113,7 @@ def to_number(text: str) -> float:
     """A float from an NM value (``+3.5``, ``-.5``, ``12``); ValueProblem when not numeric."""
     text = text.strip()
     if not _NM.fullmatch(text):
-        raise ValueProblem("not a number (HL7 NM: optional sign, digits, optional decimal point)")
+        raise ValueProblem("not a number (HL7 NM: optional sign, digits, optional decimal point)", unreadable=True)
     return float(text)
 
 
@@ -111,5 +121,5 @@ def to_integer(text: str) -> int:
     """An int from an NM/SI value (``1``, ``+2``, ``3.0``); ValueProblem when not whole."""
     value = to_number(text)
     if not value.is_integer():
-        raise ValueProblem("not a whole number")
+        raise ValueProblem("not a whole number", unreadable=True)
     return int(value)
