@@ -191,6 +191,17 @@ def fresh_engine(tmp_path):
         p.stop()
 
 
+def engine_check(config: Path) -> subprocess.CompletedProcess:
+    """``engine check --config <config>`` as a user runs it (exit 2 and file:line problems on stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "check", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def services_required() -> bool:
     """In CI a missing PostgreSQL/Redis is a failure, never a skip."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -11,14 +11,12 @@ Through ``engine check``: a faulty identifier spec or ordering key is named with
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import uuid
 from datetime import UTC, date, datetime
 
 import pytest
-from conftest import ROOT, MllpConnection, ack_fields, adt_config, config_file
+from conftest import ROOT, MllpConnection, ack_fields, adt_config, config_file, engine_check
 from sqlalchemy import bindparam, create_engine, text
 
 from engine.errors import DeliveryError, MappingError
@@ -527,13 +525,7 @@ def test_check_names_each_faulty_identifier_spec_and_ordering_key_with_file_and_
               - {{name: clinical, type: store, store: clinical, mapping: ids}}
         """),
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = engine_check(cfg)
     assert out.returncode == 2
     ids = mappings / "ids.yaml"
     expected = [

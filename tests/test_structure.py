@@ -9,13 +9,11 @@ mappings' own zone (America/Los_Angeles) stays the default for everyone else.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from datetime import UTC, date, datetime
 
 import pytest
-from conftest import ROOT, EngineProcess, MllpConnection, ack_fields, config_file, fixture_bytes
+from conftest import EngineProcess, MllpConnection, ack_fields, config_file, engine_check, fixture_bytes
 
 from engine.stores.records_store import RecordStore
 
@@ -540,13 +538,7 @@ def test_check_reports_a_channel_time_zone_that_is_no_iana_zone_with_file_line_a
               - {{name: clinical, type: store, store: clinical, mapping: oru_clinical}}
         """),
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = engine_check(cfg)
     assert out.returncode == 2
     assert f"{cfg}:8: channels[0].timezone: " in out.stderr and "unknown time zone 'Central'" in out.stderr
     assert f"{cfg}:9: channels[0].timezones: " in out.stderr and "'US/Nowhere'" in out.stderr

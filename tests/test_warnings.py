@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, fixture_bytes
+from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, engine_check, fixture_bytes
 
 
 def deliver(eng, port: int, fixture: str, control_id: str) -> dict:
@@ -145,13 +145,7 @@ def test_check_rejects_an_unknown_on_error_and_a_skipped_merge_with_file_line_an
               - {{name: clinical, type: store, store: clinical, mapping: bad}}
         """),
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = engine_check(cfg)
     assert out.returncode == 2
     bad = mappings / "bad.yaml"
     assert f"{bad}:5: records[0].on_error: on_error must be fail" in out.stderr, out.stderr
