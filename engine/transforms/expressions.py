@@ -406,9 +406,7 @@ class Compiler:
         reads = _reads(p, {comp[0]} | _components(spec.get("where")))
 
         def pick(m, s):
-            m.read.update(reads)
-            segs = m.find_segments(p, s)
-            raw = segs[0].field(p.field) if segs else ""
+            raw = m.raw_field(p, s, reads)
             if not raw:
                 return MISSING
             d = m.delimiters
@@ -436,9 +434,7 @@ class Compiler:
         reads, field, issuer = _reads(p, {1, 4, 5}), p.text, part == "issuer"
 
         def identifier(m, s):
-            m.read.update(reads)
-            segs = m.find_segments(p, s)
-            raw = segs[0].field(p.field) if segs else ""
+            raw = m.raw_field(p, s, reads)
             if not raw:
                 return MISSING
             chosen = rule.choose(raw, m.delimiters)
@@ -496,9 +492,7 @@ class Compiler:
         reads = _reads(p, {c for c, _sub in used} | _components(spec.get("where")))
 
         def json_list(m, s):
-            m.read.update(reads)
-            segs = m.find_segments(p, s)
-            raw = segs[0].field(p.field) if segs else ""
+            raw = m.raw_field(p, s, reads)
             if not raw:
                 return MISSING
             if raw == '""':

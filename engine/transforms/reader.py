@@ -83,6 +83,14 @@ class Reader:
                 return self.msg.find_segments(path, scopes)
         return self.msg.find_segments(path)
 
+    def raw_field(self, path: Path, scopes: tuple[Span, ...], reads: set[str]) -> str:
+        """The whole field ``path`` names, undecoded, in its first segment in scope ("" when
+        absent), noting ``reads`` as the positions read: for expressions that take a field
+        apart themselves (pick, identifier, json_list, typed)."""
+        self.read.update(reads)
+        segs = self.find_segments(path, scopes)
+        return segs[0].field(path.field) if segs and path.field is not None else ""
+
     def values(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[str | None]:
         """As :meth:`Message.values` (``path`` already parsed); records the position in ``read``."""
         pos = _POSITIONS.get(path.text)

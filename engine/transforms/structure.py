@@ -103,9 +103,7 @@ def typed(p: Path, type_of: Fn | str, type_source: str, name: str | None, defaul
     reads = {f"{p.segment}-{p.field}.{c}" for c in parts} if parts else {position(p)}
 
     def value(m, s: tuple) -> Any:
-        m.read.update(reads)
-        segs = m.find_segments(p, s)
-        raw = segs[0].field(p.field) if segs else ""
+        raw = m.raw_field(p, s, reads)
         if not raw:
             return MISSING
         if raw == '""':
