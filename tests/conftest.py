@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,32 @@ def engine_check(config: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh schema (search_path) on the machine's PostgreSQL test database, dropped afterwards;
+    the server itself is only used, never stopped or flushed."""
+    try:
+        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.connect():
+            pass
+    except Exception as exc:
+        if services_required():
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {type(exc).__name__}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({type(exc).__name__}); set CI=true to make this fail")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
 
 
 def services_required() -> bool:

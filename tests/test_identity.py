@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import textwrap
-import uuid
 from datetime import UTC, date, datetime
 
 import pytest
 from conftest import ROOT, MllpConnection, ack_fields, adt_config, config_file, engine_check
-from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy import bindparam, text
 
 from engine.errors import DeliveryError, MappingError
 from engine.formats.hl7 import Message
@@ -307,23 +306,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/store.db"
         return
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.connect():
-            pass
-    except Exception as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({type(exc).__name__}); set CI=true to make this fail")
-    name = f"t_identity_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+    yield request.getfixturevalue("pg_url")
 
 
 def patient(issuer: str, mrn: str, **values) -> Record:

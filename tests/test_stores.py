@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from engine.errors import DeliveryError
 from engine.records import Record
@@ -377,29 +376,6 @@ def test_sqlite_relative_url_creates_dir_and_uses_wal(tmp_path, monkeypatch):
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------------
-@pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL schema (search_path) on the test database, dropped afterwards."""
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.connect():
-            pass
-    except Exception as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({type(exc).__name__}); set CI=true to make this fail")
-    name = f"t_stores_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.mark.services
 def test_postgresql_upsert_merge_and_savepoints(pg_url):
     clinical, pm = RecordStore(pg_url, "clinical"), RecordStore(pg_url, "pm")  # both in one database
     with pytest.raises(SchemaOutOfDate):
