@@ -10,7 +10,6 @@ Through ``engine check``: a faulty identifier spec or ordering key is named with
 
 from __future__ import annotations
 
-import os
 import textwrap
 from datetime import UTC, date, datetime
 
@@ -26,7 +25,6 @@ from engine.stores.db import UTCDateTime
 from engine.stores.records_store import RecordStore
 from engine.transforms import load_mapping
 
-PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REASON = "no identifier of type MR/PI/PT/untyped in PID-3"
 
 

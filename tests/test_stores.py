@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -13,9 +12,6 @@ from engine.records import Record
 from engine.stores import migrate
 from engine.stores.migrate import SchemaOutOfDate
 from engine.stores.records_store import RecordStore
-
-PG_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
 
 ISSUER = "NORTH"  # one authority issues every patient here; two authorities: tests/test_identity.py
 
