@@ -9,6 +9,7 @@
      ├── MappingError       a mapping could not produce its records for one message
      │                      (missing required field, bad date, unknown table value)
      ├── DeliveryError      a destination refused or could not be reached (retryable or not)
+     │    └── Deferred      not attempted: an earlier message of its ordering key failed first
      └── StoreUnavailable   the message store could not commit: the listener answers AE, never AA
 
 Each maps to the protocol's own error answer: an HL7 NACK (AE/AR with ERR), later a FHIR
@@ -93,3 +94,15 @@ class DeliveryError(EngineError):
 
 class StoreUnavailable(EngineError):
     """The message store could not commit; nothing may be acknowledged as accepted."""
+
+
+class Deferred(DeliveryError):
+    """Not attempted: an earlier message of the same ordering key failed in the same batch.
+
+    Returned (not raised) by a destination whose ``orders_its_batch`` is True; the message
+    waits, without using up an attempt, until ``blocker`` is through.
+    """
+
+    def __init__(self, blocker: int):
+        super().__init__(f"waits for message {blocker} (same ordering key)", retryable=True)
+        self.blocker = blocker

@@ -420,7 +420,7 @@ def test_postgresql_upsert_merge_and_savepoints(pg_url):
 
 
 def test_a_message_after_a_failed_one_of_its_ordering_key_is_deferred_not_applied(clinical):
-    from engine.channels.base import Deferred
+    from engine.errors import Deferred
 
     bad = up("clinical.patient", ("mrn",), mrn="M1", no_such_column="x")
     results = clinical.apply_batch(

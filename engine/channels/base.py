@@ -49,18 +49,6 @@ class Item:
     """The message's place in receive order (see ``messages.seq``); None: its id."""
 
 
-class Deferred(Exception):
-    """Not attempted: an earlier message of the same ordering key failed in the same batch.
-
-    Returned (not raised) by a destination whose ``orders_its_batch`` is True; the message
-    waits, without using up an attempt, until ``blocker`` is through.
-    """
-
-    def __init__(self, blocker: int):
-        super().__init__(f"waits for message {blocker} (same ordering key)")
-        self.blocker = blocker
-
-
 @dataclass
 class Context:
     """What a destination may use, handed in at construction (no reaching for globals).

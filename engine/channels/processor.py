@@ -26,13 +26,12 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from engine.channels.base import Deferred, Destination, Item
-from engine.errors import DeliveryError, MappingError, ParseError
+from engine.channels.base import Destination, Item
+from engine.errors import Deferred, DeliveryError, MappingError, ParseError
 from engine.formats import hl7
 from engine.stores.message_store import (
     ERROR,
     FILTERED,
-    PENDING,
     QUEUED,
     RECEIVED,
     SENT,
@@ -112,27 +111,26 @@ class Processor:
 
     def process(self, channel_name: str, ids: list[int]) -> list[Outcome]:
         """Process ``ids`` (already committed) in order; returns the outcomes it recorded."""
-        lease = self._store.claim(ids, lease_seconds=self._lease)
+        lease, rows = self._store.claim(ids, lease_seconds=self._lease)
         if not lease.ids:
             return []
         self._keeper.hold(lease)
         try:
-            rows = [r for r in self._store.load(lease.ids) if r.status in PENDING]
-            result = self._process(channel_name, rows, lease)
+            result, after = self._process(channel_name, rows, lease)
         finally:
             self._keeper.drop(lease)
         self._on_outcomes(result)
-        done = {r.ordering_key: r.id for r in rows if r.ordering_key}
-        if done:
-            self._dispatch(channel_name, self._store.next_in_line(channel_name, done))
+        if after:
+            self._dispatch(channel_name, after)
         return result
 
-    def _process(self, channel_name: str, rows: list[Any], lease: Lease) -> list[Outcome]:
+    def _process(self, channel_name: str, rows: list[Any], lease: Lease) -> tuple[list[Outcome], list[int]]:
+        """Returns the outcomes recorded and the messages next in line after these (to dispatch)."""
+        hand_on = (channel_name, {r.ordering_key: r.id for r in rows if r.ordering_key})
         channel = self._channels.get(channel_name)
         if channel is None:
-            return self._store.record(
-                [Outcome(r.id, ERROR, f"channel {channel_name!r} is not configured") for r in rows], lease
-            )
+            failed = [Outcome(r.id, ERROR, f"channel {channel_name!r} is not configured") for r in rows]
+            return self._store.record(failed, lease, hand_on=hand_on)
         dests = self._destinations[channel_name]
         outcomes: dict[int, Outcome] = {}
         pending: dict[str, list[Item]] = {d.name: [] for d in dests}
@@ -156,7 +154,7 @@ class Processor:
                 o.status, o.error = _summarise(o.deliveries or [])
         self._keeper.drop(lease)  # recording releases the claims: nothing left to renew
         done = [o for o in outcomes.values() if o.message_id not in unfinished]
-        return self._until_stored(lambda: self._store.record(done, lease), lease)
+        return self._until_stored(lambda: self._store.record(done, lease, hand_on=hand_on), lease)
 
     def _until_stored(self, write: Callable[[], Any], lease: Lease) -> Any:
         """Run a status write, retrying while the message store is unreachable (up to

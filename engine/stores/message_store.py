@@ -50,6 +50,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -146,6 +148,103 @@ content_access = Table(
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# The hot path's statements, built once: building a SQLAlchemy expression costs more than
+# running it on SQLite, and a prebuilt statement also keeps its compiled form cached.
+# Lists of ids or keys go in as expanding bind parameters.
+def _ids(name: str = "ids"):
+    return bindparam(name, expanding=True)
+
+
+_STAMP = bindparam("stamp", type_=UTCDateTime())
+_EARLIER = messages.alias("e")
+_CLAIM = (
+    update(messages)
+    .where(
+        messages.c.id.in_(_ids()),
+        messages.c.status.in_(PENDING),
+        or_(messages.c.claim_until.is_(None), messages.c.claim_until < _STAMP),
+        or_(
+            messages.c.ordering_key.is_(None),
+            ~select(_EARLIER.c.id)
+            .where(
+                _EARLIER.c.channel == messages.c.channel,
+                _EARLIER.c.ordering_key == messages.c.ordering_key,
+                _EARLIER.c.id < messages.c.id,
+                _EARLIER.c.status.in_(PENDING),
+                or_(
+                    _EARLIER.c.id.not_in(_ids()),
+                    and_(_EARLIER.c.claim_until.is_not(None), _EARLIER.c.claim_until >= _STAMP),
+                ),
+            )
+            .exists(),
+        ),
+    )
+    .values(claim_until=bindparam("until", type_=UTCDateTime()), claim_token=bindparam("token"))
+    .returning(messages.c.id)
+)
+_LOAD = select(messages).where(messages.c.id.in_(_ids()), messages.c.status.in_(PENDING)).order_by(messages.c.id)
+_LOAD_DELIVERIES = select(deliveries).where(deliveries.c.message_id.in_(_ids()))
+_OWNED = (
+    select(messages.c.id)
+    .where(messages.c.id.in_(_ids()), messages.c.claim_token == bindparam("token"))
+    .with_for_update()
+)
+_RECORD = (
+    update(messages)
+    .where(messages.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+        warnings=bindparam("b_warnings"),
+        unmapped=bindparam("b_unmapped"),
+        updated_at=bindparam("b_stamp", type_=UTCDateTime()),
+        claim_until=None,
+        claim_token=None,
+    )
+)
+_NEXT = (
+    select(messages.c.ordering_key, func.min(messages.c.id))
+    .where(
+        messages.c.channel == bindparam("channel"),
+        messages.c.ordering_key.in_(_ids("keys")),
+        messages.c.status.in_(PENDING),
+        or_(messages.c.claim_until.is_(None), messages.c.claim_until < _STAMP),
+    )
+    .group_by(messages.c.ordering_key)
+)
+_PRIOR = (
+    select(
+        messages.c.id,
+        messages.c.content_hash,
+        messages.c.received_at,
+        messages.c.channel,
+        messages.c.sending_facility,
+        messages.c.control_id,
+        messages.c.status,
+        func.coalesce(messages.c.seq, messages.c.id).label("seq"),
+    )
+    .where(
+        tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id).in_(_ids("keys")),
+        messages.c.received_at >= bindparam("since", type_=UTCDateTime()),
+        messages.c.duplicate_of.is_(None),
+    )
+    .order_by(messages.c.id)
+)
+_INSERT = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
+_DELIVERY_VALUES = ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")
+_DELIVERY_UPSERT = {
+    name: (
+        lambda ins: ins.on_conflict_do_update(
+            index_elements=[deliveries.c.message_id, deliveries.c.destination],
+            set_={k: ins.excluded[k] for k in _DELIVERY_VALUES},
+        )
+    )(insert(deliveries))
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
+"""One INSERT ... ON CONFLICT (message_id, destination) DO UPDATE per dialect: a delivery row
+is written in one statement whether or not an earlier attempt left one."""
 
 
 @dataclass
@@ -333,10 +432,7 @@ class MessageStore:
                 if status == RECEIVED and item.control_id and dup is None:
                     # a later copy in this same batch is a duplicate of this one: its id comes below
                     prior[key] = (None, digest, stamp, RECEIVED, None)
-            ids = [
-                r[0]
-                for r in conn.execute(messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows)
-            ]
+            ids = [r[0] for r in conn.execute(_INSERT, rows)]
             out: list[Stored] = []
             first_in_batch: dict[tuple, int] = {}
             for row_id, (status, dup, flags, key, _digest) in zip(ids, out_meta):
@@ -359,26 +455,8 @@ class MessageStore:
         if not keyed:
             return {}
         window = max(i.duplicate_window or timedelta(0) for i in keyed)
-        rows = conn.execute(
-            select(
-                messages.c.id,
-                messages.c.content_hash,
-                messages.c.received_at,
-                messages.c.channel,
-                messages.c.sending_facility,
-                messages.c.control_id,
-                messages.c.status,
-                func.coalesce(messages.c.seq, messages.c.id).label("seq"),
-            )
-            .where(
-                tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id).in_(
-                    {(i.channel, i.sending_facility, i.control_id) for i in keyed}
-                ),
-                messages.c.received_at >= stamp - window,
-                messages.c.duplicate_of.is_(None),
-            )
-            .order_by(messages.c.id)
-        ).all()
+        keys = list({(i.channel, i.sending_facility, i.control_id) for i in keyed})
+        rows = conn.execute(_PRIOR, {"keys": keys, "since": stamp - window}).all()
         return {
             (r.channel, r.sending_facility, r.control_id): (
                 r.id,
@@ -391,14 +469,16 @@ class MessageStore:
         }
 
     # -- processing -----------------------------------------------------------------------------
-    def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> Lease:
-        """Claim ``ids`` for processing by this worker for ``lease_seconds``; the Lease lists
-        those claimed and carries the token that fences every status written for them.
+    def claim(self, ids: list[int], *, lease_seconds: float = 60.0) -> tuple[Lease, list[Any]]:
+        """Claim ``ids`` for processing by this worker for ``lease_seconds`` and load them;
+        returns the Lease (those claimed, and the token that fences every status written for
+        them) and the claimed rows, with content and earlier delivery rows, in id order. One
+        short transaction.
 
         A message is claimed only if it still needs processing, nobody else holds an
         unexpired claim on it, and no earlier message of its channel with the same ordering
         key is still pending, unless that one is among ``ids`` and free to be claimed with it
-        (else it goes first: :meth:`next_in_line` hands this one on when it is done). This is
+        (else it goes first: :meth:`record` hands this one on when it is done). This is
         what keeps one patient's updates in receive order with any number of workers. Claims
         are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: its single
         writer), so two workers handed overlapping batches (a re-dispatch after a
@@ -407,36 +487,15 @@ class MessageStore:
         token = uuid.uuid4().hex
         started = time.monotonic()
         if not ids:
-            return Lease(token, [], lease_seconds, started + lease_seconds)
+            return Lease(token, [], lease_seconds, started + lease_seconds), []
         stamp = now()
-        e = messages.alias("e")
-        earlier = (
-            select(e.c.id)
-            .where(
-                e.c.channel == messages.c.channel,
-                e.c.ordering_key == messages.c.ordering_key,
-                e.c.id < messages.c.id,
-                e.c.status.in_(PENDING),
-                or_(e.c.id.not_in(ids), and_(e.c.claim_until.is_not(None), e.c.claim_until >= stamp)),
-            )
-            .exists()
-        )
-        stmt = (
-            update(messages)
-            .where(
-                messages.c.id.in_(ids),
-                messages.c.status.in_(PENDING),
-                or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
-                or_(messages.c.ordering_key.is_(None), ~earlier),
-            )
-            .values(claim_until=stamp + timedelta(seconds=lease_seconds), claim_token=token)
-            .returning(messages.c.id)
-        )
+        params = {"ids": ids, "stamp": stamp, "until": stamp + timedelta(seconds=lease_seconds), "token": token}
         with write_transaction(self.status_engine) as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
-            claimed = sorted(r[0] for r in conn.execute(stmt))
-        return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE)
+            claimed = sorted(r[0] for r in conn.execute(_CLAIM, params))
+            rows = self._load(conn, claimed) if claimed else []
+        return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE), rows
 
     def renew(self, lease: Lease) -> None:
         """Extend ``lease`` by its length from now; messages another worker took over since
@@ -461,8 +520,7 @@ class MessageStore:
     def _owned(self, conn, lease: Lease, ids: list[int]) -> set[int]:
         """Those of ``ids`` whose claim ``lease`` still holds, locked until the transaction ends
         (PostgreSQL: FOR UPDATE; SQLite: the write transaction already excludes other writers)."""
-        q = select(messages.c.id).where(messages.c.id.in_(ids), messages.c.claim_token == lease.token)
-        return {r[0] for r in conn.execute(q.with_for_update())}
+        return {r[0] for r in conn.execute(_OWNED, {"ids": ids, "token": lease.token})}
 
     def record_deliveries(self, lease: Lease, results: list[tuple[int, dict[str, Any]]]) -> set[int]:
         """Write (message_id, delivery) rows at once, before the rest of the batch is done
@@ -481,52 +539,47 @@ class MessageStore:
                 update(messages).where(messages.c.claim_until.is_not(None)).values(claim_until=None, claim_token=None)
             ).rowcount
 
-    def next_in_line(self, channel: str, done: dict[str, int]) -> list[int]:
+    def next_in_line(self, channel: str, done: dict[str, int], conn=None) -> list[int]:
         """For each ordering key -> last processed id, the next pending unclaimed message, if any."""
         if not done:
             return []
-        stamp = now()
-        q = (
-            select(messages.c.ordering_key, func.min(messages.c.id))
-            .where(
-                messages.c.channel == channel,
-                messages.c.ordering_key.in_(list(done)),
-                messages.c.status.in_(PENDING),
-                or_(messages.c.claim_until.is_(None), messages.c.claim_until < stamp),
-            )
-            .group_by(messages.c.ordering_key)
-        )
-        with self.engine.connect() as conn:
-            return sorted(mid for key, mid in conn.execute(q) if mid > done[key])
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.next_in_line(channel, done, own)
+        rows = conn.execute(_NEXT, {"channel": channel, "keys": list(done), "stamp": now()})
+        return sorted(mid for key, mid in rows if mid > done[key])
 
     def load(self, ids: Iterable[int]) -> list[Any]:
-        """Rows (with content) for ``ids``, in id order."""
+        """Pending rows (with content and earlier delivery rows) for ``ids``, in id order."""
         ids = list(ids)
         if not ids:
             return []
         with self.engine.connect() as conn:
-            rows = conn.execute(select(messages).where(messages.c.id.in_(ids)).order_by(messages.c.id)).all()
-            dl = conn.execute(select(deliveries).where(deliveries.c.message_id.in_(ids))).all()
+            return self._load(conn, ids)
+
+    def _load(self, conn, ids: list[int]) -> list[Any]:
+        rows = conn.execute(_LOAD, {"ids": ids}).all()
         by_msg: dict[int, dict[str, Any]] = {}
-        for d in dl:
+        for d in conn.execute(_LOAD_DELIVERIES, {"ids": ids}):
             by_msg.setdefault(d.message_id, {})[d.destination] = d
         return [_Loaded(r, by_msg.get(r.id, {})) for r in rows]
 
-    def record(self, outcomes: list[Outcome], lease: Lease | None = None) -> list[Outcome]:
+    def record(
+        self, outcomes: list[Outcome], lease: Lease | None = None, *, hand_on: tuple[str, dict[str, int]] | None = None
+    ) -> tuple[list[Outcome], list[int]]:
         """Write processing outcomes (message status and per-destination rows) in one
-        transaction and release their claims; returns the outcomes written.
+        transaction and release their claims; returns the outcomes written and, with
+        ``hand_on`` = (channel, {ordering key: last id processed}), the messages next in line
+        for those keys (:meth:`next_in_line`, read in the same transaction).
 
         With ``lease``, only messages whose claim it still holds are written: a worker whose
         claim passed to another worker (it stalled past the lease) writes nothing for them.
         """
-        if not outcomes:
-            return []
         stamp = now()
         with write_transaction(self.status_engine) as conn:
-            if lease is not None:
+            if lease is not None and outcomes:
                 owned = self._owned(conn, lease, [o.message_id for o in outcomes])
                 outcomes = [o for o in outcomes if o.message_id in owned]
-            released = dict(updated_at=stamp, claim_until=None, claim_token=None)
             rows = [
                 {
                     "b_id": o.message_id,
@@ -534,39 +587,24 @@ class MessageStore:
                     "b_error": o.error,
                     "b_warnings": json.dumps(o.warnings) if o.warnings else None,
                     "b_unmapped": json.dumps(o.unmapped) if o.unmapped else None,
+                    "b_stamp": stamp,
                 }
                 for o in outcomes
             ]
             if rows:  # one statement, executed for each message (executemany)
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id == bindparam("b_id"))
-                    .values(
-                        status=bindparam("b_status"),
-                        error=bindparam("b_error"),
-                        warnings=bindparam("b_warnings"),
-                        unmapped=bindparam("b_unmapped"),
-                        **released,
-                    ),
-                    rows,
-                )
+                conn.execute(_RECORD, rows)
             self._write_deliveries(conn, [(o.message_id, d) for o in outcomes for d in o.deliveries or ()], stamp)
-        return outcomes
+            after = self.next_in_line(hand_on[0], hand_on[1], conn) if hand_on else []
+        return outcomes, after
 
     def _write_deliveries(self, conn, rows: list[tuple[int, dict[str, Any]]], stamp: datetime) -> None:
-        """Insert or update one delivery row per (message_id, delivery dict)."""
+        """Insert or update one delivery row per (message_id, delivery dict), in one statement."""
         if not rows:
             return
-        existing = set(
-            conn.execute(
-                select(deliveries.c.message_id, deliveries.c.destination).where(
-                    deliveries.c.message_id.in_({m for m, _d in rows})
-                )
-            ).all()
-        )
-        inserts, updates = [], []
-        for mid, d in rows:
-            values = dict(
+        values = [
+            dict(
+                message_id=mid,
+                destination=d["destination"],
                 status=d["status"],
                 attempts=d.get("attempts", 1),
                 result=d.get("result"),
@@ -574,20 +612,9 @@ class MessageStore:
                 next_attempt_at=d.get("next_attempt_at"),
                 updated_at=stamp,
             )
-            if (mid, d["destination"]) in existing:
-                updates.append({"b_mid": mid, "b_dest": d["destination"], **{f"b_{k}": v for k, v in values.items()}})
-            else:
-                existing.add((mid, d["destination"]))
-                inserts.append(dict(message_id=mid, destination=d["destination"], **values))
-        if inserts:  # RETURNING makes SQLAlchemy send one multi-row INSERT, not one per row
-            conn.execute(deliveries.insert().returning(deliveries.c.id), inserts).all()
-        if updates:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.message_id == bindparam("b_mid"), deliveries.c.destination == bindparam("b_dest"))
-                .values(**{k: bindparam(f"b_{k}") for k in _DELIVERY_VALUES}),
-                updates,
-            )
+            for mid, d in rows
+        ]
+        conn.execute(_DELIVERY_UPSERT[conn.dialect.name], values)
 
     def pending(
         self, *, channel: str | None = None, older_than: timedelta = timedelta(0), limit: int = 10_000
@@ -764,7 +791,6 @@ _CLAIM_LOCK = int.from_bytes(hashlib.sha256(b"engine.claims").digest()[:8], "big
 _SAFE = 0.8
 """Share of a lease a worker relies on: it stops delivering once 80% of the lease has passed
 since the store last confirmed it (clocks of different hosts may disagree a little)."""
-_DELIVERY_VALUES = ("status", "attempts", "result", "error", "next_attempt_at", "updated_at")
 
 
 def _lock_control_ids(conn, items: list[Inbound]) -> None:

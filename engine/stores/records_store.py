@@ -27,7 +27,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from engine.errors import DeliveryError, EngineError
+from engine.errors import Deferred, DeliveryError, EngineError
 from engine.records import Record
 from engine.stores import migrate
 from engine.stores.columns import StoreSpec
@@ -121,8 +121,6 @@ class RecordStore:
         ``seqs`` gives each message's place in receive order (default: its id); a row already
         written by a message with a higher one is left as it is (see :mod:`engine.stores.upsert`).
         """
-        from engine.channels.base import Deferred
-
         results: list[Exception | None] = [None] * len(batch)
         keys = keys or [None] * len(batch)
         order = [s if s is not None else mid for s, (mid, _r) in zip(seqs or [None] * len(batch), batch)]
@@ -148,8 +146,49 @@ class RecordStore:
             plans.append((i, message_id, order[i], ops))
         if not plans:
             return results
-        conflicts = self._owner_conflicts(plans, mrns)
-        if conflicts:
+        now = datetime.now(UTC)
+        grouped = not any(isinstance(op, _Merge) for _i, _m, _s, ops in plans for op in ops)
+        try:
+            if grouped:
+                try:
+                    return self._write(plans, mrns, now, keys, list(results), dict(failed), grouped=True)
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    log.info(
+                        "%s store: grouped write of %d message(s) failed (%s); retrying one savepoint each",
+                        self.schema,
+                        len(plans),
+                        type(exc).__name__,
+                    )
+            return self._write(plans, mrns, now, keys, results, failed, grouped=False)
+        except Exception as exc:
+            err = DeliveryError(f"{self.schema} store: batch not committed ({type(exc).__name__})", retryable=True)
+            err.__cause__ = exc
+            log.warning(
+                "%s store: batch of %d message(s) not committed: %s", self.schema, len(batch), type(exc).__name__
+            )
+            return [r if r is not None else err for r in results]
+
+    def _write(
+        self,
+        plans: list[tuple[int, int, int, list[Any]]],
+        mrns: set[Patient],
+        now: datetime,
+        keys: list[str | None],
+        results: list[Exception | None],
+        failed: dict[str | None, int],
+        *,
+        grouped: bool,
+    ) -> list[Exception | None]:
+        """One write transaction: the patient resolution and the owner check are read in it,
+        then the records are written, ``grouped`` (one executemany per run of one shape, no
+        savepoint: any failure fails the whole transaction, and the caller comes back with
+        ``grouped=False``) or one SAVEPOINT per message (a message that fails rolls back alone;
+        later messages of its ordering key are Deferred)."""
+        with write_transaction(self.engine) as conn:
+            resolved = load_resolution(conn, self.spec, mrns)
+            conflicts = self._owner_conflicts(conn, plans, resolved)
             kept = []
             for plan in plans:
                 i, message_id = plan[0], plan[1]
@@ -161,51 +200,28 @@ class RecordStore:
                         failed[keys[i]] = message_id
                 else:
                     kept.append(plan)
-            plans = kept
-            if not plans:
+            if grouped:
+                self._write_grouped(conn, kept, resolved, now)
                 return results
-
-        now = datetime.now(UTC)
-        if not any(isinstance(op, _Merge) for _i, _m, _s, ops in plans for op in ops):
-            try:
-                self._apply_grouped(plans, mrns, now)
-                return results
-            except Exception as exc:
-                log.info(
-                    "%s store: grouped write of %d message(s) failed (%s); retrying one savepoint each",
-                    self.schema,
-                    len(plans),
-                    type(exc).__name__,
-                )
-        try:
-            with write_transaction(self.engine) as conn:
-                resolved = load_resolution(conn, self.spec, mrns)
-                for i, message_id, seq, ops in plans:
-                    if keys[i] in failed and failed[keys[i]] != message_id:
-                        results[i] = Deferred(failed[keys[i]])
-                        continue
-                    try:
-                        with conn.begin_nested():
-                            after = self._apply_ops(conn, ops, message_id, seq, now, resolved)
-                    except Exception as exc:
-                        results[i] = self._wrap(exc, message_id)
-                        if keys[i]:
-                            failed.setdefault(keys[i], message_id)
-                    else:
-                        if after is not None:  # the message merged patients: its resolution now holds
-                            resolved.clear()
-                            resolved.update(after)
-        except Exception as exc:
-            err = DeliveryError(f"{self.schema} store: batch not committed ({type(exc).__name__})", retryable=True)
-            err.__cause__ = exc
-            log.warning(
-                "%s store: batch of %d message(s) not committed: %s", self.schema, len(batch), type(exc).__name__
-            )
-            return [r if r is not None else err for r in results]
+            for i, message_id, seq, ops in kept:
+                if keys[i] in failed and failed[keys[i]] != message_id:
+                    results[i] = Deferred(failed[keys[i]])
+                    continue
+                try:
+                    with conn.begin_nested():
+                        after = self._apply_ops(conn, ops, message_id, seq, now, resolved)
+                except Exception as exc:
+                    results[i] = self._wrap(exc, message_id)
+                    if keys[i]:
+                        failed.setdefault(keys[i], message_id)
+                else:
+                    if after is not None:  # the message merged patients: its resolution now holds
+                        resolved.clear()
+                        resolved.update(after)
         return results
 
     def _owner_conflicts(
-        self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[Patient]
+        self, conn, plans: list[tuple[int, int, int, list[Any]]], resolved: dict[Patient, Patient]
     ) -> dict[int, Exception]:
         """Messages whose records would move a row to another patient: {batch index: error}.
 
@@ -226,54 +242,50 @@ class RecordStore:
         if not wanted:
             return {}
         out: dict[int, Exception] = {}
-        with self.engine.connect() as conn:
-            resolved = load_resolution(conn, self.spec, mrns)
-            for table, by_key in wanted.items():
-                t = self.spec.tables[table]
-                cols = [t.c[k] for k in self.spec.keys[table]]
-                owners: dict[tuple, Patient] = {}
-                found = list(by_key)
-                n = len(cols)
-                for k in range(0, len(found), 500):
-                    rows = conn.execute(
-                        select(*cols, t.c.mrn_issuer, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500]))
-                    )
-                    owners.update({tuple(r[:n]): (r[n] or "", r[n + 1]) for r in rows if r[n + 1] is not None})
-                for key, claims in by_key.items():
-                    for i, patient in claims:
-                        mine = resolved.get(patient, patient)
-                        owner = owners.setdefault(key, mine)
-                        if resolved.get(owner, owner) != mine and i not in out:
-                            out[i] = DeliveryError(
-                                f"{self.schema}.{table}: this {'/'.join(self.spec.keys[table])} already belongs "
-                                "to another patient; not moved (a reused or mistyped identifier?)",
-                                retryable=False,
-                            )
+        for table, by_key in wanted.items():
+            t = self.spec.tables[table]
+            cols = [t.c[k] for k in self.spec.keys[table]]
+            owners: dict[tuple, Patient] = {}
+            found = list(by_key)
+            n = len(cols)
+            for k in range(0, len(found), 500):
+                rows = conn.execute(select(*cols, t.c.mrn_issuer, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500])))
+                owners.update({tuple(r[:n]): (r[n] or "", r[n + 1]) for r in rows if r[n + 1] is not None})
+            for key, claims in by_key.items():
+                for i, patient in claims:
+                    mine = resolved.get(patient, patient)
+                    owner = owners.setdefault(key, mine)
+                    if resolved.get(owner, owner) != mine and i not in out:
+                        out[i] = DeliveryError(
+                            f"{self.schema}.{table}: this {'/'.join(self.spec.keys[table])} already belongs "
+                            "to another patient; not moved (a reused or mistyped identifier?)",
+                            retryable=False,
+                        )
         return out
 
-    def _apply_grouped(self, plans: list[tuple[int, int, int, list[Any]]], mrns: set[Patient], now: datetime) -> None:
+    def _write_grouped(
+        self, conn, plans: list[tuple[int, int, int, list[Any]]], resolved: dict[Patient, Patient], now: datetime
+    ) -> None:
         """The fast path for a batch without merges: one executemany per run of one shape.
 
         Tables have no foreign keys between them, so each table's upserts can go together;
         within a table the batch order is kept (a later message's values win), so a run only
         joins records of the same shape that are consecutive for that table.
         """
-        with write_transaction(self.engine) as conn:
-            resolved = load_resolution(conn, self.spec, mrns)
-            per_table: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
-            for _i, message_id, seq, ops in plans:
-                stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
-                for op in ops:
-                    per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
-            for entries in per_table.values():
-                shape: Any = None
-                group: list[dict[str, Any]] = []
-                for op_shape, params in entries:
-                    if op_shape != shape:
-                        self._flush(conn, shape, group)
-                        shape, group = op_shape, []
-                    group.append(params)
-                self._flush(conn, shape, group)
+        per_table: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+        for _i, message_id, seq, ops in plans:
+            stamp = {"updated_at": now, "last_message_id": message_id, "last_seq": seq}
+            for op in ops:
+                per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
+        for entries in per_table.values():
+            shape: Any = None
+            group: list[dict[str, Any]] = []
+            for op_shape, params in entries:
+                if op_shape != shape:
+                    self._flush(conn, shape, group)
+                    shape, group = op_shape, []
+                group.append(params)
+            self._flush(conn, shape, group)
 
     def _plan(self, record: Record) -> Upsert | _Merge:
         """Check one record against the schema (no SQL)."""
