@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, exists, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, exists, insert, select, update
 
 from engine.stores.columns import MANAGED, StoreSpec
 
@@ -44,19 +44,26 @@ def _is(t: Any, patient: Patient, mrn: str = "mrn", issuer: str = "mrn_issuer"):
     return and_(t.c[issuer] == patient[0], t.c[mrn] == patient[1])
 
 
+_RESOLUTION: dict[str, Any] = {}  # identity table name -> its statement, built once
+
+
 def load_resolution(conn: Connection, spec: StoreSpec, patients: set[Patient]) -> dict[Patient, Patient]:
     """{patient: survivor} for those of ``patients`` that were merged away (one query per 500)."""
     ident = spec.tables[spec.identity]
+    wanted = {p for p in patients if p[1]}
+    mrns = sorted({p[1] for p in wanted})
+    # by mrn alone, the leading column of the identity's unique index, and the pairs matched
+    # here: SQLite does not use an index for a row-value IN over (issuer, mrn)
+    q = _RESOLUTION.get(ident.name)
+    if q is None:
+        q = _RESOLUTION[ident.name] = select(
+            ident.c.mrn_issuer, ident.c.mrn, ident.c.merged_into_issuer, ident.c.merged_into
+        ).where(ident.c.mrn.in_(bindparam("mrns", expanding=True)), ident.c.merged_into.is_not(None))
     out: dict[Patient, Patient] = {}
-    todo = sorted(p for p in patients if p[1])
-    pair = tuple_(ident.c.mrn_issuer, ident.c.mrn)
-    for i in range(0, len(todo), 500):
-        rows = conn.execute(
-            select(ident.c.mrn_issuer, ident.c.mrn, ident.c.merged_into_issuer, ident.c.merged_into).where(
-                pair.in_(todo[i : i + 500]), ident.c.merged_into.is_not(None)
-            )
-        )
-        out.update({(r[0], r[1]): (r[2] or "", r[3]) for r in rows})
+    for i in range(0, len(mrns), 500):
+        for r in conn.execute(q, {"mrns": mrns[i : i + 500]}):
+            if (r[0] or "", r[1]) in wanted:
+                out[(r[0] or "", r[1])] = (r[2] or "", r[3])
     return out
 
 

@@ -44,10 +44,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal,
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -109,6 +109,19 @@ Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messag
 Index("ix_messages_status", messages.c.status, messages.c.channel)
 Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
 Index("ix_messages_source", messages.c.channel, messages.c.source_message_id)
+Index("ix_messages_received", messages.c.channel, messages.c.received_at)
+_PENDING_SQL = "status IN ('RECEIVED', 'TRANSFORMED', 'QUEUED')"
+Index(
+    "ix_messages_pending",
+    messages.c.channel,
+    messages.c.ordering_key,
+    messages.c.id,
+    sqlite_where=text(_PENDING_SQL),
+    postgresql_where=text(_PENDING_SQL),
+)
+"""Only the messages still in work (see migration messages_0006): the claim and the hand-on
+read through it, so their cost does not grow with a patient's history. A query uses it only
+when its status condition is the index's own, written with literal values (:func:`_pending`)."""
 
 deliveries = Table(
     "deliveries",
@@ -153,6 +166,12 @@ def now() -> datetime:
 # The hot path's statements, built once: building a SQLAlchemy expression costs more than
 # running it on SQLite, and a prebuilt statement also keeps its compiled form cached.
 # Lists of ids or keys go in as expanding bind parameters.
+def _pending(status):
+    """``status IN ('RECEIVED', 'TRANSFORMED', 'QUEUED')`` with the values in the SQL text, as the
+    planners need to match the partial index ``ix_messages_pending``."""
+    return status.in_([literal(s, literal_execute=True) for s in PENDING])
+
+
 def _ids(name: str = "ids"):
     return bindparam(name, expanding=True)
 
@@ -172,7 +191,7 @@ _CLAIM = (
                 _EARLIER.c.channel == messages.c.channel,
                 _EARLIER.c.ordering_key == messages.c.ordering_key,
                 _EARLIER.c.id < messages.c.id,
-                _EARLIER.c.status.in_(PENDING),
+                _pending(_EARLIER.c.status),
                 or_(
                     _EARLIER.c.id.not_in(_ids()),
                     and_(_EARLIER.c.claim_until.is_not(None), _EARLIER.c.claim_until >= _STAMP),
@@ -209,7 +228,7 @@ _NEXT = (
     .where(
         messages.c.channel == bindparam("channel"),
         messages.c.ordering_key.in_(_ids("keys")),
-        messages.c.status.in_(PENDING),
+        _pending(messages.c.status),
         or_(messages.c.claim_until.is_(None), messages.c.claim_until < _STAMP),
     )
     .group_by(messages.c.ordering_key)
@@ -226,8 +245,12 @@ _PRIOR = (
         func.coalesce(messages.c.seq, messages.c.id).label("seq"),
     )
     .where(
-        tuple_(messages.c.channel, messages.c.sending_facility, messages.c.control_id).in_(_ids("keys")),
-        messages.c.received_at >= bindparam("since", type_=UTCDateTime()),
+        messages.c.channel == bindparam("channel"),
+        messages.c.sending_facility == bindparam("facility"),
+        messages.c.control_id.in_(_ids("control_ids")),
+        # wrapped so that no planner takes the (channel, received_at) index instead of the
+        # control id's: a day of messages is far more rows than a control id ever has
+        func.coalesce(messages.c.received_at, messages.c.received_at) >= bindparam("since", type_=UTCDateTime()),
         messages.c.duplicate_of.is_(None),
     )
     .order_by(messages.c.id)
@@ -455,8 +478,20 @@ class MessageStore:
         if not keyed:
             return {}
         window = max(i.duplicate_window or timedelta(0) for i in keyed)
-        keys = list({(i.channel, i.sending_facility, i.control_id) for i in keyed})
-        rows = conn.execute(_PRIOR, {"keys": keys, "since": stamp - window}).all()
+        # one query per (channel, MSH-4): a row-value IN over the three columns is not
+        # matched to the index by SQLite, which then reads the whole table for each batch
+        groups: dict[tuple[str, str], set[str]] = {}
+        for i in keyed:
+            groups.setdefault((i.channel, i.sending_facility), set()).add(i.control_id)
+        rows = [
+            r
+            for (channel, facility), control_ids in groups.items()
+            for r in conn.execute(
+                _PRIOR,
+                {"channel": channel, "facility": facility, "control_ids": list(control_ids), "since": stamp - window},
+            )
+        ]
+        rows.sort(key=lambda r: r.id)  # the latest original of a control id wins below
         return {
             (r.channel, r.sending_facility, r.control_id): (
                 r.id,

@@ -23,7 +23,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -72,6 +72,7 @@ class RecordStore:
         self.engine = engine or make_engine(url, durable=True)
         self.spec: StoreSpec = importlib.import_module(f"engine.stores.{schema}").SPEC
         self._planner = Planner(self.spec, self.engine.dialect.name)
+        self._owner_queries: dict[str, Any] = {}
         self._owned = {  # tables keyed by something else than the patient, whose rows carry one
             name
             for name, t in self.spec.tables.items()
@@ -245,12 +246,19 @@ class RecordStore:
         for table, by_key in wanted.items():
             t = self.spec.tables[table]
             cols = [t.c[k] for k in self.spec.keys[table]]
-            owners: dict[tuple, Patient] = {}
-            found = list(by_key)
             n = len(cols)
-            for k in range(0, len(found), 500):
-                rows = conn.execute(select(*cols, t.c.mrn_issuer, t.c.mrn).where(tuple_(*cols).in_(found[k : k + 500])))
-                owners.update({tuple(r[:n]): (r[n] or "", r[n + 1]) for r in rows if r[n + 1] is not None})
+            # by the key's leading column (its unique index's first), the whole key matched
+            # here: SQLite does not use an index for a row-value IN
+            q = self._owner_queries.get(table)
+            if q is None:
+                q = select(*cols, t.c.mrn_issuer, t.c.mrn).where(cols[0].in_(bindparam("first", expanding=True)))
+                self._owner_queries[table] = q
+            owners: dict[tuple, Patient] = {}
+            firsts = sorted({k[0] for k in by_key}, key=str)
+            for k in range(0, len(firsts), 500):
+                for r in conn.execute(q, {"first": firsts[k : k + 500]}):
+                    if tuple(r[:n]) in by_key and r[n + 1] is not None:
+                        owners[tuple(r[:n])] = (r[n] or "", r[n + 1])
             for key, claims in by_key.items():
                 for i, patient in claims:
                     mine = resolved.get(patient, patient)
