@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", nargs="*", type=int)
     sp.add_argument("--status", type=str.upper)
     sp.add_argument("--channel")
+    sp = cmd("prune", cmd_prune, "delete messages older than each channel's retention_days (never pending ones)")
+    sp.add_argument("--channel", help="only this channel")
+    sp.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    sp.add_argument("--batch", type=int, default=500, help="messages per transaction (default %(default)s)")
     sp = cmd("db", cmd_db, "database schema: `engine db upgrade`")
     sp.add_argument("action", choices=["upgrade", "current"])
     return p
@@ -356,6 +360,32 @@ def cmd_reprocess(args) -> int:
                 failed += o.status == "ERROR"
                 print(f"{o.message_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
     return 1 if failed else 0
+
+
+def cmd_prune(args) -> int:
+    from engine.stores import retention
+
+    cfg, store = _message_store(args)
+    channels = [ch.config for ch in cfg.channels if args.channel in (None, ch.name)]
+    if not channels:
+        print(f"no channel {args.channel!r} in {args.config}", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("--batch must be at least 1", file=sys.stderr)
+        return 2
+    verb = "would be deleted" if args.dry_run else "deleted"
+    jobs = retention.plan(channels)
+    for ch in channels:
+        mine = [j for j in jobs if j.channel == ch.name]
+        if not mine:
+            print(f"{ch.name}: kept forever (no retention_days)")
+        for job in mine:
+            n = retention.prune(store, ch.name, job.cutoff, job.statuses, args.batch, dry_run=args.dry_run)
+            what = "/".join(job.statuses)
+            print(f"{ch.name}: {n} {what} message(s) received before {job.cutoff:%Y-%m-%d %H:%M} UTC {verb}")
+        if mine and ch.error_retention_days is None:
+            print(f"{ch.name}: ERROR messages kept until reprocessed (no error_retention_days)")
+    return 0
 
 
 def cmd_db(args) -> int:

@@ -6,11 +6,17 @@ Shape (see the sample ``config/channels.yaml``)::
     queue:         {type: memory}            the in-process queue (scale-out adds redis)
     mappings_dir:  ../mappings               relative to this file
     channels:      list of {name, source, filter?, validation?, ordering_key?, timezone?,
-                   timezones?, destinations}
+                   timezones?, retention_days?, error_retention_days?, destinations}
 
 A channel's ``ordering_key`` is the patient's identity, read at receive: by default
 ``{identifier: PID-3, types: [MR, PI, PT], default_issuer: MSH-4.1}`` (the repetition the
 mappings pick, as ``issuer|value``; see :mod:`engine.transforms.identifiers`), or a plain HL7 path.
+
+Retention (:mod:`engine.stores.retention`): ``retention_days`` (days, fractions allowed; unset:
+kept forever) prunes the channel's SENT and FILTERED messages once received (and last changed)
+that long ago; ERROR messages stay until reprocessed, or ``error_retention_days`` if set. Pending
+messages are never pruned. Each must be at least ``duplicate_window_hours``: a resend inside the
+window whose original was pruned would be taken as new.
 
 A source or destination is a tagged union on ``type``, resolved through the connector
 registry. Strings may use ``${VAR}`` and ``${VAR:-default}``; secrets belong in the
@@ -103,6 +109,11 @@ class ChannelConfig(_Model):
     timezones: dict[str, str] = {}
     """Per sending facility, ``{MSH-4 value: IANA zone}``, overriding ``timezone``; a key matches
     MSH-4.1 (namespace id), MSH-4.2 (universal id, such as a CLIA number) or the whole MSH-4."""
+    retention_days: float | None = Field(None, gt=0)
+    """Days a SENT or FILTERED message is kept after it was received (and last changed); None:
+    forever. The running engine prunes older ones every few minutes; ``engine prune`` on demand."""
+    error_retention_days: float | None = Field(None, gt=0)
+    """Days an ERROR message is kept; None (the default): until it is reprocessed."""
     destinations: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("timezone")
@@ -302,12 +313,31 @@ def _check_graph(cfg: Config, src: Located, check_mappings: bool) -> list[Proble
                 problems.extend(
                     src.problem(base + ("filter",) + tuple(_split_key(p.key)), p.message) for p in exc.problems
                 )
+        problems.extend(_retention_problems(ch.config, src, base))
         ch.ordering, found = _ordering_key(ch.config.ordering_key)
         problems.extend(src.problem(base + ("ordering_key", *k), p) for k, p in found)
         for j, d in zip(ch.destination_index, ch.destinations):
             if hasattr(d, "check"):
                 problems.extend(d.check(cfg, base + ("destinations", j), src, check_mappings=check_mappings))
     return problems
+
+
+def _retention_problems(ch: ChannelConfig, src: Located, base: tuple) -> list[Problem]:
+    """A retention shorter than the duplicate window: pruning an original would make its resend
+    inside the window look new (applied twice, or processed again)."""
+    out = []
+    for key in ("retention_days", "error_retention_days"):
+        days = getattr(ch, key)
+        if days is not None and days * 24 < ch.duplicate_window_hours:
+            out.append(
+                src.problem(
+                    base + (key,),
+                    f"{days:g} day(s) is shorter than duplicate_window_hours ({ch.duplicate_window_hours:g}): "
+                    "a resend inside the window would look new once its original is pruned; keep messages "
+                    "at least as long as the window, or shorten duplicate_window_hours",
+                )
+            )
+    return out
 
 
 def _ordering_key(raw: str | dict[str, Any]) -> tuple[str | IdentifierKey | None, list[tuple[tuple, str]]]:

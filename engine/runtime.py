@@ -182,11 +182,18 @@ class Runtime:
     def _sweep(self) -> None:
         """Every ``sweep_seconds``: retry dispatches the queue refused; in a processing role,
         re-dispatch retries that are due and messages stuck beyond ``stuck_after_seconds``
-        (lost from Redis, or claimed by a worker that died); record a heartbeat."""
+        (lost from Redis, or claimed by a worker that died); record a heartbeat.
+
+        The embedded engine and the listener (never a worker) also prune old messages by each
+        channel's retention: at start-up, then every ``retention.PRUNE_EVERY`` seconds, a couple
+        of seconds per sweep at most (a large backlog goes over several sweeps)."""
         import os
         import socket
 
+        from engine.stores import retention
+
         name = f"{socket.gethostname()}:{os.getpid()}"
+        prune_at = 0.0 if self.role != WORKER and retention.plan(c.config for c in self.cfg.channels) else None
         while not self._stop.wait(self._sweep_seconds):
             with self._inflight_lock:
                 waiting, self._undispatched = self._undispatched, {}
@@ -199,6 +206,15 @@ class Runtime:
                         self._dispatch(channel, ids)
             except Exception as exc:
                 log.warning("sweeper could not read the message store: %s", type(exc).__name__)
+            if prune_at is not None and time.monotonic() >= prune_at:
+                try:
+                    done = retention.sweep(self.message_store, (c.config for c in self.cfg.channels))
+                    prune_at = time.monotonic() + (retention.PRUNE_EVERY if done else 0.0)
+                except Exception as exc:
+                    prune_at = time.monotonic() + retention.RETRY_AFTER
+                    log.warning(
+                        "retention: pruning failed (%s); next try in %.0f s", type(exc).__name__, retention.RETRY_AFTER
+                    )
 
     def process_now(self, channel: str, ids: list[int]) -> list[Outcome]:
         """Process synchronously in the caller's thread (``engine reprocess``)."""

@@ -109,7 +109,7 @@ Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messag
 Index("ix_messages_status", messages.c.status, messages.c.channel)
 Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
 Index("ix_messages_source", messages.c.channel, messages.c.source_message_id)
-Index("ix_messages_received", messages.c.channel, messages.c.received_at)
+Index("ix_messages_received", messages.c.channel, messages.c.received_at)  # retention: a channel's messages by age
 _PENDING_SQL = "status IN ('RECEIVED', 'TRANSFORMED', 'QUEUED')"
 Index(
     "ix_messages_pending",
