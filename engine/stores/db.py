@@ -8,6 +8,7 @@ the SQLAlchemy docs explains the pysqlite quirk this fixes).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -51,7 +52,11 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     """
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        args = {} if durable else {"connect_args": {"options": "-c synchronous_commit=off"}}
+        args = {}
+        if not durable:  # connect_args replaces the URL's own options (a search_path, say): keep them
+            given = u.query.get("options")
+            given = " ".join(given) if isinstance(given, tuple) else given
+            args = {"connect_args": {"options": " ".join(filter(None, [given, "-c synchronous_commit=off"]))}}
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **args)
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
@@ -77,10 +82,39 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     return engine
 
 
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.Lock | None:
+    """One lock per SQLite database file in this process, shared by all its engines.
+
+    SQLite has one writer at a time; a connection that finds the write lock taken waits in
+    SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries. Two
+    threads of one process (the listener's commit and a worker's status write) then wait
+    milliseconds for a lock held for a fraction of one: the ACK latency's long tail. Taking
+    turns on a Python lock first hands the file over at once. Other processes (the CLI) still
+    meet the busy handler, as before.
+    """
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return None
+    key = str(Path(engine.url.database).resolve())
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(key, threading.Lock())
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: on SQLite it takes the write lock at BEGIN."""
-    with engine.connect() as conn:
+    """A transaction that will write: on SQLite it takes the write lock at BEGIN (after its
+    turn among this process's writers of the same file)."""
+    lock = _writer_lock(engine)
+    if lock is None:
+        with engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+        return
+    with lock, engine.connect() as conn:
         conn.execution_options(write=True)
         with conn.begin():
             yield conn
