@@ -1,12 +1,48 @@
-"""MLLP ingest benchmark: ACK rate, end-to-end rate and ACK latency of ``engine run``.
+"""MLLP ingest benchmark: ACK rate, end-to-end rate, ACK latency and CPU of ``engine run``,
+beside same-run anchors that say what the absolute figures are worth on this machine.
 
-Starts the engine on its embedded default (SQLite files in a temporary folder, in-process
-queue, the sample channels), sends N ADT and ORU messages over 1 and over 8 connections, and
-prints: ACKed messages per second, end-to-end messages per second until every message is
-mapped into both stores, ACK latency p50/p99, and, in the same run on the same messages, the
-bare parse rates of hl7apy and of the engine's tokenizer.
+    python bench/mllp_ingest.py [-n 5000] [--connections 1 8] [--patients many one] [--no-anchors] [--quick]
 
-    python bench/mllp_ingest.py [-n 5000] [--connections 1 8]
+Each engine run starts a fresh ``engine run`` on the repo's config/channels.yaml (the ``adt``
+and ``lab-results`` MLLP channels) with its three SQLite stores in a temporary folder and the
+in-process queue, and sends N messages, half ADT (A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1),
+half ORU (R01 with 4 OBX). Each connection sends a message and waits for its ACK before it
+sends the next, as real senders do; a connection uses one socket per channel port. Runs form
+the matrix connections x patients:
+
+- ``many`` patients: MRNs drawn from N/4 patients, so per-patient ordering rarely makes a
+  message wait for another;
+- ``one`` patient: every message has the same MRN, so processing is serialised per patient
+  (updates for one patient apply in receive order).
+
+Figures of an engine run:
+
+ACK rate          messages / seconds from the first send to the last ACK. Every ACK is durable:
+                  the message store commits the message (SQLite synchronous=FULL) before it answers.
+end-to-end        messages / seconds from the first send until every message is in a final
+                  status (SENT, FILTERED or ERROR) in the message store's ``messages`` table,
+                  i.e. mapped into the clinical and PM stores.
+ACK p50 / p99     time from writing a frame to reading its ACK, per message.
+engine CPU        user + system CPU of the engine process(es) over the whole run (until end-to-end),
+                  from /proc/<pid>/stat, per message.
+client CPU        CPU of this load client (the bench process) while it sends, per message.
+
+Anchors, measured in the same invocation (``--no-anchors`` skips them):
+
+fsync limit       a sequential loop of one small INSERT + COMMIT on a SQLite database with the
+                  message store's pragmas (WAL, synchronous=FULL), in the same temp filesystem:
+                  commits/s. One connection waits for each durable ACK, so the engine cannot
+                  ACK one connection faster than this; with several connections it can, by
+                  committing many messages per fsync. Measured before and after the engine runs
+                  (the disk is shared, and its fsync rate drifts); the ratios use the mean of the two.
+bare ACK server   an asyncio MLLP server in a subprocess that answers every frame with a fixed
+                  minimal ACK (MSA|AA|<MSH-10>) and stores nothing, driven by the same client
+                  code over the same connection counts: the ceiling of client + loopback.
+parse rates       hl7apy (find_groups=True) and the engine's tokenizer on the same messages, one core.
+
+The ratios print each engine run's ACK rate as a % of the fsync limit and of the bare server
+at the same connection count. A markdown table for a README closes the output, with the
+command line, the date, the CPU count and the Python version.
 
 Figures are printed, never asserted: this machine is shared and they vary by a few percent.
 """
@@ -17,17 +53,23 @@ import argparse
 import asyncio
 import os
 import random
+import shlex
+import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+FINAL = "('SENT','FILTERED','ERROR')"
 
 ADT = (
     "MSH|^~\\&|REG|NORTHCLINIC|ENGINE|HUB|{ts}||ADT^{trigger}^ADT_A01|{cid}|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
@@ -52,6 +94,7 @@ ORU = (
 )
 FAMILIES = ["Nguyen", "Garcia", "Smith", "Okafor", "Kowalski", "Haddad", "Larsen", "Moreau"]
 GIVEN = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana"]
+BARE_ACK = b"MSH|^~\\&|BARE|BENCH|||20260101000000||ACK|%s|P|2.5.1\rMSA|AA|%s\r"
 
 
 def segment(name: str, fields: dict[int, str]) -> str:
@@ -59,66 +102,72 @@ def segment(name: str, fields: dict[int, str]) -> str:
     return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
 
 
-def make_messages(n: int, seed: int = 7) -> list[bytes]:
+def make_message(i: int, rnd: random.Random, pool: int, patients: int | None = None) -> bytes:
+    """Message number ``i`` (ORU when odd, ADT when even; control id ``B<i>``), its patient
+    drawn from ``pool`` MRNs, folded onto ``patients`` MRNs when given."""
+    pick = rnd.randrange(pool)
+    # The draw is made either way, so that "one patient" messages differ from "many" only in the MRN.
+    mrn = f"{100000 + (pick if patients is None else pick % patients):06d}"
+    fields = dict(
+        ts=f"2026{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}0930",
+        cid=f"B{i:08d}",
+        mrn=mrn,
+        ssn=f"{rnd.randint(100, 999)}-55-{rnd.randint(1000, 9999)}",
+        family=rnd.choice(FAMILIES),
+        given=rnd.choice(GIVEN),
+        yy=rnd.randint(40, 99),
+        sex=rnd.choice("MF"),
+        num=rnd.randint(1, 999),
+        phone=f"{rnd.randint(0, 9999):04d}",
+        trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
+        glu=rnd.randint(60, 200),
+        flag="",
+    )
+    fields["flag"] = "H" if fields["glu"] > 99 else ("L" if fields["glu"] < 70 else "N")
+    fields["pv1"] = segment(
+        "PV1",
+        {
+            1: "1",
+            2: "I",
+            3: "4W^401^B^NCH",
+            7: "1234^Carter^Ann^^^Dr",
+            10: "MED",
+            14: "1",
+            17: "1234^Carter^Ann^^^Dr",
+            18: "IN",
+            19: f"V{mrn}{i % 3}^^^NCH^VN",
+            20: "BC",
+            39: "NCH",
+            41: "A",
+            44: fields["ts"],
+        },
+    )
+    fields["in1"] = segment(
+        "IN1",
+        {
+            1: "1",
+            2: "BCBS01^PPO",
+            3: "60054",
+            4: "Blue Cross Blue Shield",
+            5: "PO Box 1^^Chicago^IL^60601",
+            8: f"GRP{fields['yy']}",
+            9: "Acme Corp",
+            12: "20240101",
+            13: "20261231",
+            16: f"{fields['family']}^{fields['given']}",
+            17: "SEL",
+            18: f"19{fields['yy']}0412",
+            36: f"MEM{mrn}",
+        },
+    )
+    template = ORU if i % 2 else ADT
+    return template.format(**fields).encode()
+
+
+def make_messages(n: int, seed: int = 7, patients: int | None = None) -> list[bytes]:
+    """N messages, half ADT and half ORU; MRNs spread over N/4 patients, or over ``patients``."""
     rnd = random.Random(seed)
-    out = []
-    for i in range(n):
-        mrn = f"{100000 + rnd.randrange(n // 4 + 1):06d}"
-        fields = dict(
-            ts=f"2026{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}0930",
-            cid=f"B{i:08d}",
-            mrn=mrn,
-            ssn=f"{rnd.randint(100, 999)}-55-{rnd.randint(1000, 9999)}",
-            family=rnd.choice(FAMILIES),
-            given=rnd.choice(GIVEN),
-            yy=rnd.randint(40, 99),
-            sex=rnd.choice("MF"),
-            num=rnd.randint(1, 999),
-            phone=f"{rnd.randint(0, 9999):04d}",
-            trigger=rnd.choice(["A01", "A04", "A08", "A08"]),
-            glu=rnd.randint(60, 200),
-            flag="",
-        )
-        fields["flag"] = "H" if fields["glu"] > 99 else ("L" if fields["glu"] < 70 else "N")
-        fields["pv1"] = segment(
-            "PV1",
-            {
-                1: "1",
-                2: "I",
-                3: "4W^401^B^NCH",
-                7: "1234^Carter^Ann^^^Dr",
-                10: "MED",
-                14: "1",
-                17: "1234^Carter^Ann^^^Dr",
-                18: "IN",
-                19: f"V{mrn}{i % 3}^^^NCH^VN",
-                20: "BC",
-                39: "NCH",
-                41: "A",
-                44: fields["ts"],
-            },
-        )
-        fields["in1"] = segment(
-            "IN1",
-            {
-                1: "1",
-                2: "BCBS01^PPO",
-                3: "60054",
-                4: "Blue Cross Blue Shield",
-                5: "PO Box 1^^Chicago^IL^60601",
-                8: f"GRP{fields['yy']}",
-                9: "Acme Corp",
-                12: "20240101",
-                13: "20261231",
-                16: f"{fields['family']}^{fields['given']}",
-                17: "SEL",
-                18: f"19{fields['yy']}0412",
-                36: f"MEM{mrn}",
-            },
-        )
-        template = ORU if i % 2 else ADT
-        out.append(template.format(**fields).encode())
-    return out
+    return [make_message(i, rnd, n // 4 + 1, patients) for i in range(n)]
 
 
 def free_port() -> int:
@@ -127,11 +176,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Engine:
-    """``engine run`` on the sample config; SQLite in a temporary folder unless ``env`` says
-    otherwise, plus ``workers`` ``engine worker`` processes when the queue is Redis."""
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` from /proc/<pid>/stat (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1):
+
+class Engine:
+    """``engine run`` on the sample config (or ``config``); SQLite in a temporary folder unless
+    ``env`` says otherwise, plus ``workers`` ``engine worker`` processes when the queue is Redis."""
+
+    def __init__(
+        self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1, *, config: Path | None = None
+    ):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         self.lab, self.adt = free_port(), free_port()
         self.env = dict(
@@ -145,16 +205,17 @@ class Engine:
             PYTHONUNBUFFERED="1",
         )
         self.env.update(env or {})
+        config_args = ["--config", str(config)] if config else []
         if workers:
             subprocess.run(
-                [sys.executable, "-m", "engine.cli", "db", "upgrade"],
+                [sys.executable, "-m", "engine.cli", "db", "upgrade", *config_args],
                 cwd=ROOT,
                 env=self.env,
                 check=True,
                 capture_output=True,
             )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run"],
+            [sys.executable, "-m", "engine.cli", "run", *config_args],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -164,11 +225,14 @@ class Engine:
         while started < 2:
             line = self.proc.stdout.readline()
             if not line:
-                raise SystemExit((self.dir / "engine.log").read_text())
+                self.proc.wait()
+                log = (self.dir / "engine.log").read_text()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise SystemExit(log)
             started += line.startswith(b"channel ")
         self.workers = [
             subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads)],
+                [sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads), *config_args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=subprocess.DEVNULL,
@@ -178,9 +242,12 @@ class Engine:
         ]
         self.db = create_engine(self.env["ENGINE_MESSAGE_STORE_URL"])
 
+    def port_for(self, message: bytes) -> int:
+        return self.lab if b"|ORU^" in message[:200] else self.adt
+
     def done_count(self) -> int:
         with self.db.connect() as c:
-            return c.execute(text("select count(*) from messages where status in ('SENT','FILTERED','ERROR')")).scalar()
+            return c.execute(text(f"select count(*) from messages where status in {FINAL}")).scalar()
 
     def error_count(self) -> int:
         with self.db.connect() as c:
@@ -190,82 +257,197 @@ class Engine:
         """User + system CPU of the engine's processes so far (Linux /proc; 0 elsewhere)."""
         return sum(_proc_cpu(p.pid) for p in [self.proc, *self.workers])
 
-    def stop(self):
+    def log_lines(self) -> int:
+        """Lines the engine processes wrote to stderr (WARNING and above): counted, never shown."""
+        return sum(len(f.read_bytes().splitlines()) for f in self.dir.glob("*.log"))
+
+    def stop(self, keep: bool | None = None) -> None:
+        """Stop the processes; remove the temporary folder unless ``keep`` (default: keep it
+        when the engine logged something, so that the log can be read)."""
         for p in [self.proc, *self.workers]:
             p.terminate()
         for p in [self.proc, *self.workers]:
             p.wait(60)
         self.db.dispose()
+        if keep is None:
+            keep = self.log_lines() > 0
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_once(
-    messages: list[bytes], connections: int, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1
-) -> dict[str, float]:
-    """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles."""
-    eng = Engine(env, workers, threads)
+async def send_stream(
+    port_for: Callable[[bytes], int], stream: Iterable[bytes], on_ack: Callable[[float, bool], None]
+) -> None:
+    """One sending connection: each message, then wait for its ACK; ``on_ack(seconds, is_AA)``.
+
+    A "connection" keeps one socket per port it sends to (the ADT and the lab channel)."""
+    sockets: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
     try:
-        port_for = lambda m: eng.lab if b"|ORU^" in m[:200] else eng.adt
-        cpu0, client0 = eng.cpu_seconds(), time.process_time()
-        t_start = time.perf_counter()
-        seconds, lat, bad = asyncio.run(send_all(port_for, messages, connections))
-        while eng.done_count() < len(messages):
-            time.sleep(0.02)
-        end_to_end = time.perf_counter() - t_start
-        cpu, client = eng.cpu_seconds() - cpu0, time.process_time() - client0
-        errors = eng.error_count()
+        for m in stream:
+            port = port_for(m)
+            if port not in sockets:
+                sockets[port] = await asyncio.open_connection("127.0.0.1", port)
+            r, w = sockets[port]
+            t0 = time.perf_counter()
+            w.write(VT + m + FS + CR)
+            ack = await r.readuntil(FS + CR)
+            on_ack(time.perf_counter() - t0, b"MSA|AA|" in ack)
     finally:
-        eng.stop()
-    return {
-        "acked": len(messages) / seconds,
-        "e2e": len(messages) / end_to_end,
-        "p50": pct(lat, 0.5),
-        "p99": pct(lat, 0.99),
-        "bad": bad,
-        "errors": errors,
-        "cpu_ms": cpu * 1000 / len(messages),
-        "client_cpu_ms": client * 1000 / len(messages),
-    }
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` from /proc/<pid>/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for _r, w in sockets.values():
+            w.close()
 
 
 async def send_all(port_for, messages: list[bytes], connections: int) -> tuple[float, list[float], int]:
     """Send over ``connections`` connections; returns (seconds, per-message ACK latencies, non-AA count)."""
     latencies: list[float] = []
     bad = 0
-    chunks = [messages[k::connections] for k in range(connections)]
 
-    async def run(chunk):
+    def on_ack(seconds: float, ok: bool) -> None:
         nonlocal bad
-        if not chunk:
-            return
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port_for(chunk[0]))
-        writers = {}
-        for m in chunk:
-            port = port_for(m)
-            if port not in writers:
-                writers[port] = await asyncio.open_connection("127.0.0.1", port)
-            r, w = writers[port]
-            t0 = time.perf_counter()
-            w.write(VT + m + FS + CR)
-            ack = await r.readuntil(FS + CR)
-            latencies.append(time.perf_counter() - t0)
-            if b"MSA|AA|" not in ack:
-                bad += 1
-        for _r, w in writers.values():
-            w.close()
-        writer.close()
+        latencies.append(seconds)
+        bad += not ok
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(run(c) for c in chunks))
+    await asyncio.gather(*(send_stream(port_for, messages[k::connections], on_ack) for k in range(connections)))
     return time.perf_counter() - t0, latencies, bad
+
+
+def wait_until_done(count: Callable[[], int], n: int, stall_seconds: float = 120.0) -> int:
+    """Poll ``count()`` until it reaches ``n`` or makes no progress for ``stall_seconds``; the last count."""
+    last, since = -1, time.monotonic()
+    while True:
+        done = count()
+        if done >= n:
+            return done
+        if done != last:
+            last, since = done, time.monotonic()
+        elif time.monotonic() - since > stall_seconds:
+            return done
+        time.sleep(0.02)
+
+
+def run_once(
+    messages: list[bytes], connections: int, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1
+) -> dict[str, float]:
+    """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles, CPU."""
+    eng = Engine(env, workers, threads)
+    keep = None
+    try:
+        cpu0 = eng.cpu_seconds()
+        t_start = time.perf_counter()
+        client0 = time.process_time()
+        seconds, lat, bad = asyncio.run(send_all(eng.port_for, messages, connections))
+        client = time.process_time() - client0
+        done = wait_until_done(eng.done_count, len(messages))
+        end_to_end = time.perf_counter() - t_start
+        cpu = eng.cpu_seconds() - cpu0
+        errors = eng.error_count()
+        log_lines = eng.log_lines()
+        keep = bool(log_lines or errors or bad or done < len(messages))
+    finally:
+        eng.stop(keep)
+    return {
+        "acked": len(messages) / seconds,
+        "e2e": done / end_to_end,
+        "p50": pct(lat, 0.5),
+        "p99": pct(lat, 0.99),
+        "bad": bad,
+        "errors": errors,
+        "cpu_ms": cpu * 1000 / len(messages),
+        "client_cpu_ms": client * 1000 / len(messages),
+        "unfinished": len(messages) - done,
+        "log_lines": log_lines,
+        "dir": str(eng.dir) if keep else "",
+    }
+
+
+# -- anchors ------------------------------------------------------------------------------------
+
+
+def fsync_limit(seconds: float = 2.0) -> dict[str, float]:
+    """Sequential durable commits/s of SQLite with the message store's pragmas (engine/stores/db.py,
+    durable=True), one small INSERT per transaction, in the temp filesystem the engine runs use."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-fsync-"))
+    try:
+        db = sqlite3.connect(folder / "fsync.db", isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("create table t (id integer primary key, v blob not null)")
+        row = (b"x" * 64,)
+        count, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            db.execute("BEGIN IMMEDIATE")  # as the engine's write_transaction
+            db.execute("insert into t (v) values (?)", row)
+            db.execute("COMMIT")
+            count += 1
+        db.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"commits": count / elapsed, "ms": elapsed * 1000 / count}
+
+
+async def _bare_ack_server() -> None:
+    """The bare server's body (``--bare-ack-server``): two ports, a fixed ACK per frame, nothing stored."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                frame = await reader.readuntil(FS + CR)
+                msh = frame[frame.find(b"MSH") :].split(b"\r", 1)[0].split(b"|")
+                cid = msh[9] if len(msh) > 9 else b""
+                writer.write(VT + BARE_ACK % (cid, cid) + FS + CR)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    servers = [await asyncio.start_server(handle, "127.0.0.1", 0) for _ in range(2)]
+    print("bare", *(s.sockets[0].getsockname()[1] for s in servers), flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+class BareServer:
+    """The bare ACK-only MLLP server in a subprocess, so that it is measured as the engine is."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--bare-ack-server"], stdout=subprocess.PIPE, env=dict(os.environ)
+        )
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != b"bare":
+            raise SystemExit("the bare ACK server did not start")
+        self.adt, self.lab = int(line[1]), int(line[2])
+
+    def port_for(self, message: bytes) -> int:
+        return self.lab if b"|ORU^" in message[:200] else self.adt
+
+    def cpu_seconds(self) -> float:
+        return _proc_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def run_bare(messages: list[bytes], connections: int) -> dict[str, float]:
+    """ACKs/s of the bare server through the same client code, plus both sides' CPU per message."""
+    srv = BareServer()
+    try:
+        cpu0, client0 = srv.cpu_seconds(), time.process_time()
+        seconds, lat, bad = asyncio.run(send_all(srv.port_for, messages, connections))
+        cpu, client = srv.cpu_seconds() - cpu0, time.process_time() - client0
+    finally:
+        srv.stop()
+    return {
+        "acked": len(messages) / seconds,
+        "p50": pct(lat, 0.5),
+        "p99": pct(lat, 0.99),
+        "bad": bad,
+        "cpu_ms": cpu * 1000 / len(messages),
+        "client_cpu_ms": client * 1000 / len(messages),
+    }
 
 
 def parse_rates(messages: list[bytes], limit: int = 300) -> dict[str, float]:
@@ -288,31 +470,116 @@ def parse_rates(messages: list[bytes], limit: int = 300) -> dict[str, float]:
 
 
 def pct(values: list[float], p: float) -> float:
+    """The ``p`` quantile of ``values`` (seconds), in ms."""
     values = sorted(values)
     return values[min(int(len(values) * p), len(values) - 1)] * 1000
 
 
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = ", " + line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs{model}, Python {sys.version.split()[0]}"
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--bare-ack-server"]:
+        asyncio.run(_bare_ack_server())
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=5000, help="messages per run (half ADT, half ORU)")
-    ap.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("-n", type=int, default=None, help="messages per run, half ADT, half ORU (default 5000)")
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 8], help="default: 1 8")
+    ap.add_argument("--patients", nargs="+", choices=["many", "one"], default=["many", "one"], help="default: both")
+    ap.add_argument("--no-anchors", action="store_true", help="skip the fsync, bare-server and parse anchors")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: -n 1000, 1 s fsync loop, 100 parsed messages")
     args = ap.parse_args()
-    messages = make_messages(args.n)
+    n = args.n or (1000 if args.quick else 5000)
+    command = shlex.join(["python", "bench/mllp_ingest.py", *sys.argv[1:]])
+    date = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+    sets = {"many": make_messages(n), "one": make_messages(n, patients=1)}
+    print(f"{command}\n{date}, {machine()}")
     print(
-        f"{args.n} messages (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        f"{n} messages per run (ADT A01/A04/A08 with PID PV1 AL1 DG1 GT1 IN1; ORU with 4 OBX), "
+        f"many patients = {n // 4 + 1} MRNs, one patient = 1 MRN"
     )
-    for conns in args.connections:
-        r = run_once(messages, conns)
-        print(f"\n{conns} connection(s):")
-        print(f"  ACKed (durable)   {r['acked']:8.0f} msg/s   ({r['bad']} not AA)")
-        print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (mapped into both stores; {r['errors']} ERROR)")
-        print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
-        print(f"  engine CPU        {r['cpu_ms']:8.2f} ms/msg   (load client: {r['client_cpu_ms']:.2f} ms/msg)")
-    rates = parse_rates(messages)
-    print("\nbare parse rate, one core, same messages:")
-    for k, v in rates.items():
-        print(f"  {k:28} {v:8.0f} msg/s")
+
+    fsync_seconds = 1.0 if args.quick else 2.0
+    fsync, fsync_before, bare, parse = None, None, {}, {}
+    if not args.no_anchors:
+        print("\nanchors:")
+        fsync_before = fsync_limit(fsync_seconds)["commits"]
+        print(f"  fsync limit (SQLite WAL, synchronous=FULL, 1 INSERT per COMMIT)  {fsync_before:8.0f} commits/s")
+        for conns in args.connections:
+            b = bare[conns] = run_bare(sets["many"], conns)
+            print(
+                f"  bare ACK server, {conns} connection(s)  {b['acked']:8.0f} ACKs/s   p50 {b['p50']:.2f} ms"
+                f"   p99 {b['p99']:.2f} ms   server CPU {b['cpu_ms']:.3f} ms/msg"
+                f"   client CPU {b['client_cpu_ms']:.3f} ms/msg   ({b['bad']} not AA)"
+            )
+        parse = parse_rates(sets["many"], 100 if args.quick else 300)
+        for k, v in parse.items():
+            print(f"  bare parse, one core, {k:28} {v:8.0f} msg/s")
+
+    results = []
+    for who in args.patients:
+        for conns in args.connections:
+            r = run_once(sets[who], conns)
+            results.append((who, conns, r))
+            print(f"\nengine, {conns} connection(s), {who} patient(s):")
+            print(f"  ACKed (durable)   {r['acked']:8.0f} msg/s   ({r['bad']} not AA)")
+            print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (all SENT/FILTERED/ERROR; {r['errors']} ERROR)")
+            print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
+            print(f"  engine CPU        {r['cpu_ms']:8.2f} ms/msg   (load client: {r['client_cpu_ms']:.2f} ms/msg)")
+            ratios = []
+            if fsync_before:
+                ratios.append(f"{100 * r['acked'] / fsync_before:.0f}% of the fsync limit (measured before)")
+            if conns in bare:
+                ratios.append(f"{100 * r['acked'] / bare[conns]['acked']:.0f}% of the bare ACK server")
+            if ratios:
+                print(f"  ACK rate is       {', '.join(ratios)}")
+            if r["unfinished"]:
+                print(f"  !! {r['unfinished']} message(s) not in a final status after 120 s without progress")
+            if r["log_lines"]:
+                print(f"  !! the engine logged {r['log_lines']} line(s): {r['dir']}")
+    if fsync_before:
+        fsync_after = fsync_limit(fsync_seconds)["commits"]
+        fsync = (fsync_before + fsync_after) / 2
+        print(
+            f"\nfsync limit again, after the runs: {fsync_after:.0f} commits/s "
+            f"(before: {fsync_before:.0f}; the table uses the mean, {fsync:.0f})"
+        )
+
+    print(f"\n`{command}` ({date}; {machine()})\n")
+    print(
+        "| run | ACK msg/s | end-to-end msg/s | ACK p50 ms | ACK p99 ms | engine CPU ms/msg | client CPU ms/msg "
+        "| ACK vs fsync limit | ACK vs bare server |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for who, conns, r in results:
+        vs_fsync = f"{100 * r['acked'] / fsync:.0f}%" if fsync else "-"
+        vs_bare = f"{100 * r['acked'] / bare[conns]['acked']:.0f}%" if conns in bare else "-"
+        print(
+            f"| engine, {conns} conn, {who} patient{'s' if who == 'many' else ''} | {r['acked']:.0f} | {r['e2e']:.0f} "
+            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} "
+            f"| {vs_fsync} | {vs_bare} |"
+        )
+    if fsync:
+        print(
+            f"| anchor: fsync limit (SQLite WAL, synchronous=FULL), before / after the runs "
+            f"| {fsync_before:.0f} / {fsync_after:.0f} commits/s |" + " |" * 7
+        )
+    for conns, b in bare.items():
+        print(
+            f"| anchor: bare ACK server, {conns} conn | {b['acked']:.0f} | | {b['p50']:.2f} | {b['p99']:.2f} "
+            f"| {b['cpu_ms']:.3f} | {b['client_cpu_ms']:.3f} | | |"
+        )
+    for k, v in parse.items():
+        print(f"| anchor: bare parse, {k} | {v:.0f} msg/s | | | | | | | |")
 
 
 if __name__ == "__main__":
