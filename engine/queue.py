@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("engine.queue")
@@ -33,16 +34,20 @@ class MemoryQueue:
         self._cond = threading.Condition()
         self._stopping = False
         self._busy = False
+        self._urgent = False
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def enqueue(self, channel: str, ids: list[int]) -> None:
+    def enqueue(self, channel: str, ids: list[int], *, urgent: bool = False) -> None:
+        """``urgent``: a sender waits for these ids' outcome (an after_processing ACK), so the
+        worker stops lingering for a fuller batch."""
         if not ids:
             return
         with self._cond:
             self._items.extend((channel, i) for i in ids)
+            self._urgent = self._urgent or urgent
             self._cond.notify()
 
     def depth(self) -> int:
@@ -67,9 +72,16 @@ class MemoryQueue:
                     self._cond.wait()
                 if not self._items and self._stopping:
                     return
-                if len(self._items) < self._batch_size and not self._stopping and self._linger:
-                    self._cond.wait(self._linger)
+                # linger until the batch is full or the time is up (a notify for each new id
+                # must not end the wait: batches of one or two cost several commits each)
+                deadline = time.monotonic() + self._linger
+                while len(self._items) < self._batch_size and not self._stopping and not self._urgent:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 batch = [self._items.popleft() for _ in range(min(self._batch_size, len(self._items)))]
+                self._urgent = False
                 self._busy = True
             try:
                 # one call per channel, each in its own receive order (channels are independent,
@@ -166,12 +178,14 @@ class RedisQueue:
         self.broker.close()
 
 
-def make_queue(url: str, handler: Handler | None, *, batch_size: int = 200, threads: int = 4):
+def make_queue(
+    url: str, handler: Handler | None, *, batch_size: int = 200, threads: int = 4, linger_seconds: float = 0.02
+):
     """The queue a URL names: ``memory://`` (in-process) or ``redis://host:port/db``."""
     if url.startswith("memory:"):
         if handler is None:
             raise ValueError("the in-process queue needs a handler: it processes in this process")
-        return MemoryQueue(handler, batch_size=batch_size)
+        return MemoryQueue(handler, batch_size=batch_size, linger_seconds=linger_seconds)
     if url.startswith(("redis:", "rediss:", "unix:")):
         return RedisQueue(url, handler, threads=threads)
     raise ValueError(f"unknown queue URL scheme in {url.split(':', 1)[0]!r} (memory:// or redis://)")

@@ -19,7 +19,7 @@ from engine.channels.processor import Processor
 from engine.config import Config
 from engine.errors import ParseError
 from engine.formats import hl7
-from engine.queue import make_queue
+from engine.queue import MemoryQueue, make_queue
 from engine.stores.message_store import MessageStore, Outcome
 
 ALL, LISTENER, WORKER = "all", "listener", "worker"
@@ -46,10 +46,15 @@ class Runtime:
         self._inflight_lock = threading.Lock()
         self._undispatched: dict[str, set[int]] = {}
         self._outbox: dict[str, list[int]] = {}
+        self._outbox_urgent = False
         self._outbox_ready = threading.Condition()
         self._outbox_thread = threading.Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
         self.queue = make_queue(
-            q.url, self._handle if self.role != LISTENER else None, batch_size=q.batch_size, threads=threads
+            q.url,
+            self._handle if self.role != LISTENER else None,
+            batch_size=q.batch_size,
+            threads=threads,
+            linger_seconds=q.linger_ms / 1000,
         )
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
@@ -118,23 +123,23 @@ class Runtime:
                 self._dispatch(channel, ids)
         self._sweeper.start()
 
-    def _dispatch(self, channel: str, ids: list[int]) -> None:
+    def _dispatch(self, channel: str, ids: list[int], *, urgent: bool = False) -> None:
         """Hand ids to the queue; if the queue is unreachable, keep them and retry each sweep.
 
-        With Redis, ids gather for up to ``DISPATCH_LINGER`` seconds first: one queue message
-        per batch lets a worker claim, load and write a whole batch in a few round trips.
+        Ids gather for up to ``queue.linger_ms`` first (with Redis, here; in process, in the
+        queue): a batch lets a worker claim, load and write many messages in a few round trips.
+        ``urgent`` (a sender waits for the outcome: an after_processing ACK) ends the wait.
         """
         if self.distributed:
             with self._outbox_ready:
                 self._outbox.setdefault(channel, []).extend(ids)
+                self._outbox_urgent = self._outbox_urgent or urgent
                 self._outbox_ready.notify()
             return
         with self._inflight_lock:
             ids = [i for i in ids if i not in self._inflight]
             self._inflight.update(ids)
-        self._enqueue(channel, ids)
-
-    DISPATCH_LINGER = 0.02
+        self._enqueue(channel, ids, urgent=urgent)
 
     def _run_outbox(self) -> None:
         while True:
@@ -143,22 +148,26 @@ class Runtime:
                     self._outbox_ready.wait(0.5)
                 if self._stop.is_set() and not self._outbox:
                     return
-                deadline = time.monotonic() + self.DISPATCH_LINGER
+                deadline = time.monotonic() + self.cfg.queue.linger_ms / 1000
                 while (
                     sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size
                     and not self._stop.is_set()
+                    and not self._outbox_urgent
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._outbox_ready.wait(left)
-                out, self._outbox = self._outbox, {}
+                out, self._outbox, self._outbox_urgent = self._outbox, {}, False
             size = self.cfg.queue.batch_size
             for channel, ids in out.items():
                 for k in range(0, len(ids), size):
                     self._enqueue(channel, ids[k : k + size])
 
-    def _enqueue(self, channel: str, ids: list[int]) -> None:
+    def _enqueue(self, channel: str, ids: list[int], *, urgent: bool = False) -> None:
         try:
-            self.queue.enqueue(channel, ids)
+            if urgent and isinstance(self.queue, MemoryQueue):
+                self.queue.enqueue(channel, ids, urgent=True)
+            else:
+                self.queue.enqueue(channel, ids)
         except Exception as exc:  # Redis is down: the ids are safe in the store, dispatch later
             with self._inflight_lock:
                 self._undispatched.setdefault(channel, set()).update(ids)

@@ -33,7 +33,8 @@ class Committer:
     each commit the new RECEIVED ids go to ``dispatch(channel, ids)`` in commit order.
     """
 
-    def __init__(self, store: MessageStore, dispatch: Callable[[str, list[int]], None], *, max_batch: int = 500):
+    def __init__(self, store: MessageStore, dispatch: Callable[..., None], *, max_batch: int = 500):
+        """``dispatch(channel, ids, urgent=False)`` hands committed ids to processing."""
         self._store = store
         self._dispatch = dispatch
         self._max_batch = max_batch
@@ -49,11 +50,16 @@ class Committer:
         self._q.put(None)
         self._thread.join(10)
 
-    def submit(self, item: Inbound, *, want_result: bool = False) -> tuple[asyncio.Future, asyncio.Future | None]:
-        """Queue ``item``; returns (committed future -> Stored, processed future -> Outcome | None)."""
+    def submit(
+        self, item: Inbound, *, want_result: bool = False, urgent: bool = False
+    ) -> tuple[asyncio.Future, asyncio.Future | None]:
+        """Queue ``item``; returns (committed future -> Stored, processed future -> Outcome | None).
+
+        ``urgent``: the sender waits for the outcome (after_processing), so processing starts
+        without lingering for a fuller batch (``want_result`` implies it)."""
         loop = asyncio.get_running_loop()
         committed, processed = loop.create_future(), (loop.create_future() if want_result else None)
-        self._q.put((item, loop, committed, processed))
+        self._q.put((item, loop, committed, processed, urgent or want_result))
         return committed, processed
 
     def submit_sync(self, items: list[Inbound]) -> list[Stored]:
@@ -78,13 +84,17 @@ class Committer:
         for (loop, fut), outcome in found:
             loop.call_soon_threadsafe(_set, fut, outcome)
 
-    def _dispatch_stored(self, items: list[Inbound], stored: list[Stored]) -> None:
+    def _dispatch_stored(self, items: list[Inbound], stored: list[Stored], urgent: set[str] | None = None) -> None:
+        """Dispatch the RECEIVED ones per channel; ``urgent``: channels where a sender waits."""
         by_channel: dict[str, list[int]] = {}
         for item, s in zip(items, stored):
             if s.status == RECEIVED:
                 by_channel.setdefault(item.channel, []).append(s.id)
         for channel, ids in by_channel.items():
-            self._dispatch(channel, ids)
+            if urgent and channel in urgent:
+                self._dispatch(channel, ids, urgent=True)
+            else:
+                self._dispatch(channel, ids)
 
     def _run(self) -> None:
         while True:
@@ -107,16 +117,16 @@ class Committer:
             except Exception as exc:  # the store could not commit: every sender gets AE, nothing is ACKed
                 log.error("message store commit failed for %d message(s): %s", len(batch), type(exc).__name__)
                 err = StoreUnavailable(f"message store unavailable: {type(exc).__name__}")
-                for _item, loop, committed, _p in batch:
+                for _item, loop, committed, _p, _u in batch:
                     loop.call_soon_threadsafe(_set_exc, committed, err)
                 continue
             with self._lock:
-                for (_i, loop, _c, processed), s in zip(batch, stored):
+                for (_i, loop, _c, processed, _u), s in zip(batch, stored):
                     if processed is not None and s.status == RECEIVED:
                         self._waiters[s.id] = (loop, processed)
-            for (_i, loop, committed, _p), s in zip(batch, stored):
+            for (_i, loop, committed, _p, _u), s in zip(batch, stored):
                 loop.call_soon_threadsafe(_set, committed, s)
-            self._dispatch_stored(items, stored)
+            self._dispatch_stored(items, stored, {b[0].channel for b in batch if b[4]})
 
 
 def _set(fut: asyncio.Future, value: Any) -> None:
@@ -188,7 +198,7 @@ class Receiver:
         )
         want = ack_mode == "after_processing" and problem is None and not self._poll
         try:
-            committed, processed = self._committer.submit(item, want_result=want)
+            committed, processed = self._committer.submit(item, want_result=want, urgent=ack_mode == "after_processing")
             stored: Stored = await committed
         except StoreUnavailable as exc:
             return self._ack(header, hl7_ack.ACK_ERROR, ParseError(str(exc), code=207, reject=False))
