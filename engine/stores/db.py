@@ -8,9 +8,10 @@ the SQLAlchemy docs explains the pysqlite quirk this fixes).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **args)
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection})
     sync = "FULL" if durable else "NORMAL"
 
     @event.listens_for(engine, "connect")
@@ -73,21 +74,33 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        # A writer takes the write lock up front: a deferred transaction that reads first and
-        # then writes can fail with SQLITE_BUSY instead of waiting when another writer commits.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
-
+    # SQLAlchemy calls the dialect's do_begin for each transaction; pysqlite's does nothing (the
+    # driver would begin on its own, but it is told not to above). This one emits BEGIN, and a
+    # writer's BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that reads
+    # first and then writes can fail with SQLITE_BUSY instead of waiting when another writer
+    # commits. (SQLAlchemy's documented recipe is a "begin" event listener; any connection
+    # event, though, costs its dispatch on every statement of the engine, ~20 us each.)
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
 
 
-_WRITERS: dict[str, threading.Lock] = {}
-_WRITERS_LOCK = threading.Lock()
+class _SQLiteConnection(sqlite3.Connection):
+    """A pysqlite connection that knows whether its next transaction will write."""
+
+    writing = False
+
+
+def _do_begin(dbapi_connection) -> None:
+    dbapi_connection.execute("BEGIN IMMEDIATE" if dbapi_connection.writing else "BEGIN")
+
+
+_LOCKS: dict[str, threading.Lock] = {}  # SQLite database file -> its writers' lock
+_WRITERS: dict[Engine, threading.Lock | None] = {}
+_SETUP = threading.Lock()
 
 
 def _writer_lock(engine: Engine) -> threading.Lock | None:
-    """One lock per SQLite database file in this process, shared by all its engines.
+    """For a SQLite file, the lock its writers in this process share (found once per engine).
 
     SQLite has one writer at a time; a connection that finds the write lock taken waits in
     SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries. Two
@@ -96,11 +109,14 @@ def _writer_lock(engine: Engine) -> threading.Lock | None:
     turns on a Python lock first hands the file over at once. Other processes (the CLI) still
     meet the busy handler, as before.
     """
-    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
-        return None
-    key = str(Path(engine.url.database).resolve())
-    with _WRITERS_LOCK:
-        return _WRITERS.setdefault(key, threading.Lock())
+    if engine in _WRITERS:
+        return _WRITERS[engine]
+    with _SETUP:
+        lock = None
+        if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
+            lock = _LOCKS.setdefault(str(Path(engine.url.database).resolve()), threading.Lock())
+        _WRITERS[engine] = lock
+    return lock
 
 
 @contextmanager
@@ -108,13 +124,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: on SQLite it takes the write lock at BEGIN (after its
     turn among this process's writers of the same file)."""
     lock = _writer_lock(engine)
-    if lock is None:
-        with engine.connect() as conn:
-            conn.execution_options(write=True)
+    if engine.dialect.name != "sqlite":
+        with engine.connect() as conn, conn.begin():
+            yield conn
+        return
+    with lock or nullcontext(), engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.writing = True  # type: ignore[union-attr]
+        try:
             with conn.begin():
                 yield conn
-        return
-    with lock, engine.connect() as conn:
-        conn.execution_options(write=True)
-        with conn.begin():
-            yield conn
+        finally:
+            raw.writing = False  # type: ignore[union-attr]

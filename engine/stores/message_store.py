@@ -661,10 +661,20 @@ class MessageStore:
         """
         cutoff = now() - older_than
         t = now()
-        due = select(deliveries.c.message_id).where(deliveries.c.status == QUEUED, deliveries.c.next_attempt_at > t)
+        # correlated, so it reads the deliveries of QUEUED messages only (by the unique index on
+        # message_id): the sweep runs every second, and deliveries grow with the store
+        waiting = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.message_id == messages.c.id,
+                deliveries.c.status == QUEUED,
+                deliveries.c.next_attempt_at > t,
+            )
+            .exists()
+        )
         q = select(messages.c.id, messages.c.channel).where(
             ((messages.c.status.in_((RECEIVED, TRANSFORMED))) & (messages.c.updated_at <= cutoff))
-            | ((messages.c.status == QUEUED) & messages.c.id.not_in(due)),
+            | ((messages.c.status == QUEUED) & ~waiting),
             or_(messages.c.claim_until.is_(None), messages.c.claim_until < t),
         )
         if channel:
