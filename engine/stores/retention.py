@@ -52,6 +52,7 @@ FINISHED = (SENT, FILTERED)
 
 log = logging.getLogger("engine.retention")
 
+
 @dataclass(frozen=True)
 class Job:
     """Prune ``channel``'s messages in ``statuses`` whose receipt and last change precede ``cutoff``."""
