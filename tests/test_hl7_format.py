@@ -557,6 +557,32 @@ def test_an_accept_ack_swaps_sender_and_receiver_and_names_the_trigger():
     check_header(ack.header())
 
 
+@pytest.mark.parametrize(
+    ("sent", "answer"),
+    [
+        ("ORM^O01^ORM_O01", "ORR^O02^ORR_O02"),
+        ("OML^O21^OML_O21", "ORL^O22^ORL_O22"),
+        ("RDE^O11^RDE_O11", "RRE^O12^RRE_O12"),
+        ("RDE^O25^RDE_O11", "RRE^O26^RRE_O12"),
+        ("RDS^O13^RDS_O13", "RRD^O14^RRD_O14"),
+        ("RAS^O17^RAS_O17", "RRA^O18^RRA_O18"),
+        ("VXU^V04^VXU_V04", "ACK^V04^ACK"),
+        ("SIU^S12^SIU_S12", "ACK^S12^ACK"),
+        ("DFT^P03^DFT_P03", "ACK^P03^ACK"),
+    ],
+)
+def test_order_and_pharmacy_messages_get_their_application_acknowledgement(sent, answer):
+    from hl7apy.parser import parse_message
+
+    text = f"MSH|^~\\&|EHR|CLINIC|LAB|NORTH|20260301083000||{sent}|C1|P|2.6\rPID|1||P0001^^^CLINIC^MR||Doe^Jane\r"
+    for code in (ACK_ACCEPT, "AE"):
+        ack = build_ack(read_header(text.encode()), code, error=ParseError("bad", code=207), now=NOW)
+        msg = Message(ack)
+        assert msg.msh.field(9) == answer and msg.value("MSA-1") == code and msg.value("MSA-2") == "C1"
+        parsed = parse_message(ack.replace("\n", "\r"), find_groups=True)  # a valid instance of its structure
+        assert parsed.name == answer.split("^")[2] and parsed.msa.msa_1.value == code
+
+
 def test_an_error_ack_on_a_v25_message_locates_the_fault_in_err_2_and_codes_it_in_err_3():
     h = read_header(raw("adt_a40.hl7"))
     err = ParseError("PID-3 has no MRN", code=101, segment="PID", sequence=1, field=3)

@@ -1,8 +1,10 @@
 """HL7 acknowledgements: ACK/NACK messages built from an inbound message's header.
 
 ACKs follow the standard: MSH with sender and receiver swapped, MSH-9 ``ACK^<trigger>^ACK``
-(v2.3.1+), MSA-1 AA/AE/AR, MSA-2 the original MSH-10; on AE/AR an ERR segment locating the
-fault (ERR-2) with its HL7 table 0357 code (ERR-3), or ERR-1 for v2.4 and earlier.
+(v2.3.1+) or, for order and pharmacy messages, their application acknowledgement
+(``ORL^O22^ORL_O22`` for an OML^O21, ``RRE^O12`` for an RDE^O11: :data:`RESPONSES`), MSA-1
+AA/AE/AR, MSA-2 the original MSH-10; on AE/AR an ERR segment locating the fault (ERR-2) with
+its HL7 table 0357 code (ERR-3), or ERR-1 for v2.4 and earlier.
 """
 
 from __future__ import annotations
@@ -15,6 +17,26 @@ from engine.errors import ParseError
 from engine.formats.hl7 import Header
 
 ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
+
+RESPONSES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("ORM", "O01"): ("ORR", "O02", "ORR_O02"),  # general order
+    ("OML", "O21"): ("ORL", "O22", "ORL_O22"),  # laboratory order (v2.4+)
+    ("OML", "O33"): ("ORL", "O34", "ORL_O34"),  # laboratory order for multiple orders per specimen
+    ("OML", "O35"): ("ORL", "O36", "ORL_O36"),  # laboratory order for multiple orders per container
+    ("OMG", "O19"): ("ORG", "O20", "ORG_O20"),  # general clinical order
+    ("OMP", "O09"): ("ORP", "O10", "ORP_O10"),  # pharmacy/treatment order
+    ("RDE", "O11"): ("RRE", "O12", "RRE_O12"),  # pharmacy/treatment encoded order
+    ("RDE", "O25"): ("RRE", "O26", "RRE_O12"),  # refill authorization (v2.6+; table 0354: structure RRE_O12)
+    ("RDS", "O13"): ("RRD", "O14", "RRD_O14"),  # pharmacy/treatment dispense
+    ("RGV", "O15"): ("RRG", "O16", "RRG_O16"),  # pharmacy/treatment give
+    ("RAS", "O17"): ("RRA", "O18", "RRA_O18"),  # pharmacy/treatment administration
+}
+"""The application acknowledgement each order and pharmacy message gets instead of a generic
+ACK (HL7 v2.5.1 chapter 4: "the response to an OML^O21 is an ORL^O22", and so on). These
+messages' structures allow the answer to be MSH, MSA and ERR alone (the order and patient
+groups that may follow are optional), which is what the engine sends: it acknowledges that the
+order was received, it does not accept or refuse the order on the filler's behalf. Every other
+message (ADT, ORU, SIU, MDM, DFT, VXU ...) is answered with ``ACK^<trigger>^ACK``."""
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -67,7 +89,13 @@ def build_ack(
     cs, ss = enc[0], enc[3]
     version = h.version if h and h.version else "2.5"
     trigger = h.trigger if h else ""
-    msg_type = f"ACK{cs}{trigger}{cs}ACK" if _version_tuple(version) >= (2, 3, 1) else f"ACK{cs}{trigger}"
+    response = RESPONSES.get((h.message_type.upper(), trigger.upper())) if h else None
+    if response is not None:
+        msg_type = cs.join(response) if _version_tuple(version) >= (2, 3, 1) else cs.join(response[:2])
+    elif _version_tuple(version) >= (2, 3, 1):
+        msg_type = f"ACK{cs}{trigger}{cs}ACK"
+    else:
+        msg_type = f"ACK{cs}{trigger}"
     ack_id = control_id or _next_ack_id()
     msh = fs.join(
         [
