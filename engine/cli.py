@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--content", type=int, metavar="ID", help="print one message's content (audited)")
     sp.add_argument("--purpose", default="", help="why the content is read (kept in the audit trail)")
+    sp = cmd("patient", cmd_patient, "one patient's visits across the clinical and PM stores (audited)")
+    sp.add_argument("identifier", help="the patient identifier (MRN) value")
+    sp.add_argument("--issuer", help="its assigning authority; needed when several issue the same value ('' for none)")
+    sp.add_argument("--purpose", default="", help="why the record is read (required; kept in the audit trail)")
+    sp.add_argument("--json", action="store_true")
     sp = cmd("unmapped", cmd_unmapped, "per channel: populated positions no mapping read, most frequent first")
     sp.add_argument("--channel")
     sp.add_argument("--since", type=_since, help="received since: 24h, 7d, 30m or an ISO date/time (UTC)")
@@ -294,6 +299,62 @@ def cmd_messages(args) -> int:
             f"{r.id:>8}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.channel:14} {kind:8} {r.control_id[:20]:20} "
             f"{r.status:11} {warn or '-':>4}  {(r.error or '')[:100]}"
         )
+    return 0
+
+
+def cmd_patient(args) -> int:
+    """Print one patient's story; every read is audited in the stores read (record_access).
+
+    Exit 0 shown, 1 not found, 2 no purpose or an identifier several issuers use (candidates
+    listed: choose with --issuer)."""
+    from engine.stores.patient_view import MAX_PURPOSE, PatientView, render
+    from engine.stores.records_store import RecordStore
+
+    purpose = args.purpose.strip()
+    if not purpose or len(purpose) > MAX_PURPOSE:
+        print(
+            "error: reading a patient's record is audited: give --purpose "
+            f"(why you read it, 1 to {MAX_PURPOSE} characters)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = _load(args, check_mappings=False)
+    stores: dict[str, RecordStore] = {}
+    for name, s in cfg.stores.items():
+        kind = cfg.store_kind(name)
+        if kind in ("clinical", "pm") and kind not in stores:
+            store = stores[kind] = RecordStore(s.url, kind)
+            if store.engine.dialect.name == "sqlite":  # embedded: the schema follows the code
+                store.upgrade()
+            else:
+                store.check_schema()
+    if not stores:
+        print(f"error: {args.config} names no clinical or pm store", file=sys.stderr)
+        return 2
+    try:
+        view = PatientView(stores.get("clinical"), stores.get("pm"))
+        who = os.environ.get("ENGINE_USER") or getpass.getuser()
+        reading = view.read(args.identifier, args.issuer, who=who, purpose=purpose)
+    finally:
+        for store in stores.values():
+            store.dispose()
+    if reading.candidates:
+        if args.json:
+            print(json.dumps({"candidates": reading.candidates}, indent=2))
+        print(
+            f"that identifier is known under {len(reading.candidates)} issuers; choose one with --issuer:",
+            file=sys.stderr,
+        )
+        for issuer in reading.candidates:
+            print(f"  --issuer {issuer!r}" if issuer else "  --issuer ''   (no issuer recorded)", file=sys.stderr)
+        return 2
+    if reading.story is None:
+        print("no patient with that identifier" + (" and issuer" if args.issuer is not None else ""), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reading.story, indent=2))
+    else:
+        sys.stdout.write(render(reading.story))
     return 0
 
 

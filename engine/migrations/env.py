@@ -31,13 +31,15 @@ def target_metadata():
 def render_item(type_, obj, autogen_context):
     """Render the engine's own column types as plain SQLAlchemy types in migration files, so
     migrations never import application code: UTCDateTime -> DateTime(timezone=True),
-    JSONText -> Text."""
+    JSONText -> Text, Amount -> Numeric(18, 4)."""
     if type_ == "type":
         name = type(obj).__name__
         if name == "UTCDateTime":
             return "sa.DateTime(timezone=True)"
         if name == "JSONText":
             return "sa.Text()"
+        if name == "Amount":
+            return "sa.Numeric(precision=18, scale=4)"
     return False
 
 

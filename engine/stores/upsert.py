@@ -4,7 +4,14 @@ A record is checked in Python before any SQL runs, so a bad one fails with a
 :class:`~engine.errors.DeliveryError` (``retryable=False``) that names the table and column,
 never a value. Values are coerced lightly where the meaning is unambiguous (an int into a
 text column becomes its decimal text, ``"2"`` into an integer column becomes 2); anything else
-of the wrong type is refused, so SQLite stores exactly what PostgreSQL would.
+of the wrong type is refused, so SQLite stores exactly what PostgreSQL would. Money
+(:class:`~engine.stores.columns.Amount`) is taken as a ``Decimal`` from a decimal text, an int
+or a Decimal (a float through its shortest decimal form), never NaN or infinite.
+
+Key columns must have a value; '' counts as one only in issuer and namespace columns
+(``info["blank"]``: ``mrn_issuer``, ``placer_order_namespace`` ...), and a namespace column of
+the key that a record leaves out or sends null is written as '' (an identifier sent without
+its namespace, EI.1 alone, is the identifier with namespace '').
 
 Upserts are ``INSERT ... ON CONFLICT (natural key) DO UPDATE SET`` the columns present in the
 record (absent columns keep the stored value, ``None`` clears), plus ``updated_at`` and
@@ -19,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Boolean, Date, Float, Integer, Table, and_, bindparam, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import DeliveryError
-from engine.stores.columns import MANAGED, JSONText, StoreSpec
+from engine.stores.columns import MANAGED, Amount, JSONText, StoreSpec
 from engine.stores.db import UTCDateTime
 
 NOT_WRITABLE = frozenset({"id", "merged_into", "merged_into_issuer", *MANAGED})
@@ -66,6 +73,27 @@ def _number(v: Any) -> float:
     raise _Refused("a number")
 
 
+def _amount(v: Any) -> Decimal:
+    if isinstance(v, bool):
+        raise _Refused("an amount")
+    try:
+        if isinstance(v, Decimal):
+            d = v
+        elif isinstance(v, int):
+            d = Decimal(v)
+        elif isinstance(v, float):
+            d = Decimal(repr(v))
+        elif isinstance(v, str):
+            d = Decimal(v.strip())
+        else:
+            raise _Refused("an amount")
+    except InvalidOperation:
+        raise _Refused("an amount") from None
+    if not d.is_finite():
+        raise _Refused("an amount")
+    return d
+
+
 def _boolean(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -97,6 +125,8 @@ def coercer(column) -> Callable[[Any], Any]:
         return _datetime
     if isinstance(t, JSONText):
         return _json
+    if isinstance(t, Amount):
+        return _amount
     if isinstance(t, Boolean):
         return _boolean
     if isinstance(t, Date):
@@ -124,6 +154,7 @@ class Planner:
         self.spec = spec
         self._insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
         self._coercers = {name: {c.name: coercer(c) for c in t.columns} for name, t in spec.tables.items()}
+        self._blank = {name: {c.name for c in t.columns if c.info.get("blank")} for name, t in spec.tables.items()}
         self._statements: dict[tuple, Any] = {}
 
     def table(self, name: str) -> Table:
@@ -171,8 +202,11 @@ class Planner:
             )
         params = self.check_values(table, values)
         self._check_identity(table, params)
+        blank = self._blank[table]
         for k in natural:
-            if params.get(k) is None or (params[k] == "" and k != "mrn_issuer"):
+            if k in blank and k != "mrn_issuer" and params.get(k) is None:
+                params[k] = ""  # a namespace not sent: the identifier's namespace is ''
+            if params.get(k) is None or (params[k] == "" and k not in blank):
                 raise DeliveryError(f"{self.spec.kind}.{table}: key column {k!r} has no value", retryable=False)
         return Upsert(table, (table, natural, tuple(sorted(params))), params)
 
