@@ -223,6 +223,20 @@ _RECORD = (
         claim_token=None,
     )
 )
+WAITING = "waiting"
+"""``claim_token`` of a pending message a claim passed over because an earlier message of its
+ordering key was still in work: nobody will dispatch it again but the worker that finishes that
+earlier message (:meth:`MessageStore.record` hands it on). Not a token: no lease is ever it."""
+_PASSED_OVER = (
+    update(messages)
+    .where(
+        messages.c.id.in_(_ids()),
+        messages.c.id.not_in(_ids("claimed")),
+        messages.c.status.in_(PENDING),
+        or_(messages.c.claim_until.is_(None), messages.c.claim_until < _STAMP),
+    )
+    .values(claim_token=WAITING)
+)
 _NEXT = (
     select(messages.c.ordering_key, func.min(messages.c.id))
     .where(
@@ -230,6 +244,10 @@ _NEXT = (
         messages.c.ordering_key.in_(_ids("keys")),
         _pending(messages.c.status),
         or_(messages.c.claim_until.is_(None), messages.c.claim_until < _STAMP),
+        # passed over by a claim, or waiting for a retry behind the one just done; a RECEIVED
+        # message already dispatched in a later batch is left to that batch (handing it on
+        # again only made a second worker ask for it, in vain)
+        or_(messages.c.claim_token == WAITING, messages.c.status == QUEUED),
     )
     .group_by(messages.c.ordering_key)
 )
@@ -513,7 +531,8 @@ class MessageStore:
         A message is claimed only if it still needs processing, nobody else holds an
         unexpired claim on it, and no earlier message of its channel with the same ordering
         key is still pending, unless that one is among ``ids`` and free to be claimed with it
-        (else it goes first: :meth:`record` hands this one on when it is done). This is
+        (else it goes first, and this one is marked :data:`WAITING`: :meth:`record` hands it
+        on when the earlier one is done). This is
         what keeps one patient's updates in receive order with any number of workers. Claims
         are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: its single
         writer), so two workers handed overlapping batches (a re-dispatch after a
@@ -529,6 +548,8 @@ class MessageStore:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
             claimed = sorted(r[0] for r in conn.execute(_CLAIM, params))
+            if len(claimed) < len(ids):  # the others wait for an earlier one: its worker hands them on
+                conn.execute(_PASSED_OVER, {"ids": ids, "claimed": claimed or [0], "stamp": stamp})
             rows = self._load(conn, claimed) if claimed else []
         return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE), rows
 
@@ -575,7 +596,8 @@ class MessageStore:
             ).rowcount
 
     def next_in_line(self, channel: str, done: dict[str, int], conn=None) -> list[int]:
-        """For each ordering key -> last processed id, the next pending unclaimed message, if any."""
+        """For each ordering key -> last processed id, the next pending unclaimed message that
+        waits for it (passed over by a claim, or QUEUED), if any."""
         if not done:
             return []
         if conn is None:
@@ -612,6 +634,10 @@ class MessageStore:
         """
         stamp = now()
         with write_transaction(self.status_engine) as conn:
+            if hand_on and hand_on[1] and conn.dialect.name == "postgresql":
+                # in turn with claims: a claim that passes a message over (in its own transaction)
+                # is then either seen here, or sees this one's messages done and takes it itself
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
             if lease is not None and outcomes:
                 owned = self._owned(conn, lease, [o.message_id for o in outcomes])
                 outcomes = [o for o in outcomes if o.message_id in owned]
