@@ -174,7 +174,7 @@ CBC = order_row(
     specimen_type_code="BLD",
     specimen_type_text="Whole blood",
     specimen_type_system="HL70070",
-    diagnoses='["D64.9","E78.5"]',
+    diagnoses='["D64.9"]',  # each test its own DG1 (the DG1 after an OBR belongs to it)
     notes="Draw with the lipid panel if fasting",
 )
 LIPID = {
@@ -187,6 +187,7 @@ LIPID = {
     "service_section": "CHEM",
     "specimen_type_code": "SER",
     "specimen_type_text": "Serum",
+    "diagnoses": '["E78.5"]',
     "notes": "Fasting 12 h",
 }
 TSH = order_row(
@@ -325,6 +326,7 @@ def test_results_link_to_their_order_and_move_its_status_from_preliminary_to_com
         **TSH,
         "status": "preliminary",
         "resulted_at": at("2024-04-16T18:29:00"),
+        "resulted_date": date(2024, 4, 16),
         "filler_order_number": "QL-88001",
         "filler_order_namespace": "QUARRY_LAB",
     }  # the rest of the order stays as the EHR sent it
@@ -340,7 +342,12 @@ def test_results_link_to_their_order_and_move_its_status_from_preliminary_to_com
 
     send(eng.lab_port, fixture_bytes(FINAL))
     assert [m["status"] for m in settle(eng, 3)] == ["SENT"] * 3
-    completed = {**preliminary, "status": "completed", "resulted_at": at("2024-04-16T21:55:00")}
+    completed = {
+        **preliminary,
+        "status": "completed",
+        "resulted_at": at("2024-04-16T21:55:00"),
+        "resulted_date": date(2024, 4, 16),
+    }
     reflex = order_row(  # the free T4 the lab added: a row of its own, ordered by nobody
         placer_order_number="PLC-664002",
         placer_order_namespace="ALDERCHART",
@@ -351,6 +358,7 @@ def test_results_link_to_their_order_and_move_its_status_from_preliminary_to_com
         filler_order_namespace="QUARRY_LAB",
         status="completed",
         resulted_at=at("2024-04-16T21:55:00"),
+        resulted_date=date(2024, 4, 16),
     )
     assert orders(eng) == {"3016-3": completed, "3024-7": reflex}
     assert sorted(tuple(r[c] for c in link) for r in store.rows("diagnostic_report")) == [

@@ -249,7 +249,7 @@ Span = tuple[int, int]  # [start, end) indexes into Message.segments
 
 # Segments that may follow a group's anchor inside its group, across v2.3-v2.8 (ORU_R01,
 # OML/ORM, ADT_A01, DFT). A span of one of these anchors ends at the first segment not listed.
-_OBSERVATION = {"OBX", "NTE", "PRT", "TCD", "SID", "TQ1", "TQ2", "CTD", "CTI", "FT1", "SPM", "ROL"}
+_OBSERVATION = {"OBX", "NTE", "PRT", "TCD", "SID", "TQ1", "TQ2", "CTD", "CTI", "FT1", "SPM", "ROL", "DG1"}
 GROUP_CHILDREN: dict[str, frozenset[str]] = {
     "ORC": frozenset(
         {
@@ -260,6 +260,8 @@ GROUP_CHILDREN: dict[str, frozenset[str]] = {
             "RXO",
             "RXE",
             "RXA",
+            "RXD",  # RDS^O13: the dispense of this order
+            "RXG",  # RGV^O15: the give of this order
             "RXR",
             "RXC",
             "ODS",
@@ -286,6 +288,7 @@ GROUP_CHILDREN: dict[str, frozenset[str]] = {
     "AL1": frozenset(),
     "DG1": frozenset(),
     "PR1": frozenset({"ROL"}),
+    "FT1": frozenset({"PR1", "ROL", "NTE", "PRT"}),  # DFT_P03: a charge line and its procedures
     "GT1": frozenset(),
 }
 
