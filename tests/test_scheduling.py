@@ -118,6 +118,7 @@ BOOKED_A = {
     "start_at": datetime(2024, 5, 15, 16, 30, tzinfo=UTC),  # 09:30 Pacific (PDT), sent without offset
     "start_date": date(2024, 5, 15),
     "end_at": datetime(2024, 5, 15, 17, 0, tzinfo=UTC),
+    "end_date": date(2024, 5, 15),
     "duration": 30.0,
     "duration_units": "MIN",
     "appointment_type_code": "FU30",
@@ -186,6 +187,7 @@ def test_a_reschedule_updates_the_row_a_cancel_keeps_it_cancelled_and_the_bookin
         "start_at": datetime(2024, 5, 22, 21, 0, tzinfo=UTC),
         "start_date": date(2024, 5, 22),
         "end_at": datetime(2024, 5, 22, 21, 30, tzinfo=UTC),
+        "end_date": date(2024, 5, 22),
         "event_reason_code": "PATRESCH",
         "event_reason_text": "Rescheduled at patient request",
         "location": "LKCL-EXAM2",
@@ -243,6 +245,7 @@ def test_v23_placer_only_v28_tq1_v27_modification_and_a_no_show(sched):
         "start_at": datetime(2024, 6, 10, 18, 0, tzinfo=UTC),
         "start_date": date(2024, 6, 10),
         "end_at": datetime(2024, 6, 10, 18, 45, tzinfo=UTC),
+        "end_date": date(2024, 6, 10),
         "duration": 45.0,
         "duration_units": "MIN",
         "appointment_type_code": "PHYS",

@@ -300,6 +300,7 @@ service_order = Table(
     *coded_columns("specimen_type"),
     Column("diagnoses", JSONText),
     Column("resulted_at", UTCDateTime),
+    Column("resulted_date", Date),  # OBR-22 sent without a time of day
     Column("notes", Text),
     *managed_columns(),
     UniqueConstraint(*ORDER_KEY, name="uq_service_order_key"),

@@ -156,7 +156,8 @@ def appointment_columns() -> list[Column[Any]]:
     ``placer_appointment_id``/``_namespace`` (SCH-1), ``visit_number`` (PV1-19), ``status`` (the
     appointment's state: booked, arrived, complete, cancelled, noshow ...; SCH-25, else from the
     trigger: S15 cancelled, S26 noshow), ``event`` (the last trigger applied: S12, S13, ...),
-    start (``start_at``; ``start_date`` when sent without a time of day), ``end_at``,
+    start and end (``start_at``, ``end_at``; ``start_date``, ``end_date`` when sent without a time
+    of day),
     ``duration`` and ``duration_units`` as sent (SCH-9/10, AIS-7/8), appointment type (SCH-8),
     reason (SCH-7), event reason (SCH-6: why cancelled or moved), service (AIS-3) each as code,
     text and system, the provider (AIP-3 id and name), location (AIL-3) and its facility,
@@ -164,7 +165,8 @@ def appointment_columns() -> list[Column[Any]]:
     number and namespace), and notes (NTE)."""
     cols: list[Column[Any]] = [Column(n, String) for n in ("placer_appointment_id", "placer_appointment_namespace")]
     cols += [Column(n, String) for n in ("visit_number", "status", "event")]
-    cols += [Column("start_at", UTCDateTime), Column("start_date", Date), Column("end_at", UTCDateTime)]
+    cols += [Column("start_at", UTCDateTime), Column("start_date", Date)]
+    cols += [Column("end_at", UTCDateTime), Column("end_date", Date)]
     cols += [Column("duration", Float), Column("duration_units", String)]
     for name in ("appointment_type", "reason", "event_reason", "service"):
         cols += coded_columns(name)

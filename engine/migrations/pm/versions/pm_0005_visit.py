@@ -101,6 +101,7 @@ def upgrade() -> None:
     sa.Column('start_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('start_date', sa.Date(), nullable=True),
     sa.Column('end_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('end_date', sa.Date(), nullable=True),
     sa.Column('duration', sa.Float(), nullable=True),
     sa.Column('duration_units', sa.String(), nullable=True),
     sa.Column('appointment_type_code', sa.String(), nullable=True),
