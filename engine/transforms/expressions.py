@@ -21,6 +21,10 @@ function key plus that function's options and the common modifiers::
     result:      {number: OBX-5, when: {path: OBX-2, equals: NM}}
     priority:    {integer: IN1-1}
     mrn_again:   {use: mrn}                                        # a value under define:
+    content:     {join: "OBX-5[*]", where: {path: OBX-2, in: [TX, FT]}}   # each OBX's lines, one text
+    modifiers:   {list: "FT1-26[*].1"}                             # every value, as a JSON list
+    diagnoses:   {list: DG1-3.1, within: message, order_by: {integer: DG1-15}}
+    amount:      {decimal: FT1-11.1.1}                             # exact money, as sent (text)
 
 ``identifier`` picks the patient's identifier from a CX list (see
 :mod:`engine.transforms.identifiers`): the repetition whose type (CX-5) comes first in
@@ -28,6 +32,20 @@ function key plus that function's options and the common modifiers::
 its issuer (``part: issuer``: CX-4.1, else CX-4.2, else ``default_issuer``, an expression such
 as ``MSH-4.1`` or ``{literal: NORTH}``). An empty field is absent; a field with no acceptable
 repetition, or whose chosen one has no issuer, fails the record with the reason.
+
+``join`` and ``list`` gather a field over every group of its segment (``Compiler._gather``):
+the rule's own group of that segment when it walks one (``for_each: FT1`` and ``FT1-26``), else
+each one inside the rule's innermost group, or the message's without ``for_each``; ``within:
+message`` takes every one in the message whatever the rule walks (DG1 read from a DFT's FT1
+loop: the engine's FT1 groups reach to the next FT1, so the last one would hold them all).
+``where`` keeps the groups whose condition holds, read in that group (``OBX-2`` is that OBX's).
+``join`` gives one text: each value a line (a ``[*]`` path: each repetition), a group whose
+field is empty an empty line, kept between lines and trimmed at both ends (a note's blank line
+stays; escape sequences are decoded, ``\\.br\\`` a line break). ``list`` gives the non-empty
+values as a JSON list of text, in message order or ascending by ``order_by`` (an expression
+read in each group; groups without one, or with an unreadable one, last, in message order).
+``decimal`` checks an HL7 NM and keeps its text, so money stays exact (a float would not); one
+that is not a number is unreadable.
 
 A ``datetime`` without an offset is read in the sender's time zone: the expression's own
 ``timezone:``, else the message's (a channel's ``timezone``/``timezones`` per sending facility),
@@ -84,6 +102,9 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "ordinal": ("per",),
     "typed": ("type", "part"),
     "identifier": ("types", "default_issuer", "untyped", "part"),
+    "join": ("where", "within", "separator"),
+    "list": ("where", "within", "order_by"),
+    "decimal": (),
 }
 MODIFIERS = ("when", "default", "required")
 
@@ -514,6 +535,116 @@ class Compiler:
         cond = f"[{where.text}]" if where is not None else ""
         cond += f"[from {start}]" if start > 1 else ""
         return Expr(json_list, f"json_list({p.text}{cond}: {names})")
+
+    # -- gathering over groups: join, list; exact money: decimal -----------------------------
+    def _gather(self, spec: dict, tag: str, key: Key) -> tuple[Callable | None, str]:
+        """``(groups(m, s), text)`` for a ``join``/``list`` (see the module docstring): groups
+        yields ``(scopes, values)`` for each group of the path's segment that ``where`` keeps,
+        ``scopes`` being the rule's scopes down to that group, ``values`` the path's values in it."""
+        p = self.b.path(spec[tag], key + (tag,))
+        if p is not None and (p.field is None or p.occurrence is not None):
+            self.b.problem(
+                key + (tag,), f"{tag} takes a field path without a segment occurrence, e.g. OBX-5[*] or DG1-3.1"
+            )
+            p = None
+        within = spec.get("within", "group")
+        if within not in ("group", "message"):
+            self.b.problem(
+                key + ("within",), "within takes group (the rule's own groups, the default) or message (all of them)"
+            )
+        where = compile_condition(spec["where"], build=self.b, key=key + ("where",)) if "where" in spec else None
+        if p is None:
+            return None, ""
+        path, segment, everywhere = p, p.segment, within == "message"
+
+        def groups(m, s: tuple):
+            if everywhere:
+                outer, spans = (), m.groups(segment, None)
+            else:
+                mine = [i for i, span in enumerate(s) if m.msg.segments[span[0]].name == segment]
+                if mine:  # the rule walks this segment: its own group (the innermost one of it)
+                    outer, spans = s[: mine[-1]], [s[mine[-1]]]
+                else:
+                    outer, spans = s, m.groups(segment, s[-1] if s else None)
+            for span in spans:
+                scopes = outer + (span,)
+                if where is None or where(m, scopes):
+                    yield scopes, m.values(path, scopes)
+
+        text = path.text + (f" where {where.text}" if where is not None else "")
+        return groups, text + (" within message" if everywhere else "")
+
+    def _f_join(self, spec: dict, key: Key) -> Expr:
+        """``{join: "OBX-5[*]", where: {path: OBX-2, in: [TX, FT, ST]}}``: a note sent as one OBX
+        per line (or one FT with ``\\.br\\``) as one text, blank lines kept between lines."""
+        groups, text = self._gather(spec, "join", key)
+        sep = spec.get("separator", "\n")
+        if not isinstance(sep, str):
+            self.b.problem(key + ("separator",), "separator must be text (quote it)")
+        if groups is None or not isinstance(sep, str):
+            return _BAD
+
+        def join(m, s):
+            lines, null = [], False
+            for _scopes, values in groups(m, s):
+                for v in values or [""]:  # an empty field (a blank line of a note) is an empty line
+                    null = null or v is None
+                    lines.append(v or "")
+            start, end = 0, len(lines)
+            while start < end and not lines[start].strip():
+                start += 1
+            while end > start and not lines[end - 1].strip():
+                end -= 1
+            if start == end:
+                return None if null else MISSING
+            return sep.join(lines[start:end])
+
+        return Expr(join, f"join({text})")
+
+    def _f_list(self, spec: dict, key: Key) -> Expr:
+        """``{list: "FT1-26[*].1"}``: every modifier of the line, ``["25","59"]``; with
+        ``order_by: {integer: DG1-15}``, diagnoses in priority order."""
+        groups, text = self._gather(spec, "list", key)
+        order = self.expr(spec["order_by"], key + ("order_by",)) if "order_by" in spec else None
+        if groups is None:
+            return _BAD
+        rank = order.fn if order is not None else None
+
+        def as_list(m, s):
+            found, null = [], False  # (rank place, group number, value)
+            for n, (scopes, values) in enumerate(groups(m, s)):
+                try:
+                    r = MISSING if rank is None else rank(m, scopes)
+                except ValueProblem:  # an unreadable rank (a priority sent as text) orders last
+                    r = MISSING
+                # numbers before text, so that 2 < 10; groups without a rank last, in message order
+                place = (1, 0, "") if r is MISSING or r is None else (0, 0, r) if _is_number(r) else (0, 1, str(r))
+                for v in values:
+                    null = null or v is None
+                    if v:
+                        found.append((place, n, v))
+            if rank is not None:
+                found.sort(key=lambda f: (f[0], f[1]))
+            if not found:
+                return None if null else MISSING
+            return json.dumps([v for _p, _n, v in found], separators=(",", ":"), ensure_ascii=False)
+
+        by = f" by {order.source}" if order is not None else ""
+        return Expr(as_list, f"list({text}{by})")
+
+    def _f_decimal(self, spec: dict, key: Key) -> Expr:
+        """``{decimal: FT1-11.1.1}``: ``125.10`` stays the text ``125.10`` (an exact amount for
+        an ``Amount`` column), checked as an HL7 NM; ``12,50`` or ``$5`` is unreadable."""
+        return self._convert(spec, "decimal", key, _decimal)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _decimal(text: str) -> str:
+    to_number(text)  # the same check as number (ValueProblem, unreadable); the text is kept
+    return text.strip()
 
 
 def _components(where: Any) -> set[int]:
