@@ -211,7 +211,13 @@ class Runtime:
             try:
                 self.message_store.heartbeat(name, self.role, self.processed)
                 if self.role != LISTENER:
-                    for channel, ids in _group(self.message_store.pending(older_than=self._stuck_after)):
+                    # A message pending past stuck_after_seconds is lost only if the queue has
+                    # nothing left: under a backlog every queued message is that old, and looking
+                    # them all up each second (and, with Redis, enqueueing them again) is work
+                    # that grows with the backlog and slows its draining.
+                    stuck = self.queue.idle()
+                    found = self.message_store.pending(older_than=self._stuck_after, stuck=stuck)
+                    for channel, ids in _group(found):
                         self._dispatch(channel, ids)
             except Exception as exc:
                 log.warning("sweeper could not read the message store: %s", type(exc).__name__)

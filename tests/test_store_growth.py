@@ -125,3 +125,24 @@ def test_no_hot_path_statement_scans_a_table_that_grows(runtime):
                 scans.setdefault(" ".join(sql.split())[:160], []).append(step[3])
     assert checked > 20  # the flow above really ran the stores' statements
     assert not scans, "statements that read a whole growing table:\n" + "\n".join(f"{s}: {p}" for s, p in scans.items())
+
+
+def test_under_a_backlog_the_sweeper_looks_up_only_due_retries_not_every_queued_message(runtime):
+    """A message pending past ``stuck_after_seconds`` counts as lost only when the queue is empty
+    (``stuck=True``): under a backlog every queued message is that old, and fetching them all each
+    second grew with the backlog and slowed its draining."""
+    from sqlalchemy import update
+
+    from engine.stores.message_store import messages, now
+
+    _run(runtime, [adt_update(1, 1)])
+    [stored] = runtime.message_store.insert_received(
+        [inbound("adt", adt_update(2, 1), hl7.read_header(adt_update(2, 1)), ordering_key="NORTH|P0001")]
+    )
+    with runtime.message_store.engine.begin() as conn:  # received (and queued) ten minutes ago
+        conn.execute(
+            update(messages).where(messages.c.id == stored.id).values(updated_at=now() - timedelta(minutes=10))
+        )
+    older = timedelta(seconds=120)
+    assert runtime.message_store.pending(older_than=older, stuck=True) == [(stored.id, "adt")]
+    assert runtime.message_store.pending(older_than=older, stuck=False) == []

@@ -678,12 +678,17 @@ class MessageStore:
         conn.execute(_DELIVERY_UPSERT[conn.dialect.name], values)
 
     def pending(
-        self, *, channel: str | None = None, older_than: timedelta = timedelta(0), limit: int = 10_000
+        self,
+        *,
+        channel: str | None = None,
+        older_than: timedelta = timedelta(0),
+        limit: int = 10_000,
+        stuck: bool = True,
     ) -> list[tuple[int, str]]:
         """(id, channel) of messages that still need processing, oldest first.
 
-        RECEIVED and TRANSFORMED older than ``older_than`` (lost from the queue, worker killed),
-        and QUEUED whose next attempt is due.
+        QUEUED whose next attempt is due and, with ``stuck``, RECEIVED and TRANSFORMED older
+        than ``older_than`` (lost from the queue, worker killed).
         """
         cutoff = now() - older_than
         t = now()
@@ -698,9 +703,10 @@ class MessageStore:
             )
             .exists()
         )
+        due = (messages.c.status == QUEUED) & ~waiting
+        lost = messages.c.status.in_((RECEIVED, TRANSFORMED)) & (messages.c.updated_at <= cutoff)
         q = select(messages.c.id, messages.c.channel).where(
-            ((messages.c.status.in_((RECEIVED, TRANSFORMED))) & (messages.c.updated_at <= cutoff))
-            | ((messages.c.status == QUEUED) & ~waiting),
+            or_(lost, due) if stuck else due,
             or_(messages.c.claim_until.is_(None), messages.c.claim_until < t),
         )
         if channel:
