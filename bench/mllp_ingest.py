@@ -68,6 +68,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from services import sample_ports  # noqa: E402
+
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 FINAL = "('SENT','FILTERED','ERROR')"
 
@@ -193,14 +196,14 @@ class Engine:
         self, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1, *, config: Path | None = None
     ):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-        self.lab, self.adt = free_port(), free_port()
+        ports = sample_ports()  # every channel of the sample config on a free port
+        self.lab, self.adt = int(ports["ENGINE_LAB_PORT"]), int(ports["ENGINE_ADT_PORT"])
         self.env = dict(
             os.environ,
+            **ports,
             ENGINE_MESSAGE_STORE_URL=f"sqlite:///{self.dir}/messages.db",
             ENGINE_CLINICAL_STORE_URL=f"sqlite:///{self.dir}/clinical.db",
             ENGINE_PM_STORE_URL=f"sqlite:///{self.dir}/pm.db",
-            ENGINE_LAB_PORT=str(self.lab),
-            ENGINE_ADT_PORT=str(self.adt),
             ENGINE_LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
         )

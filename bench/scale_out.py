@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from services import PrivatePostgres, PrivateRedis, ServiceUnavailable, free_port  # noqa: E402
+from services import PrivatePostgres, PrivateRedis, ServiceUnavailable, free_port, sample_ports  # noqa: E402
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 FINAL = ("SENT", "FILTERED", "ERROR")
@@ -331,13 +331,13 @@ class Cluster:
             )
         else:
             self.config = ROOT / "config" / "channels.yaml"
-            self.lab, self.adt = free_port(), free_port()
+            ports = sample_ports()
+            self.lab, self.adt = int(ports["ENGINE_LAB_PORT"]), int(ports["ENGINE_ADT_PORT"])
             self.env.update(
+                ports,
                 ENGINE_MESSAGE_STORE_URL=url["messages"],
                 ENGINE_CLINICAL_STORE_URL=url["clinical"],
                 ENGINE_PM_STORE_URL=url["pm"],
-                ENGINE_LAB_PORT=str(self.lab),
-                ENGINE_ADT_PORT=str(self.adt),
             )
         out = self._engine("db", "upgrade", "--config", str(self.config))
         if out.returncode != 0:

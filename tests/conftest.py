@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from downstream import Downstream
-from services import PrivatePostgres, PrivateRedis, ServiceUnavailable, free_port
+from services import PrivatePostgres, PrivateRedis, ServiceUnavailable, sample_ports
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,15 +81,14 @@ class EngineProcess:
     def __init__(self, workdir: Path, config: Path | None = None, env: dict | None = None):
         self.workdir = workdir
         self.data = workdir / "data"
-        self.lab_port, self.adt_port = free_port(), free_port()
-        self.env = dict(os.environ)
+        ports = sample_ports()
+        self.lab_port, self.adt_port = int(ports["ENGINE_LAB_PORT"]), int(ports["ENGINE_ADT_PORT"])
+        self.env = dict(os.environ, **ports)
         self.env.update(
             {
                 "ENGINE_MESSAGE_STORE_URL": f"sqlite:///{self.data}/messages.db",
                 "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{self.data}/clinical.db",
                 "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
-                "ENGINE_LAB_PORT": str(self.lab_port),
-                "ENGINE_ADT_PORT": str(self.adt_port),
                 "PYTHONUNBUFFERED": "1",
             }
         )

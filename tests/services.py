@@ -34,6 +34,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SAMPLE_PORTS = (
+    "ENGINE_LAB_PORT",
+    "ENGINE_ADT_PORT",
+    "ENGINE_SCHEDULING_PORT",
+    "ENGINE_ORDERS_PORT",
+    "ENGINE_PHARMACY_ORDERS_PORT",
+    "ENGINE_PHARMACY_RESULTS_PORT",
+    "ENGINE_IMMUNIZATION_PORT",
+    "ENGINE_DOCUMENTS_PORT",
+    "ENGINE_CHARGES_PORT",
+    "ENGINE_LAB_OUT_PORT",  # the sample's downstream lab and pharmacy: nobody listens there
+    "ENGINE_PHARMACY_OUT_PORT",
+)
+"""The port variables of config/channels.yaml: an engine on the sample config in a test or a
+benchmark gets a free port for each, so that it never meets `make run` or another test's engine."""
+
+
+def sample_ports() -> dict[str, str]:
+    return {name: str(free_port()) for name in SAMPLE_PORTS}
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
     try:

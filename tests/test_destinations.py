@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 
-from conftest import MllpConnection, ack_fields, fixture_bytes, free_port
+from conftest import MllpConnection, ack_fields, fixture_bytes
+from services import free_port
 
 CONFIG = """\
 stores:

@@ -8,7 +8,8 @@ import socket
 import time
 
 import pytest
-from conftest import EngineProcess, MllpConnection, ack_fields, config_file, fixture_bytes, free_port
+from conftest import EngineProcess, MllpConnection, ack_fields, config_file, fixture_bytes
+from services import free_port
 
 PORTS = ("PORT_FULL", "PORT_TRICKLE", "PORT_JUNK", "PORT_PEER")
 

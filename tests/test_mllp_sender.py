@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from conftest import free_port
+from services import free_port
 
 from engine.channels.base import Item
 from engine.channels.mllp_sender import MllpSender, MllpSenderConfig
