@@ -330,10 +330,16 @@ def wait_until_done(count: Callable[[], int], n: int, stall_seconds: float = 120
 
 
 def run_once(
-    messages: list[bytes], connections: int, env: dict[str, str] | None = None, workers: int = 0, threads: int = 1
+    messages: list[bytes],
+    connections: int,
+    env: dict[str, str] | None = None,
+    workers: int = 0,
+    threads: int = 1,
+    *,
+    config: Path | None = None,
 ) -> dict[str, float]:
     """One benchmark run on a fresh engine: ACK rate, end-to-end rate, latency percentiles, CPU."""
-    eng = Engine(env, workers, threads)
+    eng = Engine(env, workers, threads, config=config)
     keep = None
     try:
         cpu0 = eng.cpu_seconds()
