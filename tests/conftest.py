@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -189,6 +190,31 @@ def fresh_engine(tmp_path):
     yield start
     for p in procs:
         p.stop()
+
+
+def send_and_settle(eng: EngineProcess, port: int, data: bytes, control_id: str, final: str = "SENT") -> dict:
+    """Send one message over MLLP, check that the ACK is AA for ``control_id``, and wait until the
+    message is ``final`` in the message store; returns the ACK's fields."""
+    conn = MllpConnection(port)
+    try:
+        ack = ack_fields(conn.send(data))
+    finally:
+        conn.close()
+    assert ack["MSA"][1] == "AA" and ack["MSA"][2] == control_id, ack
+    eng.wait_for(
+        "messages",
+        "select status from messages where control_id = :c order by id desc",
+        lambda r: bool(r) and r[0]["status"] == final,
+        c=control_id,
+    )
+    return ack
+
+
+def operator_messages(eng: EngineProcess) -> list[dict]:
+    """``engine messages --json`` as an operator reads it, newest first."""
+    out = eng.cli("messages", "--config", str(eng.config), "--json", "--limit", "500")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def engine_check(config: Path) -> subprocess.CompletedProcess:

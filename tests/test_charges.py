@@ -16,7 +16,14 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, engine_check
+from conftest import (
+    FIXTURES,
+    ROOT,
+    config_file,
+    engine_check,
+    operator_messages,
+    send_and_settle,
+)
 from services import free_port
 
 from engine.stores.pm import charge as CHARGE
@@ -164,26 +171,13 @@ def fixture(name: str) -> bytes:
 
 def send(eng, data: bytes, control_id: str, *, port: int | None = None, final: str = "SENT") -> None:
     """Send raw bytes, check the ACK (AA for this control id), wait until the message is ``final``."""
-    conn = MllpConnection(port or eng.port)
-    try:
-        ack = ack_fields(conn.send(data))
-    finally:
-        conn.close()
-    assert ack["MSA"][1] == "AA" and ack["MSA"][2] == control_id, ack
-    eng.wait_for(
-        "messages",
-        "select status from messages where control_id = :c order by id desc",
-        lambda r: bool(r) and r[0]["status"] == final,
-        c=control_id,
-    )
+    send_and_settle(eng, port or eng.port, data, control_id, final)
 
 
 def messages(eng) -> dict[str, dict]:
     """``engine messages --json`` as an operator reads it: {control id: newest row}."""
-    out = eng.cli("messages", "--config", str(eng.config), "--json", "--limit", "500")
-    assert out.returncode == 0, out.stderr
     rows: dict[str, dict] = {}
-    for r in json.loads(out.stdout):  # newest first
+    for r in operator_messages(eng):  # newest first
         rows.setdefault(r["control_id"], r)
     return rows
 

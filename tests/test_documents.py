@@ -12,11 +12,17 @@ what cannot be placed is a warning (where, never what); other message types are 
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, date, datetime
 
 import pytest
-from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, engine_check
+from conftest import (
+    FIXTURES,
+    ROOT,
+    config_file,
+    engine_check,
+    operator_messages,
+    send_and_settle,
+)
 from services import free_port
 
 from engine.stores.clinical import document as DOCUMENT
@@ -153,27 +159,13 @@ def send(eng, message: bytes | str, control_id: str, *, final: str = "SENT") -> 
     """Send a fixture (by name) or raw bytes, check the ACK (AA for this control id), wait until
     the message is ``final``; the ACK's fields."""
     data = (FIXTURES / "documents" / message).read_bytes() if isinstance(message, str) else message
-    conn = MllpConnection(eng.port)
-    try:
-        ack = ack_fields(conn.send(data))
-    finally:
-        conn.close()
-    assert ack["MSA"][1] == "AA" and ack["MSA"][2] == control_id, ack
-    eng.wait_for(
-        "messages",
-        "select status from messages where control_id = :c order by id desc",
-        lambda r: bool(r) and r[0]["status"] == final,
-        c=control_id,
-    )
-    return ack
+    return send_and_settle(eng, eng.port, data, control_id, final)
 
 
 def messages(eng) -> dict[str, dict]:
     """``engine messages --json`` as an operator reads it: {control id: newest row}."""
-    out = eng.cli("messages", "--config", str(eng.config), "--json", "--limit", "500")
-    assert out.returncode == 0, out.stderr
     rows: dict[str, dict] = {}
-    for r in json.loads(out.stdout):  # newest first
+    for r in operator_messages(eng):  # newest first
         rows.setdefault(r["control_id"], r)
     return rows
 

@@ -14,7 +14,14 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
-from conftest import FIXTURES, ROOT, MllpConnection, ack_fields, config_file, engine_check
+from conftest import (
+    FIXTURES,
+    ROOT,
+    config_file,
+    engine_check,
+    operator_messages,
+    send_and_settle,
+)
 from services import free_port
 
 from engine.stores.records_store import RecordStore
@@ -72,25 +79,11 @@ def sched(tmp_path, fresh_engine):
 
 def send(eng, name: str, control_id: str, *, final: str = "SENT") -> dict[str, list[str]]:
     """Send one fixture, check its ACK, wait until it is ``final``; the ACK's fields."""
-    conn = MllpConnection(eng.port)
-    try:
-        ack = ack_fields(conn.send(fixture(name)))
-    finally:
-        conn.close()
-    assert ack["MSA"][1] == "AA" and ack["MSA"][2] == control_id, ack
-    eng.wait_for(
-        "messages",
-        "select status from messages where control_id = :c order by id desc",
-        lambda r: bool(r) and r[0]["status"] == final,
-        c=control_id,
-    )
-    return ack
+    return send_and_settle(eng, eng.port, fixture(name), control_id, final)
 
 
 def messages(eng) -> list[dict]:
-    out = eng.cli("messages", "--config", str(eng.config), "--json", "--limit", "500")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return operator_messages(eng)
 
 
 def appointments(eng, kind: str, **where) -> list[dict]:
