@@ -16,7 +16,7 @@ from alembic import context
 METADATA_MODULES = {
     "clinical": "engine.stores.clinical",
     "pm": "engine.stores.pm",
-    "messages": "engine.stores.message_store",
+    "messages": "engine.stores.message_tables",
 }
 
 config = context.config

@@ -30,17 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     bindparam,
     func,
@@ -56,106 +45,20 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from engine.stores.db import UTCDateTime, make_engine, write_transaction
-
-metadata = MetaData()
-
-RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR = (
-    "RECEIVED",
-    "FILTERED",
-    "TRANSFORMED",
-    "QUEUED",
-    "SENT",
-    "ERROR",
-)
-STATUSES = (RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR)
-PENDING = (RECEIVED, TRANSFORMED, QUEUED)
-
-messages = Table(
-    "messages",
+from engine.stores.message_tables import (  # noqa: F401 - the store's public names
+    ERROR,
+    FILTERED,
+    PENDING,
+    QUEUED,
+    RECEIVED,
+    SENT,
+    STATUSES,
+    TRANSFORMED,
+    content_access,
+    deliveries,
+    messages,
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("channel", String(100), nullable=False),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("content", LargeBinary, nullable=False),
-    Column("charset", String(40), nullable=False, default=""),
-    Column("content_hash", String(64), nullable=False),
-    Column("message_type", String(20), nullable=False, default=""),
-    Column("trigger", String(20), nullable=False, default=""),
-    Column("control_id", String(200), nullable=False, default=""),
-    Column("sending_app", String(200), nullable=False, default=""),
-    Column("sending_facility", String(200), nullable=False, default=""),
-    Column("version", String(20), nullable=False, default=""),
-    Column("ordering_key", String(200)),
-    Column("status", String(12), nullable=False),
-    Column("error", Text),
-    Column("duplicate_of", BigInteger().with_variant(Integer, "sqlite")),
-    Column("flags", String(200), nullable=False, default=""),
-    Column("peer", String(100), nullable=False, default=""),
-    Column("source_message_id", BigInteger().with_variant(Integer, "sqlite")),
-    Column("updated_at", UTCDateTime, nullable=False),
-    Column("claim_until", UTCDateTime),
-    Column("claim_token", String(40)),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite")),
-    Column("warnings", Text),
-    Column("unmapped", Text),
-)
-"""``claim_token`` fences a claim: only the worker holding it may write the message's statuses.
-``seq`` is the message's place in receive order when it differs from its own id: a copy routed
-from another channel or a resend of a failed message keeps the original's (NULL means ``id``).
-``warnings`` (JSON list of text, never values) says what the mappings let go under
-``on_error: skip``; ``unmapped`` (JSON list of positions such as ``OBX-17.1``) the populated
-source positions no mapping rule read."""
-Index("ix_messages_dup", messages.c.channel, messages.c.sending_facility, messages.c.control_id)
-Index("ix_messages_status", messages.c.status, messages.c.channel)
-Index("ix_messages_order", messages.c.channel, messages.c.ordering_key, messages.c.id)
-Index("ix_messages_source", messages.c.channel, messages.c.source_message_id)
-Index("ix_messages_received", messages.c.channel, messages.c.received_at)  # retention: a channel's messages by age
-_PENDING_SQL = "status IN ('RECEIVED', 'TRANSFORMED', 'QUEUED')"
-Index(
-    "ix_messages_pending",
-    messages.c.channel,
-    messages.c.ordering_key,
-    messages.c.id,
-    sqlite_where=text(_PENDING_SQL),
-    postgresql_where=text(_PENDING_SQL),
-)
-"""Only the messages still in work (see migration messages_0006): the claim and the hand-on
-read through it, so their cost does not grow with a patient's history. A query uses it only
-when its status condition is the index's own, written with literal values (:func:`_pending`)."""
-
-deliveries = Table(
-    "deliveries",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("message_id", BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id"), nullable=False),
-    Column("destination", String(100), nullable=False),
-    Column("status", String(12), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("result", Text),
-    Column("error", Text),
-    Column("next_attempt_at", UTCDateTime),
-    Column("updated_at", UTCDateTime, nullable=False),
-    UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
-)
-
-workers = Table(
-    "workers",
-    metadata,
-    Column("name", String(200), primary_key=True),
-    Column("role", String(20), nullable=False),
-    Column("started_at", UTCDateTime, nullable=False),
-    Column("seen_at", UTCDateTime, nullable=False),
-    Column("processed", BigInteger().with_variant(Integer, "sqlite"), nullable=False, default=0),
-)
-
-content_access = Table(
-    "content_access",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("message_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
-    Column("accessed_by", String(200), nullable=False),
-    Column("accessed_at", UTCDateTime, nullable=False),
-    Column("purpose", String(200), nullable=False, default=""),
+    workers,
 )
 
 
