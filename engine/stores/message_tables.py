@@ -6,8 +6,11 @@ Alembic compares migrations with ``metadata`` here (engine/migrations/env.py).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Column,
     ForeignKey,
     Index,
@@ -18,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     text,
 )
 
@@ -123,3 +127,12 @@ content_access = Table(
     Column("accessed_at", UTCDateTime, nullable=False),
     Column("purpose", String(200), nullable=False, default=""),
 )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def expanding(name: str = "ids") -> BindParameter:
+    """A bind parameter that takes a list (``IN (...)``), for statements built once."""
+    return bindparam(name, expanding=True)
