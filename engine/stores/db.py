@@ -42,6 +42,12 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+SQLITE_CACHE_KIB = 65_536
+"""SQLite page cache per connection, in KiB."""
+SQLITE_MMAP_BYTES = 1 << 30
+"""How much of a SQLite file is read through a memory map, in bytes."""
+
+
 def make_engine(url: str, *, durable: bool = False) -> Engine:
     """An Engine for ``url``. ``durable`` commits reach the disk before they return.
 
@@ -72,6 +78,12 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
         cur.execute(f"PRAGMA synchronous={sync}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        # SQLite keeps 2 MB of pages per connection by default: once a store's indexes outgrow
+        # that, every upsert reads its index pages again through the OS (a 1,000,000-message
+        # soak went from 1.9 to 3.1 ms of CPU per message). 64 MB of cache per connection and
+        # reads through a memory map (up to 1 GB of the file) keep a large store's hot pages near.
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cur.close()
 
     # SQLAlchemy calls the dialect's do_begin for each transaction; pysqlite's does nothing (the
