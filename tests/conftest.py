@@ -192,15 +192,32 @@ def fresh_engine(tmp_path):
         p.stop()
 
 
-def send_and_settle(eng: EngineProcess, port: int, data: bytes, control_id: str, final: str = "SENT") -> dict:
-    """Send one message over MLLP, check that the ACK is AA for ``control_id``, and wait until the
-    message is ``final`` in the message store; returns the ACK's fields."""
+def sample_channel(*names: str) -> str:
+    """The blocks of ``names`` under ``channels:`` in config/channels.yaml, as written there: a
+    test of one channel runs exactly what the sample config (and the README's tour) runs."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (ROOT / "config" / "channels.yaml").read_text().splitlines():
+        if line.startswith("  - name: "):
+            current = blocks.setdefault(line.split("name:", 1)[1].split("#")[0].strip(), [])
+        elif line.startswith("  # --") or (line and not line.startswith(" ")):
+            current = None
+        if current is not None:
+            current.append(line)
+    return "".join("\n".join(blocks[n]).rstrip() + "\n\n" for n in names)
+
+
+def send_and_settle(
+    eng: EngineProcess, port: int, data: bytes, control_id: str, final: str = "SENT", code: str = "AA"
+) -> dict:
+    """Send one message over MLLP, check that the ACK is ``code`` for ``control_id``, and wait
+    until the message is ``final`` in the message store; returns the ACK's fields."""
     conn = MllpConnection(port)
     try:
         ack = ack_fields(conn.send(data))
     finally:
         conn.close()
-    assert ack["MSA"][1] == "AA" and ack["MSA"][2] == control_id, ack
+    assert ack["MSA"][1] == code and ack["MSA"][2] == control_id, ack
     eng.wait_for(
         "messages",
         "select status from messages where control_id = :c order by id desc",

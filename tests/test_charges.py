@@ -22,6 +22,7 @@ from conftest import (
     config_file,
     engine_check,
     operator_messages,
+    sample_channel,
     send_and_settle,
 )
 from services import free_port
@@ -31,41 +32,9 @@ from engine.stores.records_store import RecordStore
 from engine.stores.schema import columns_of
 from engine.transforms import load_mapping
 
-# The channel exactly as it goes under `channels:` in config/channels.yaml.
-CHANNEL = """\
-  - name: charges
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_CHARGES_PORT:-6668}
-    filter:
-      path: MSH-9.1
-      equals: DFT
-    destinations:
-      - name: pm
-        type: store
-        store: pm
-        mapping: dft_pm
-"""
-ADT_CHANNEL = """\
-  - name: adt
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_ADT_PORT:-6662}
-    filter:
-      path: MSH-9.1
-      equals: ADT
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: adt_clinical
-      - name: pm
-        type: store
-        store: pm
-        mapping: adt_pm
-"""
+# The channel(s) as config/channels.yaml has them.
+CHANNEL = sample_channel("charges")
+ADT_CHANNEL = sample_channel("adt")
 CONFIG = (
     """\
 stores:
@@ -169,9 +138,9 @@ def fixture(name: str) -> bytes:
     return (FIXTURES / "charges" / name).read_bytes()
 
 
-def send(eng, data: bytes, control_id: str, *, port: int | None = None, final: str = "SENT") -> None:
-    """Send raw bytes, check the ACK (AA for this control id), wait until the message is ``final``."""
-    send_and_settle(eng, port or eng.port, data, control_id, final)
+def send(eng, data: bytes, control_id: str, *, port: int | None = None, final: str = "SENT", code: str = "AA") -> None:
+    """Send raw bytes, check the ACK (``code`` for this control id), wait until it is ``final``."""
+    send_and_settle(eng, port or eng.port, data, control_id, final, code)
 
 
 def messages(eng) -> dict[str, dict]:
@@ -369,7 +338,8 @@ def test_a_transaction_type_no_table_lists_fails_the_dft_whole_with_its_reason(b
         "FT1|1|TXN-880401||20240507||CG|CDM-99213^Office visit^CDM|||1|120.00\r"
         "FT1|2|TXN-880402||20240507||XX|CDM-99000^Handling^CDM|||1|10.00\r"
     )
-    send(billing, dft.encode(), "CC-P03-0201", final="ERROR")
+    # the sample's charges channel answers after processing: a DFT it cannot post gets AE
+    send(billing, dft.encode(), "CC-P03-0201", final="ERROR", code="AE")
     info = messages(billing)["CC-P03-0201"]
     assert "pm.charge.transaction_type: code not in table 'charge_type'" in info["error"]
     assert "in FT1 2" in info["error"]

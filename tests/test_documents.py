@@ -21,6 +21,7 @@ from conftest import (
     config_file,
     engine_check,
     operator_messages,
+    sample_channel,
     send_and_settle,
 )
 from services import free_port
@@ -30,22 +31,8 @@ from engine.stores.records_store import RecordStore
 from engine.stores.schema import columns_of
 from engine.transforms import load_mapping
 
-# The channel exactly as it goes under `channels:` in config/channels.yaml.
-CHANNEL = """\
-  - name: documents
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_DOCUMENTS_PORT:-6667}
-    filter:
-      path: MSH-9.1
-      equals: MDM
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: mdm_clinical
-"""
+# The channel(s) as config/channels.yaml has them.
+CHANNEL = sample_channel("documents")
 CONFIG = (
     """\
 stores:

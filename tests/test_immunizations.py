@@ -20,6 +20,7 @@ from conftest import (
     config_file,
     engine_check,
     operator_messages,
+    sample_channel,
     send_and_settle,
 )
 from services import free_port
@@ -28,22 +29,8 @@ from engine.stores.records_store import RecordStore
 from engine.stores.schema import columns_of
 from engine.transforms import load_mapping
 
-# The channel exactly as it goes under `channels:` in config/channels.yaml.
-CHANNEL = """\
-  - name: immunizations
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_IMMUNIZATION_PORT:-6666}
-    filter:
-      path: MSH-9.1
-      equals: VXU
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: vxu_clinical
-"""
+# The channel(s) as config/channels.yaml has them.
+CHANNEL = sample_channel("immunizations")
 CONFIG = (
     """\
 stores:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 
 import downstream as downstream_module
 import pytest
-from conftest import ROOT, MllpConnection, ack_fields, config_file, fixture_bytes
+from conftest import ROOT, MllpConnection, ack_fields, config_file, fixture_bytes, sample_channel
 from services import free_port
 
 from engine.stores.records_store import RecordStore
@@ -25,27 +25,7 @@ from engine.stores.schema import columns_of
 from engine.transforms import load_mapping
 
 # The channel block given for config/channels.yaml, as it is (appended under `channels:`).
-ORDERS_CHANNEL = """\
-  - name: orders-out
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_ORDERS_PORT:-6664}
-      ack_mode: on_receive
-    filter:
-      path: MSH-9.1
-      in: [ORM, OML]
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: orm_clinical
-      - name: lab
-        type: mllp
-        host: ${ENGINE_LAB_OUT_HOST:-127.0.0.1}
-        port: ${ENGINE_LAB_OUT_PORT:-7701}
-        retry: {max_attempts: 10, backoff_seconds: 1, max_backoff_seconds: 60}
-"""
+ORDERS_CHANNEL = sample_channel("orders-out")
 
 CONFIG = (
     """\

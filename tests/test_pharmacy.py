@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 
 import downstream as downstream_module
 import pytest
-from conftest import FIXTURES, MllpConnection, ack_fields, config_file
+from conftest import FIXTURES, MllpConnection, ack_fields, config_file, sample_channel
 from downstream import Downstream
 from services import free_port
 
@@ -25,44 +25,7 @@ from engine.formats.hl7 import Message
 from engine.stores.records_store import RecordStore
 
 # The channels as proposed for config/channels.yaml (appended under `channels:`), verbatim.
-CHANNELS = """\
-  - name: pharmacy-out
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_PHARMACY_ORDERS_PORT:-6665}
-    filter:
-      path: MSH-9.1
-      equals: RDE
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: rde_clinical
-      - name: pharmacy
-        type: mllp
-        host: ${ENGINE_PHARMACY_OUT_HOST:-127.0.0.1}
-        port: ${ENGINE_PHARMACY_OUT_PORT:-7702}
-        retry: {max_attempts: 20, backoff_seconds: 2, max_backoff_seconds: 300}
-
-  - name: pharmacy-in
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_PHARMACY_RESULTS_PORT:-6669}
-    filter:
-      path: MSH-9.1
-      in: [RDS, RAS]
-    destinations:
-      - name: clinical-dispenses
-        type: store
-        store: clinical
-        mapping: rds_clinical
-      - name: clinical-administrations
-        type: store
-        store: clinical
-        mapping: ras_clinical
-"""
+CHANNELS = sample_channel("pharmacy-out", "pharmacy-in")
 
 CONFIG = (
     """\

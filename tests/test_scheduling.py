@@ -20,6 +20,7 @@ from conftest import (
     config_file,
     engine_check,
     operator_messages,
+    sample_channel,
     send_and_settle,
 )
 from services import free_port
@@ -28,26 +29,8 @@ from engine.stores.records_store import RecordStore
 from engine.stores.schema import columns_of
 from engine.transforms import load_mapping
 
-# The channel exactly as it goes under `channels:` in config/channels.yaml.
-CHANNEL = """\
-  - name: scheduling
-    source:
-      type: mllp
-      host: ${ENGINE_LISTEN_HOST:-127.0.0.1}
-      port: ${ENGINE_SCHEDULING_PORT:-6663}
-    filter:
-      path: MSH-9.1
-      equals: SIU
-    destinations:
-      - name: clinical
-        type: store
-        store: clinical
-        mapping: siu_clinical
-      - name: pm
-        type: store
-        store: pm
-        mapping: siu_pm
-"""
+# The channel(s) as config/channels.yaml has them.
+CHANNEL = sample_channel("scheduling")
 CONFIG = (
     """\
 stores:
