@@ -325,6 +325,7 @@ class Message:
     """
 
     __slots__ = ("_members", "_names", "_outside", "_positions", "_spans", "delimiters", "segments", "text")
+    format = "hl7v2"
 
     def __init__(self, text: str):
         text = text.strip("\x0b\x1c\r\n \t\ufeff")

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.errors import Problem
+from engine.formats import x12
 from engine.formats.hl7 import Path, parse_path
 from engine.formats.hl7_segments import unknown_segment
 from engine.yamlfile import Key, Located, dotted
@@ -24,6 +25,8 @@ class Build:
         self.src = src
         self.file = src.file if src is not None else file
         self.problems: list[Problem] = []
+        self.format = "hl7v2"
+        """What paths read: ``hl7v2`` (PID-5.1) or ``x12`` (CLP-01, DTM*405-02); a mapping's ``format:``."""
 
     def problem(self, key: Key, message: str) -> None:
         if self.src is not None:
@@ -44,6 +47,12 @@ class Build:
     def path(self, text: Any, key: Key) -> Path | None:
         """Parse an HL7 path; a problem (and None) when it is not a string, malformed, or names a
         segment no HL7 v2 version defines (Z-segments excepted)."""
+        if self.format == "x12":
+            try:
+                return x12.parse_path(text)
+            except ValueError as exc:
+                self.problem(key, str(exc))
+                return None
         if not isinstance(text, str):
             self.problem(key, f"expected an HL7 path such as PID-5.1, got {type(text).__name__}")
             return None

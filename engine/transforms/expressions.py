@@ -25,6 +25,7 @@ function key plus that function's options and the common modifiers::
     modifiers:   {list: "FT1-26[*].1"}                             # every value, as a JSON list
     diagnoses:   {list: DG1-3.1, within: message, order_by: {integer: DG1-15}}
     amount:      {decimal: FT1-11.1.1}                             # exact money, as sent (text)
+    through:     {date: {split: DTP*434-03, separator: "-", index: 2}}   # X12 RD8 20241001-20241003
 
 ``identifier`` picks the patient's identifier from a CX list (see
 :mod:`engine.transforms.identifiers`): the repetition whose type (CX-5) comes first in
@@ -105,6 +106,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "join": ("where", "within", "separator"),
     "list": ("where", "within", "order_by"),
     "decimal": (),
+    "split": ("separator", "index"),
 }
 MODIFIERS = ("when", "default", "required")
 
@@ -541,12 +543,17 @@ class Compiler:
         """``(groups(m, s), text)`` for a ``join``/``list`` (see the module docstring): groups
         yields ``(scopes, values)`` for each group of the path's segment that ``where`` keeps,
         ``scopes`` being the rule's scopes down to that group, ``values`` the path's values in it."""
-        p = self.b.path(spec[tag], key + (tag,))
-        if p is not None and (p.field is None or p.occurrence is not None):
+        texts = spec[tag] if isinstance(spec[tag], list) and spec[tag] else [spec[tag]]
+        paths = [self.b.path(t, key + (tag,)) for t in texts]
+        if any(q is not None and (q.field is None or q.occurrence is not None) for q in paths):
             self.b.problem(
                 key + (tag,), f"{tag} takes a field path without a segment occurrence, e.g. OBX-5[*] or DG1-3.1"
             )
-            p = None
+            paths = [None]
+        elif len({q.segment for q in paths if q is not None}) > 1:
+            self.b.problem(key + (tag,), f"the paths a {tag} lists read one segment (HI-01.2, HI-02.2 ...)")
+            paths = [None]
+        p = None if any(q is None for q in paths) else paths[0]
         within = spec.get("within", "group")
         if within not in ("group", "message"):
             self.b.problem(
@@ -555,7 +562,8 @@ class Compiler:
         where = compile_condition(spec["where"], build=self.b, key=key + ("where",)) if "where" in spec else None
         if p is None:
             return None, ""
-        path, segment, everywhere = p, p.segment, within == "message"
+        segment, everywhere = p.segment, within == "message"
+        several = [q for q in paths if q is not None]
 
         def groups(m, s: tuple):
             if everywhere:
@@ -569,9 +577,9 @@ class Compiler:
             for span in spans:
                 scopes = outer + (span,)
                 if where is None or where(m, scopes):
-                    yield scopes, m.values(path, scopes)
+                    yield scopes, [v for q in several for v in m.values(q, scopes)]
 
-        text = path.text + (f" where {where.text}" if where is not None else "")
+        text = ", ".join(q.text for q in several) + (f" where {where.text}" if where is not None else "")
         return groups, text + (" within message" if everywhere else "")
 
     def _f_join(self, spec: dict, key: Key) -> Expr:
@@ -631,6 +639,28 @@ class Compiler:
 
         by = f" by {order.source}" if order is not None else ""
         return Expr(as_list, f"list({text}{by})")
+
+    def _f_split(self, spec: dict, key: Key) -> Expr:
+        """``{split: DTP*434-03, separator: "-", index: 2}``: the index-th part (from 1) of a
+        value its sender joined (an X12 date range ``20241001-20241003``); absent past the end."""
+        inner = self.expr(spec["split"], key + ("split",))
+        sep, index = spec.get("separator"), spec.get("index", 1)
+        if not isinstance(sep, str) or not sep:
+            self.b.problem(key + ("separator",), "split needs separator: the text between the parts (quote it)")
+            return _BAD
+        if not isinstance(index, int) or isinstance(index, bool) or index < 1:
+            self.b.problem(key + ("index",), "index is the part's place, from 1")
+            return _BAD
+        fn = inner.fn
+
+        def part(m, s):
+            v = fn(m, s)
+            if v is MISSING or v is None:
+                return v
+            parts = str(v).split(sep)
+            return parts[index - 1] if index <= len(parts) and parts[index - 1] != "" else MISSING
+
+        return Expr(part, f"split({inner.source}, {sep!r}, {index})")
 
     def _f_decimal(self, spec: dict, key: Key) -> Expr:
         """``{decimal: FT1-11.1.1}``: ``125.10`` stays the text ``125.10`` (an exact amount for

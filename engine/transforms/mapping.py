@@ -65,11 +65,13 @@ from engine.transforms.tables import Tables
 from engine.transforms.values import MISSING, ValueProblem, zone
 from engine.yamlfile import Key, load
 
-TOP_KEYS = ("description", "timezone", "applies_when", "define", "records")
+TOP_KEYS = ("description", "format", "timezone", "applies_when", "define", "checks", "records")
+FORMATS = ("hl7v2", "x12")
 RECORD_KEYS = ("description", "target", "op", "key", "when", "for_each", "on_error", "fields")
 ON_ERROR = ("fail", "skip")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 _SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_X12_SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{1,2}(\*[A-Z0-9]{1,30})?$")  # CLP, N1, HL*22
 _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
 MERGE_FIELDS = ("mrn", "mrn_issuer", "old_mrn", "old_mrn_issuer")
 IDENTITY = ("mrn", "mrn_issuer")  # a patient is the pair (issuer, value), in every store
@@ -203,8 +205,18 @@ class _Unbuilt(Exception):
 class Mapping:
     """A compiled mapping. ``applies(msg)`` decides; ``run(msg)`` builds the records."""
 
-    def __init__(self, name: str, path: Path, rules: list[RecordRule], applies_when=None, description: str = ""):
-        self.name, self.path, self.rules = name, path, rules
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        rules: list[RecordRule],
+        applies_when=None,
+        description: str = "",
+        format: str = "hl7v2",
+    ):
+        self.name, self.path, self.rules, self.format = name, path, rules, format
+        self.checks: list = []
+        """Checks run after the records are built (``checks:``, :mod:`engine.transforms.checks`)."""
         self._applies = applies_when
         self.description = description
 
@@ -214,7 +226,10 @@ class Mapping:
         return "always" if self._applies is None else self._applies.text
 
     def applies(self, msg: Message) -> bool:
-        """True when the mapping's ``applies_when`` holds (always, without one)."""
+        """True when the mapping's ``applies_when`` holds (always, without one) and the message
+        is in the mapping's format (an X12 mapping never runs on an HL7 message, nor back)."""
+        if getattr(msg, "format", "hl7v2") != self.format:
+            return False
         return self._applies is None or bool(self._applies(msg, ()))
 
     def run(self, msg: Message, report: RunReport | None = None, zone: tzinfo | None = None) -> list[Record]:
@@ -254,6 +269,11 @@ def load_mapping(
         b.problem((), "expected a mapping with records: (and optionally applies_when:, define:, timezone:)")
         raise ConfigError(b.problems)
     b.keys(data, (), TOP_KEYS, "a mapping")
+    fmt = data.get("format", "hl7v2")
+    if fmt not in FORMATS:
+        b.problem(("format",), f"format must be one of {', '.join(FORMATS)}")
+    else:
+        b.format = fmt
     tz = zone("UTC")
     if "timezone" in data:
         try:
@@ -271,6 +291,12 @@ def load_mapping(
         defines = {}
     for name, spec in defines.items():
         c.defines[name] = c.expr(spec, ("define", name))
+    from engine.transforms.checks import CHECKS
+
+    checks = data.get("checks") or []
+    if not isinstance(checks, list) or not all(isinstance(c, str) and c in CHECKS for c in checks):
+        b.problem(("checks",), f"checks lists checks by name (known: {', '.join(sorted(CHECKS))})")
+        checks = []
     records = data.get("records")
     rules: list[RecordRule] = []
     if not isinstance(records, list) or not records:
@@ -282,7 +308,9 @@ def load_mapping(
             rules.append(rule)
     if b.problems:
         raise ConfigError(b.problems)
-    return Mapping(path.stem, path, rules, applies, str(data.get("description") or ""))
+    mapping = Mapping(path.stem, path, rules, applies, str(data.get("description") or ""), b.format)
+    mapping.checks = [CHECKS[c] for c in checks]
+    return mapping
 
 
 def _record(
@@ -331,7 +359,8 @@ def _record(
     when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
     for_each = spec.get("for_each", [])
     for_each = [for_each] if isinstance(for_each, str) else for_each
-    if not isinstance(for_each, list) or not all(isinstance(s, str) and _SEGMENT.match(s) for s in for_each):
+    segment = _X12_SEGMENT if b.format == "x12" else _SEGMENT
+    if not isinstance(for_each, list) or not all(isinstance(s, str) and segment.match(s) for s in for_each):
         b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
         for_each = []
     fields = []

@@ -25,13 +25,25 @@ from typing import Any
 from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 from engine.transforms.report import position
 
-_POSITIONS: dict[str, str] = {}  # path text -> position; as many entries as distinct paths in mappings
+_POSITIONS: dict[str, str] = {}
+_QUALIFIERS: dict[str, str] = {}
+
+
+def _qualifier_position(segment: str) -> str:
+    """``DTM*405`` -> ``DTM-1``, ``HL*22`` -> ``HL-3``: where an X12 path's qualifier is read."""
+    pos = _QUALIFIERS.get(segment)
+    if pos is None:
+        from engine.formats.x12 import QUALIFIER_ELEMENT
+
+        name = segment.split("*", 1)[0]
+        pos = _QUALIFIERS[segment] = f"{name}-{QUALIFIER_ELEMENT.get(name, 1)}"
+    return pos  # path text -> position; as many entries as distinct paths in mappings
 
 
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_outside", "delimiters", "memo", "msg", "read", "zone")
+    __slots__ = ("_cache", "_loops", "_outside", "delimiters", "memo", "msg", "read", "zone")
 
     def __init__(self, msg: Message, read: set[str] | None = None, zone: tzinfo | None = None):
         """``read`` collects the positions read (a new set when not given); ``zone`` is the
@@ -44,6 +56,8 @@ class Reader:
         self.delimiters = msg.delimiters
         self._cache: dict[int, list] = {}
         self._outside: dict[tuple[str, str], bool] = {}
+        self._loops = getattr(msg, "format", "") == "x12"
+        """X12 loops read their own segments first (engine.formats.x12): scoped reads go there."""
 
     def _message_level(self, segment: str, scopes: tuple[Span, ...]) -> bool:
         """True when a scoped read of ``segment`` gives what an unscoped read gives.
@@ -75,6 +89,8 @@ class Reader:
         return self.msg.groups(segment, within)
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
+        if scopes and self._loops:
+            return self.msg.find_segments(path, scopes)
         if scopes:
             own = self._own(path, scopes)
             if own is not None:
@@ -97,6 +113,11 @@ class Reader:
         if pos is None:
             pos = _POSITIONS[path.text] = position(path)
         self.read.add(pos)
+        if self._loops:
+            if "*" in path.segment:  # DTM*405-02 reads the qualifier too
+                self.read.add(_qualifier_position(path.segment))
+            if scopes:
+                return values_in(self.msg.find_segments(path, scopes), path, self.delimiters)
         if scopes:
             own = self._own(path, scopes)
             if own is not None:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 from engine.formats.hl7 import Message, Path
 
-ENVELOPE = frozenset({"MSH"})  # segments the engine reads itself, never reported as unmapped
+ENVELOPE = frozenset({"MSH", "ISA", "GS", "ST", "SE", "GE", "IEA"})
+"""Segments the engine reads itself (the HL7 header, the X12 envelopes): never reported as unmapped."""
 
 
 @dataclass
@@ -51,11 +52,12 @@ class RunReport:
 
 def position(path: Path) -> str:
     """The position a path reads: ``PID-3[2].4.1`` -> ``PID-3.4``, ``OBX-5`` -> ``OBX-5``."""
+    segment = path.segment.split("*", 1)[0]  # X12 DTM*405-02 reads DTM-2: positions name segments by id
     if path.field is None:
-        return path.segment
+        return segment
     if path.component is None:
-        return f"{path.segment}-{path.field}"
-    return f"{path.segment}-{path.field}.{path.component}"
+        return f"{segment}-{path.field}"
+    return f"{segment}-{path.field}.{path.component}"
 
 
 def unmapped(message: Message, reports: Iterable[RunReport]) -> list[str]:

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, MappingError, ParseError
-from engine.formats.hl7 import Message, decode, split_batch
+from engine.formats import parse_text, x12
+from engine.formats.hl7 import decode, split_batch
 from engine.records import Record
 from engine.transforms.build import Build
 from engine.transforms.mapping import Mapping, load_mapping
@@ -190,8 +191,10 @@ def run_case(case: TestCase) -> CaseResult:
     report = RunReport()
     try:
         mapping = _mapping(case.mapping_path)
-        msg = Message(case.message)
+        msg = parse_text(case.message)
         records = mapping.run(msg, report) if mapping.applies(msg) else []
+        for check in mapping.checks if records else ():
+            report.warnings.extend(check(msg, records, None))  # checks that need a store say nothing here
         outcome: MappingError | None = None
     except MappingError as exc:
         records, outcome = [], exc
@@ -260,18 +263,24 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
     mapping = load_mapping(path)
     out = [f"mapping {mapping.name} ({path})"]
     raw = Path(message_path).read_bytes()
-    try:
-        texts = split_batch(decode(raw))
-    except ParseError as exc:
-        return "\n".join(out + [f"cannot read {message_path}: {exc}"])
-    for n, text in enumerate(texts, 1):
+    if x12.is_x12(raw):
+        messages, problems = _x12_messages(raw)
+        out.extend(f"cannot read part of {message_path}: TA1 {p.code}: {p.text}" for p in problems)
+    else:
         try:
-            msg = Message(text)
-            h = msg.header()
+            messages = [(text, None) for text in split_batch(decode(raw))]
+        except ParseError as exc:
+            return "\n".join(out + [f"cannot read {message_path}: {exc}"])
+    for n, (text, title) in enumerate(messages, 1):
+        try:
+            msg = parse_text(text)
+            if title is None:
+                h = msg.header()
+                title = f"{h.message_type}^{h.trigger} control id {h.control_id} (v{h.version})"
         except ParseError as exc:
             out.append(f"\nmessage {n}: cannot parse: {exc}")
             continue
-        out.append(f"\nmessage {n}: {h.message_type}^{h.trigger} control id {h.control_id} (v{h.version})")
+        out.append(f"\nmessage {n}: {title}")
         if not mapping.applies(msg):
             out.append(f"  does not apply (applies_when: {mapping.applies_text})")
             continue
@@ -289,9 +298,26 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
             width = max((len(c) for c in r.values), default=0)
             for col, value in r.values.items():
                 out.append(f"    {col.ljust(width)} = {render(value):<30} <- {r.sources.get(col, '?')}")
+        for check in mapping.checks if records else ():
+            report.warnings.extend(check(msg, records, None))
         out.extend(f"  warning: {w}" for w in report.warnings)
         out.extend(_unmapped_lines(unmapped(msg, [report])))
     return "\n".join(out)
+
+
+def _x12_messages(raw: bytes) -> tuple[list[tuple[str, str | None]], list]:
+    """Each transaction set of an X12 file as the engine stores it, titled like an HL7 message."""
+    from engine.formats import x12_envelope
+
+    interchanges, problems = x12_envelope.read_interchanges(raw)
+    out: list[tuple[str, str | None]] = []
+    for ic in interchanges:
+        problems.extend(ic.problems)
+        for g in ic.groups:
+            for tr in g.transactions:
+                title = f"{tr.st_id} {tr.reference or g.version} control {ic.control}/{g.control}/{tr.control}"
+                out.append((x12_envelope.single(ic, g, tr), title))
+    return out, problems
 
 
 def _unmapped_lines(positions: list[str]) -> list[str]:
