@@ -136,3 +136,15 @@ def now() -> datetime:
 def expanding(name: str = "ids") -> BindParameter:
     """A bind parameter that takes a list (``IN (...)``), for statements built once."""
     return bindparam(name, expanding=True)
+
+
+control_numbers = Table(
+    "control_numbers",
+    metadata,
+    Column("sender", String(100), primary_key=True),
+    Column("receiver", String(100), primary_key=True),
+    Column("last", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""The last X12 control number used per (our id, the partner's id): every 999, TA1 and 837 we
+write takes the next one (:mod:`engine.stores.control_numbers`), whichever process writes it."""

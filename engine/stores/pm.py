@@ -1,5 +1,6 @@
 """The practice-management (PM) store's schema: registrations, insurance coverage, visits,
-appointments and charge lines.
+appointments, charge lines, and the billing tables of :mod:`engine.stores.pm_claims` (claims,
+remittances and what they paid and adjusted).
 
 Same conventions as the clinical store (natural keys as UNIQUE constraints, surrogate ``id``,
 UTC timezone-aware datetimes, ``Date`` for dates, identity by the (``mrn_issuer``, ``mrn``) pair only).
@@ -36,6 +37,7 @@ from engine.stores.columns import (
     visit_columns,
 )
 from engine.stores.db import UTCDateTime
+from engine.stores.pm_claims import BILLING_KEYS, billing_tables
 
 metadata = MetaData(naming_convention=NAMING)
 
@@ -192,12 +194,15 @@ charge = Table(
     Column("ndc_units", String),
     Column("abn_code", String),  # FT1-27
     Column("authorization_number", String),  # FT1-39 (v2.6)
+    Column("claimed_in", String),  # the patient control number of the claim that bills it (None: unbilled)
+    Column("claimed_by", String),  # that claim's billing provider id
     *managed_columns(),
     UniqueConstraint(*CHARGE_KEY, name="uq_charge_key"),
 )
 Index(None, charge.c.mrn)
 Index(None, charge.c.visit_number)
 
+billing = billing_tables(metadata)  # claims and remittances: engine/stores/pm_claims.py
 patient_merge = merge_audit_table(metadata, "pm_patient_merge")
 record_access = access_audit_table(metadata, "pm_record_access")
 
@@ -209,6 +214,7 @@ SPEC = StoreSpec(
         "visit": visit,
         "appointment": appointment,
         "charge": charge,
+        **billing,
         "patient_merge": patient_merge,
     },
     keys={
@@ -217,6 +223,7 @@ SPEC = StoreSpec(
         "visit": ("visit_number",),
         "appointment": APPOINTMENT_KEY,
         "charge": CHARGE_KEY,
+        **BILLING_KEYS,
         "patient_merge": MERGE_AUDIT_KEY,
     },
     identity="registration",

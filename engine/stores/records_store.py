@@ -375,6 +375,10 @@ class RecordStore:
         return err
 
     # -- reading ------------------------------------------------------------------------------
+    def table(self, name: str):
+        """The SQLAlchemy table of logical table ``name`` (``appointment`` -> ``pm_appointment``)."""
+        return self._planner.table(name)
+
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of logical ``table`` whose columns equal ``where``'s values, in insertion order."""
         t = self._planner.table(table)
