@@ -90,6 +90,7 @@ class EngineProcess:
                 "ENGINE_MESSAGE_STORE_URL": f"sqlite:///{self.data}/messages.db",
                 "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{self.data}/clinical.db",
                 "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
+                "ENGINE_X12_DIR": str(self.data / "x12"),
                 "PYTHONUNBUFFERED": "1",
             }
         )

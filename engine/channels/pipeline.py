@@ -35,7 +35,7 @@ class Committer:
 
     def __init__(self, store: MessageStore, dispatch: Callable[..., None], *, max_batch: int = 500):
         """``dispatch(channel, ids, urgent=False)`` hands committed ids to processing."""
-        self._store = store
+        self._store = self.store = store
         self._dispatch = dispatch
         self._max_batch = max_batch
         self._q: _queue.SimpleQueue = _queue.SimpleQueue()
@@ -151,7 +151,7 @@ class Receiver:
     def __init__(self, committer: Committer, *, app: str = "ENGINE", facility: str = "", poll_results: bool = False):
         """``poll_results``: processing happens in other processes (workers), so an
         after_processing ACK waits by reading the message's status from the store."""
-        self._committer = committer
+        self._committer = self.committer = committer
         self._app = app
         self._facility = facility
         self._poll = poll_results

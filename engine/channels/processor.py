@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from engine.channels.base import Destination, Item
 from engine.errors import Deferred, DeliveryError, MappingError, ParseError
-from engine.formats import hl7
+from engine.formats import hl7, x12
 from engine.stores.message_store import (
     ERROR,
     FILTERED,
@@ -176,8 +176,12 @@ class Processor:
     def _prepare(self, channel, dests: list[Destination], r, pending: dict[str, list[Item]]) -> Outcome:
         """Parse, filter and map one message for each destination still to deliver."""
         try:
-            msg = hl7.Message(hl7.decode(r.content, hl7.codec_for(r.charset, "utf-8")))
-            if channel.config.validation == "strict":
+            msg: hl7.Message
+            if x12.is_x12(r.content):  # one transaction set in its interchange (engine/channels/file_source.py)
+                msg = x12.X12Message.from_text(r.content.decode(hl7.codec_for(r.charset, "utf-8")))
+            else:
+                msg = hl7.Message(hl7.decode(r.content, hl7.codec_for(r.charset, "utf-8")))
+            if channel.config.validation == "strict" and msg.format == "hl7v2":
                 hl7.validate_strict(msg.text)
         except ParseError as exc:
             return Outcome(r.id, ERROR, f"parse: {exc}")

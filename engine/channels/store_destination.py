@@ -66,9 +66,12 @@ class StoreDestination(Destination):
             return None
         channel = self.context.channel
         zone = None
-        if channel is not None and (channel.timezone or channel.timezones):
+        if channel is not None and (channel.timezone or channel.timezones) and message.format == "hl7v2":
             zone = channel.clock(message.header().sending_facility, message.delimiters.component)
         records = self.mapping.run(message, report, zone)
+        if report is not None:
+            for check in self.mapping.checks:
+                report.warnings.extend(check(message, records, self.store))
         return records or None
 
     orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred

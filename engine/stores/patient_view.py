@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import Table, insert, select
 
+from engine.stores.billing_view import claims_of, render_claims
 from engine.stores.columns import JSONText
 from engine.stores.db import write_transaction
 from engine.stores.merge import Patient
@@ -161,6 +162,7 @@ class PatientView:
         out["coverage"] = sorted(pm.get("coverage", []), key=lambda r: (r.get("priority") is None, r.get("priority")))
         out["allergies"] = clinical.get("allergy", [])
         out["visits"] = _visits(clinical, pm)
+        out["claims"] = claims_of(self.stores["pm"], pm.get("claim", []), _plain) if "pm" in self.stores else []
         return out
 
 
@@ -414,6 +416,7 @@ def render(story: dict[str, Any]) -> str:
             lines.append(f"  {_stamp(when):17} {text}")
         if not events and not g["diagnoses"]:
             lines.append("  (nothing else recorded)")
+    lines.extend(render_claims(story.get("claims", [])))
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,126 @@
+"""An 835 with 10,000 claim payments, validated, acknowledged and posted end to end.
+
+Generates a balanced 835 (``tests/fixtures/x12/_generate.py``: 3 service lines and 2
+adjustments per line for each claim), starts the embedded engine in this process on a config
+holding the sample ``remittance-835`` channel (SQLite in a temporary folder), drops the file in
+its inbox and follows it: taken from the inbox (read, validated by pyx12, committed), the 999 in
+the outbox, every claim payment posted in the PM store. Prints the wall times, claims posted per
+second, the CPU per claim (this process's CPU clock: the engine runs here), and, in the same run,
+pyx12's bare validation of the same file (its reader and map walker alone) as the anchor.
+
+    python bench/remit_835.py [--claims 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("x12_generate", ROOT / "tests/fixtures/x12/_generate.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _config(folder: Path) -> Path:
+    """The sample remittance-835 channel alone, as written in config/channels.yaml."""
+    text = (ROOT / "config/channels.yaml").read_text()
+    head = text[: text.index("channels:")]
+    start = text.index("  - name: remittance-835")
+    end = text.index("  - name: claims-837-in")
+    head = head.replace("mappings_dir: ../mappings", f"mappings_dir: {ROOT / 'mappings'}")
+    path = folder / "channels.yaml"
+    path.write_text(head + "channels:\n" + text[start:end])
+    return path
+
+
+def bar(label: str, done: bool, t: float) -> None:
+    print(f"  [{'#' * 20 if done else '.' * 20}] {label:<34} {t:7.2f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--claims", type=int, default=10_000)
+    args = ap.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-835-"))
+    for store in ("MESSAGE", "CLINICAL", "PM"):
+        os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
+    os.environ.update(ENGINE_X12_DIR=str(folder / "x12"), ENGINE_X12_POLL_SECONDS="0.05", ENGINE_X12_STABLE_SECONDS="0")
+
+    gen = _generator()
+    t = time.perf_counter()
+    text = gen.many_claims_835(args.claims)
+    data = text.encode()
+    segments = text.count("~")
+    print(f"835: {args.claims:,} claim payments, {segments:,} segments, {len(data) / 1e6:.1f} MB "
+          f"(generated in {time.perf_counter() - t:.1f} s)")
+
+    from sqlalchemy import create_engine, text as sql
+
+    from engine.config import load_config
+    from engine.formats import x12_envelope, x12_validate
+    from engine.runtime import Runtime
+
+    # the anchor: pyx12's own reading and checking of the same file, nothing else
+    ic = x12_envelope.read_interchanges(data)[0][0]
+    c0, w0 = time.process_time(), time.perf_counter()
+    results = x12_validate.validate(ic)
+    bare_cpu, bare_wall = time.process_time() - c0, time.perf_counter() - w0
+    assert [g.status for g in results] == ["A"], "the generated 835 must validate clean"
+
+    rt = Runtime(load_config(_config(folder)))
+    rt.prepare_schemas()
+    rt.start()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(rt.start_sources(), loop).result(30)
+    inbox = folder / "x12/remittance/inbox"
+    pm = create_engine(f"sqlite:///{folder}/pm.db")
+    print("posting:")
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    (inbox / ".remit.835.part").write_bytes(data)
+    os.replace(inbox / ".remit.835.part", inbox / "remit.835")
+    taken = acked = posted = None
+    while posted is None:
+        now = time.perf_counter() - wall0
+        if taken is None and (folder / "x12/remittance/processed/remit.835").exists():
+            taken = now
+            bar("read, validated, committed", True, now)
+        if acked is None and list((folder / "x12/remittance/outbox").glob("remit.*.999")):
+            acked = now
+            bar("999 written", True, now)
+        if taken is not None:
+            with pm.connect() as conn:
+                n = conn.execute(sql("SELECT count(*) FROM claim_payment")).scalar_one()
+            if n >= args.claims:
+                posted = now
+                bar(f"{n:,} claim payments posted", True, now)
+        time.sleep(0.05)
+    cpu = time.process_time() - cpu0
+    with pm.connect() as conn:
+        rows = {t: conn.execute(sql(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("service_payment", "adjustment")}
+    print()
+    print(f"validated, acknowledged and posted in {posted:.1f} s (target: under 20 s)")
+    print(f"  999 written after {acked:.1f} s; posting {args.claims / (posted - (taken or 0)):,.0f} claims/s after it")
+    print(f"  rows: {args.claims:,} claim payments, {rows['service_payment']:,} lines, {rows['adjustment']:,} adjustments")
+    print(f"  CPU {cpu:.1f} s in all, {cpu / args.claims * 1000:.2f} ms per claim (this process: the whole engine)")
+    print(f"anchor: pyx12's bare validation of the same file: {bare_wall:.1f} s wall, {bare_cpu:.1f} s CPU "
+          f"({segments / bare_wall:,.0f} segments/s)")
+    asyncio.run_coroutine_threadsafe(rt.stop_sources(), loop).result(30)
+    rt.stop()
+
+
+if __name__ == "__main__":
+    main()
