@@ -116,7 +116,7 @@ class X12Message(hl7.Message):
     stripped of their padding.
     """
 
-    __slots__ = ("_hl_parent", "_own")
+    __slots__ = ("_free", "_hl_parent", "_own")
     format = "x12"
 
     def __init__(self, segments: list[str], element: str, component: str, repetition: str | None):
@@ -135,6 +135,7 @@ class X12Message(hl7.Message):
         self._members: dict[tuple[str, Span], list[int]] = {}
         self._own: dict[tuple[str, Span], list[int]] = {}
         self._hl_parent: dict[int, int] | None = None
+        self._free: dict[tuple[str, str], bool] = {}
 
     @classmethod
     def from_text(cls, text: str) -> X12Message:
@@ -245,6 +246,16 @@ class X12Message(hl7.Message):
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
         """Segments matching ``path``: the innermost loop's own, then outwards, then anywhere."""
+        segment = path.segment
+        if path.occurrence is None or path.occurrence == 1:
+            for scope in reversed(scopes):  # CLP-01 in a CLP loop (or one nested in it): its anchor
+                if self._names[scope[0]] == segment:
+                    return [self.segments[scope[0]]]
+        positions = self.positions(segment)
+        if not positions:
+            return []
+        if scopes and self._outside_loops(segment, self._names[scopes[0][0]]):
+            return self._pick(positions, path)  # TRN, BPR, N1*PE: never inside such a loop
         chain = self._chain(scopes)
         for scope in reversed(chain):
             found = self.own(path.segment, scope)
@@ -254,6 +265,16 @@ class X12Message(hl7.Message):
             return self._pick(self.positions(path.segment), path)
         # the transaction's own: never a sibling loop's (another claim's DTM, another line's CAS)
         return self._pick(self._outside_groups(path.segment, self._names[chain[0][0]], 0, len(self.segments)), path)
+
+    def _outside_loops(self, segment: str, anchor: str) -> bool:
+        """True when no ``segment`` lies inside any ``anchor`` loop: read from inside one, it is
+        the transaction's own (decided once per pair, in one merge of two ascending lists)."""
+        key = (segment, anchor)
+        free = self._free.get(key)
+        if free is None:
+            outside = self._outside_groups(segment, anchor, 0, len(self.segments))
+            free = self._free[key] = len(outside) == len(self.positions(segment))
+        return free
 
     def _pick(self, found: list[int], path: Path) -> list[Segment]:
         if path.occurrence == 0:
