@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--channel", help="only this channel")
     sp.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
     sp.add_argument("--batch", type=int, default=500, help="messages per transaction (default %(default)s)")
+    sp = cmd("claims", cmd_claims, "837P claims from the PM store's unbilled charges: `engine claims build`")
+    sp.add_argument("action", choices=["build"])
+    sp.add_argument("--dry-run", action="store_true", help="build and validate the file; commit and write nothing")
+    sp.add_argument("--resend", metavar="ISA13", help="write the file of this interchange again from its stored claims")
     sp = cmd("db", cmd_db, "database schema: `engine db upgrade`")
     sp.add_argument("action", choices=["upgrade", "current"])
     return p
@@ -446,6 +450,46 @@ def cmd_prune(args) -> int:
             print(f"{ch.name}: {n} {what} message(s) received before {job.cutoff:%Y-%m-%d %H:%M} UTC {verb}")
         if mine and ch.error_retention_days is None:
             print(f"{ch.name}: ERROR messages kept until reprocessed (no error_retention_days)")
+    return 0
+
+
+def cmd_claims(args) -> int:
+    """Bill the unbilled charges once (engine.billing); prints counts, control numbers, charge ids and the file."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from engine import billing
+    from engine.stores.records_store import RecordStore
+
+    cfg, store = _message_store(args)
+    pm_url = next((s.url for n, s in cfg.stores.items() if cfg.store_kind(n) == "pm"), None)
+    if cfg.billing is None or pm_url is None:
+        print(f"error: {args.config} needs a billing: section and a pm store to build claims", file=sys.stderr)
+        return 2
+    pm = RecordStore(pm_url, "pm")
+    try:
+        if pm.engine.dialect.name == "sqlite":  # embedded: the schema follows the code
+            pm.upgrade()
+        else:
+            pm.check_schema()
+        outbox = Path(cfg.billing.claims_outbox)
+        if args.resend:
+            result = billing.resend(pm, cfg.billing, outbox, args.resend)
+        else:
+            at = datetime.now().astimezone()
+            result = billing.build_claims(pm, store.engine, cfg.billing, outbox, at=at, dry_run=args.dry_run)
+    finally:
+        pm.dispose()
+    for s in result.skipped:
+        print(f"skipped charge {s.transaction_id} ({s.transaction_source or 'no source'}): {s.reason}")
+    verb = "would bill" if result.dry_run else "billed"
+    print(f"{verb} {result.claims} claim(s), {result.lines} line(s), total {result.total_charge:.2f}")
+    if result.waiting:
+        print(f"{result.waiting} more claim(s) wait for the next run")
+    if result.file is not None:
+        print(f"interchange {result.interchange_control}: {result.file}")
+    elif not result.dry_run:
+        print("no file written")
     return 0
 
 

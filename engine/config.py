@@ -4,6 +4,8 @@ Shape (see the sample ``config/channels.yaml``)::
 
     stores:        name -> {url, kind}       kind: messages | clinical | pm (default: the name)
     queue:         {type: memory}            the in-process queue (scale-out adds redis)
+    billing:       {submitter, receiver, billing_provider, interchange, claims_outbox ...}
+                   optional: who we are on the 837P claims `engine claims build` writes
     mappings_dir:  ../mappings               relative to this file
     channels:      list of {name, source, filter?, validation?, ordering_key?, timezone?,
                    timezones?, retention_days?, error_retention_days?, destinations}
@@ -30,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +71,79 @@ class QueueConfig(_Model):
     """A message pending (not claimed) this long is dispatched again (lost from the queue)."""
     sweep_seconds: float = Field(1.0, gt=0)
     """How often a processing process looks for due retries and stuck messages."""
+
+
+class SubmitterConfig(_Model):
+    """1000A: the submitter, as the receiver (the clearinghouse) knows it."""
+
+    name: str = Field(min_length=1)
+    id: str = Field(min_length=2, max_length=80)
+    contact_name: str = Field(min_length=1)
+    contact_phone: str = Field(pattern=r"^\D*(\d\D*){10}$")
+    """10 digits; other characters (dashes, spaces) are dropped when written."""
+
+
+class ReceiverConfig(_Model):
+    """1000B: the receiver of the claims (the clearinghouse or payer)."""
+
+    name: str = Field(min_length=1)
+    id: str = Field(min_length=2, max_length=80)
+
+
+class AddressConfig(_Model):
+    line1: str = Field(min_length=1)
+    line2: str = ""
+    city: str = Field(min_length=2)
+    state: str = Field(pattern=r"^[A-Z]{2}$")
+    zip: str = Field(pattern=r"^\d{5}-?\d{4}$")
+    """The 9-digit ZIP (ZIP+4) that 2010AA requires; a dash is dropped."""
+
+
+class BillingProviderConfig(_Model):
+    """2010AA: the billing provider: its NPI is also the claims' ``billing_provider_id``."""
+
+    name: str = Field(min_length=1)
+    npi: str = Field(pattern=r"^\d{10}$")
+    ein: str = Field(pattern=r"^\d{9}$")
+    """The federal tax id (EIN), 9 digits without dash."""
+    address: AddressConfig
+
+    @field_validator("npi")
+    @classmethod
+    def _npi_check_digit(cls, npi: str) -> str:
+        from engine.formats.x12_837 import npi_valid
+
+        if not npi_valid(npi):
+            raise ValueError("not a valid NPI (its check digit fails the Luhn check with prefix 80840)")
+        return npi
+
+
+class InterchangeConfig(_Model):
+    """ISA05/06 (us) and ISA07/08 (the receiver); GS02/GS03 are the same ids. ``usage`` is ISA15."""
+
+    sender_qualifier: str = Field("ZZ", pattern=r"^[A-Z0-9]{2}$")
+    sender_id: str = Field(min_length=1, max_length=15)
+    receiver_qualifier: str = Field("ZZ", pattern=r"^[A-Z0-9]{2}$")
+    receiver_id: str = Field(min_length=1, max_length=15)
+    usage: Literal["P", "T"] = "P"
+    """P production, T test (until the partner says the test files passed)."""
+
+
+class BillingConfig(_Model):
+    """``billing:``: what ``engine claims build`` writes on the 837P files (:mod:`engine.billing`)."""
+
+    submitter: SubmitterConfig
+    receiver: ReceiverConfig
+    billing_provider: BillingProviderConfig
+    interchange: InterchangeConfig
+    claims_outbox: str = Field(min_length=1)
+    """Folder the 837P files are written to, ``<ISA13>.837`` (relative: to the working directory)."""
+    place_of_service: str = Field("11", pattern=r"^\d{2}$")
+    """CLM05-1, the CMS place of service code of the practice (11: office)."""
+    claim_filing_indicator: str = Field("CI", pattern=r"^[A-Z0-9]{2}$")
+    """SBR09 for every payer not in ``claim_filing_indicators`` (CI: commercial insurance)."""
+    claim_filing_indicators: dict[str, Annotated[str, Field(pattern=r"^[A-Z0-9]{2}$")]] = {}
+    """Per payer id (the coverage's payer_id), its SBR09: ``{MEDICARE01: MB, STATEMCD: MC}``."""
 
 
 DEFAULT_ORDERING_KEY: dict[str, Any] = {
@@ -148,6 +223,7 @@ class ChannelConfig(_Model):
 class _Top(_Model):
     stores: dict[str, StoreConfig]
     queue: QueueConfig = QueueConfig()
+    billing: BillingConfig | None = None
     mappings_dir: str = "../mappings"
     channels: list[dict[str, Any]] = Field(min_length=1)
 
@@ -176,6 +252,7 @@ class Config:
     mappings_dir: Path
     channels: list[Channel]
     located: Located | None = field(default=None, repr=False)
+    billing: BillingConfig | None = None
 
     def store_kind(self, name: str) -> str:
         s = self.stores[name]
@@ -236,7 +313,7 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
             src.problem(("stores",), "no message store: add a store named 'messages' (or with kind: messages)")
         )
 
-    cfg = Config(path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src)
+    cfg = Config(path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src, top.billing)
     names: dict[str, int] = {}
     for i, raw in enumerate(top.channels):
         base = ("channels", i)
