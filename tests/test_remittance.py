@@ -38,7 +38,8 @@ gen = _generator()
 
 
 def folder(eng, channel: str, which: str) -> Path:
-    return eng.data / "x12" / {"remittance-835": "remittance", "claims-837-in": "claims-in"}[channel] / which
+    names = {"remittance-835": "remittance", "claims-837-in": "claims-in", "acks-999-in": "acks-in"}
+    return eng.data / "x12" / names[channel] / which
 
 
 def drop(eng, channel: str, name: str, data: bytes | None = None) -> None:

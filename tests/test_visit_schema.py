@@ -599,8 +599,8 @@ def test_engine_patient_prints_the_visit_story_across_both_stores_and_records_th
         "dispensed #1 2026-03-02 16:00Z",
         "given #1.1 2026-03-02 16:00Z 1 tablet completed",
         "immunization Influenza, seasonal (CVX) lot L-9 completed",
-        "charge CG TX-1: 99213-25 Office visit x 1 125.1000",
-        "charge CD TX-1: 99213-25 Office visit x 1 -125.1000",
+        "charge CG TX-1: 99213-25 Office visit x 1 125.10",
+        "charge CD TX-1: 99213-25 Office visit x 1 -125.10",
     ):
         assert expected in text_out, (expected, text_out)
     assert "SOUTH" not in text_out and "V9" not in text_out

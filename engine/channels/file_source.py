@@ -229,8 +229,8 @@ def _summary(tr) -> str:
     parts = [f"IK5 R {','.join(tr.codes)}".rstrip()]
     for seg in tr.segments[:5]:
         elements = ", ".join(f"element {el.position}: {el.text}" for el in seg.elements[:3])
-        where = f"{seg.segment_id} at segment {seg.position}" + (f" (loop {seg.loop_id})" if seg.loop_id else "")
-        parts.append(f"{where}: {seg.text}" + (f"; {elements}" if elements else ""))
+        loop = f" (loop {seg.loop_id})" if seg.loop_id else ""
+        parts.append(f"{seg.text}{loop}" + (f"; {elements}" if elements else ""))
     if len(tr.segments) > 5:
         parts.append(f"{len(tr.segments) - 5} more segment error(s)")
     return "; ".join(parts)

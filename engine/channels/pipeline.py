@@ -152,6 +152,8 @@ class Receiver:
         """``poll_results``: processing happens in other processes (workers), so an
         after_processing ACK waits by reading the message's status from the store."""
         self._committer = self.committer = committer
+        self.config: Any = None
+        """The engine's whole config, for sources that need more than their own block."""
         self._app = app
         self._facility = facility
         self._poll = poll_results

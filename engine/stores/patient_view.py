@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Table, insert, select
 
-from engine.stores.billing_view import claims_of, render_claims
+from engine.stores.billing_view import claims_of, money, render_claims
 from engine.stores.columns import JSONText
 from engine.stores.db import write_transaction
 from engine.stores.merge import Patient
@@ -581,7 +581,7 @@ def _charge_line(r: dict[str, Any]) -> str:
         code,
         r.get("procedure_text") or r.get("charge_text") or r.get("description"),
         _opt("x", _num(r.get("quantity"))),
-        r.get("amount"),
+        money(r["amount"]) if r.get("amount") is not None else None,
         r.get("currency"),
         _opt("by", r.get("rendering_provider_name") or r.get("rendering_provider")),
         _opt("reverses", r.get("reversal_of")),

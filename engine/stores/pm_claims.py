@@ -51,6 +51,17 @@ def _envelope() -> list[Column]:
     ]
 
 
+def _claim_payment_key() -> list[Column]:
+    """The columns that name one claim payment (CLAIM_PAYMENT_KEY), in its lines and adjustments too."""
+    return [
+        Column("payer_id", String, nullable=False),
+        Column("trace_number", String, nullable=False),
+        Column("patient_control_number", String, nullable=False),
+        namespace_column("payer_claim_number"),
+        Column("status_code", String, nullable=False),
+    ]
+
+
 def billing_tables(metadata: MetaData) -> dict[str, Table]:
     claim = Table(
         "claim",
@@ -172,11 +183,7 @@ def billing_tables(metadata: MetaData) -> dict[str, Table]:
         "service_payment",
         metadata,
         id_column(),
-        Column("payer_id", String, nullable=False),
-        Column("trace_number", String, nullable=False),
-        Column("patient_control_number", String, nullable=False),
-        namespace_column("payer_claim_number"),
-        Column("status_code", String, nullable=False),
+        *_claim_payment_key(),
         Column("line_number", Integer, nullable=False),  # the SVC's place in its CLP
         Column("procedure_qualifier", String),  # SVC01-1: HC, NU (revenue code), N4 (NDC)
         Column("procedure_code", String),  # SVC01-2
@@ -199,11 +206,7 @@ def billing_tables(metadata: MetaData) -> dict[str, Table]:
         "adjustment",
         metadata,
         id_column(),
-        Column("payer_id", String, nullable=False),
-        Column("trace_number", String, nullable=False),
-        Column("patient_control_number", String, nullable=False),
-        namespace_column("payer_claim_number"),
-        Column("status_code", String, nullable=False),
+        *_claim_payment_key(),
         Column("line_number", Integer, nullable=False),  # 0: claim level; else the SVC's place
         Column("segment_number", Integer, nullable=False),  # the CAS's place in its loop
         Column("slot", Integer, nullable=False),  # 1-6: CAS02-04, 05-07 ... 17-19
