@@ -64,10 +64,13 @@ def main() -> None:
     text = gen.many_claims_835(args.claims)
     data = text.encode()
     segments = text.count("~")
-    print(f"835: {args.claims:,} claim payments, {segments:,} segments, {len(data) / 1e6:.1f} MB "
-          f"(generated in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"835: {args.claims:,} claim payments, {segments:,} segments, {len(data) / 1e6:.1f} MB "
+        f"(generated in {time.perf_counter() - t:.1f} s)"
+    )
 
-    from sqlalchemy import create_engine, text as sql
+    from sqlalchemy import create_engine
+    from sqlalchemy import text as sql
 
     from engine.config import load_config
     from engine.formats import x12_envelope, x12_validate
@@ -110,14 +113,20 @@ def main() -> None:
         time.sleep(0.05)
     cpu = time.process_time() - cpu0
     with pm.connect() as conn:
-        rows = {t: conn.execute(sql(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("service_payment", "adjustment")}
+        rows = {
+            t: conn.execute(sql(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("service_payment", "adjustment")
+        }
     print()
     print(f"validated, acknowledged and posted in {posted:.1f} s (target: under 20 s)")
     print(f"  999 written after {acked:.1f} s; posting {args.claims / (posted - (taken or 0)):,.0f} claims/s after it")
-    print(f"  rows: {args.claims:,} claim payments, {rows['service_payment']:,} lines, {rows['adjustment']:,} adjustments")
+    print(
+        f"  rows: {args.claims:,} claim payments, {rows['service_payment']:,} lines, {rows['adjustment']:,} adjustments"
+    )
     print(f"  CPU {cpu:.1f} s in all, {cpu / args.claims * 1000:.2f} ms per claim (this process: the whole engine)")
-    print(f"anchor: pyx12's bare validation of the same file: {bare_wall:.1f} s wall, {bare_cpu:.1f} s CPU "
-          f"({segments / bare_wall:,.0f} segments/s)")
+    print(
+        f"anchor: pyx12's bare validation of the same file: {bare_wall:.1f} s wall, {bare_cpu:.1f} s CPU "
+        f"({segments / bare_wall:,.0f} segments/s)"
+    )
     asyncio.run_coroutine_threadsafe(rt.stop_sources(), loop).result(30)
     rt.stop()
 
