@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyx12.error_handler
@@ -32,6 +32,7 @@ import pyx12.x12file
 from pyx12.map_if._segment import apply_segment_errors
 from pyx12.map_walker import apply_walk_errors, walk_tree
 
+from engine.formats import x12_parallel
 from engine.formats.x12_envelope import PYX12_LABELS, Group, Interchange, Transaction, guide_for
 
 log = logging.getLogger(__name__)
@@ -264,11 +265,16 @@ def _segment_errors(st_node: Any) -> tuple[list[SegmentError], bool]:
     return out, hard
 
 
-def _transaction_result(tx: Transaction, st_node: Any | None, failure: str | None) -> TransactionResult:
+def _transaction_result(
+    tx: Transaction, st_node: Any | None, failure: str | None, found: tuple[list[SegmentError], bool] | None = None
+) -> TransactionResult:
+    """``found``: the findings already made (a set checked in chunks, engine/formats/x12_parallel.py)."""
     codes = list(tx.codes)
     if failure:
         return TransactionResult(tx, "R", list(dict.fromkeys(codes + [failure]))[:5], [])
-    segments, hard = _segment_errors(st_node) if st_node is not None else ([], False)
+    if found is None:
+        found = _segment_errors(st_node) if st_node is not None else ([], False)
+    segments, hard = found
     status = "R" if hard else "E" if segments else "A"
     if segments:
         codes.append("5" if hard else "I5")
@@ -288,7 +294,16 @@ def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
         else:
             buckets.setdefault(map_file, []).append(i)
     st_nodes: dict[int, Any] = {}
+    found: dict[int, tuple[list[SegmentError], bool]] = {}
     for map_file, idx in buckets.items():
+        if map_file.startswith("835.") and x12_parallel.workers() > 1:
+            for i in [i for i in idx if len(group.transactions[i].segments) >= x12_parallel.THRESHOLD]:
+                chunked = _in_chunks(interchange, group, group.transactions[i], map_file)
+                if chunked is not None:
+                    found[i] = chunked
+            idx = [i for i in idx if i not in found]
+            if not idx:
+                continue
         txs = [group.transactions[i] for i in idx]
         try:
             nodes = _run_pyx12(_feed(interchange, group, txs, PYX12_LABELS[map_file]), map_file)
@@ -299,7 +314,10 @@ def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
         for node in nodes:
             if 0 <= node.index < len(idx):
                 st_nodes[idx[node.index]] = node
-    results = [_transaction_result(tx, st_nodes.get(i), failures.get(i)) for i, tx in enumerate(group.transactions)]
+    results = [
+        _transaction_result(tx, st_nodes.get(i), failures.get(i), found.get(i))
+        for i, tx in enumerate(group.transactions)
+    ]
     accepted = sum(r.status in ("A", "E") for r in results)
     codes = list(dict.fromkeys(group.codes))[:5]
     if codes or not results or accepted == 0:
@@ -309,6 +327,31 @@ def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
     else:
         status = "E" if any(r.status == "E" for r in results) else "A"
     return GroupResult(group, status, codes, results)
+
+
+def _in_chunks(
+    interchange: Interchange, group: Group, tx: Transaction, map_file: str
+) -> tuple[list[SegmentError], bool] | None:
+    """A large 835 checked in chunks on every core (:mod:`engine.formats.x12_parallel`); None when
+    it cannot be cut or a chunk could not be walked (then it is checked whole)."""
+    parts = x12_parallel.chunks(tx.segments, interchange.delimiters.element, x12_parallel.workers() * 2)
+    if parts is None:
+        return None
+    label = PYX12_LABELS[map_file]
+    texts = [(_feed(interchange, group, [replace(tx, segments=segs)], label), pos) for segs, pos in parts]
+    try:
+        checked = x12_parallel.check_chunks(texts, map_file)
+    except Exception as exc:  # a worker could not start: checked whole, as before
+        log.warning("chunked validation unavailable (%s); checking whole", type(exc).__name__)
+        return None
+    if any(c is None for c in checked):
+        return None
+    seen: dict[tuple, SegmentError] = {}
+    for segments, _hard in checked:  # type: ignore[misc]
+        for seg in segments:
+            seen.setdefault((seg.position, seg.segment_id, seg.code, seg.text), seg)
+    findings = sorted(seen.values(), key=lambda s: s.position)
+    return findings, any(h for _s, h in checked)  # type: ignore[misc]
 
 
 def validate(interchange: Interchange) -> list[GroupResult]:

@@ -274,11 +274,14 @@ class RecordStore:
     def _write_grouped(
         self, conn, plans: list[tuple[int, int, int, list[Any]]], resolved: dict[Patient, Patient], now: datetime
     ) -> None:
-        """The fast path for a batch without merges: one executemany per run of one shape.
+        """The fast path for a batch without merges: one executemany per shape.
 
-        Tables have no foreign keys between them, so each table's upserts can go together;
-        within a table the batch order is kept (a later message's values win), so a run only
-        joins records of the same shape that are consecutive for that table.
+        Tables have no foreign keys between them, so each table's upserts can go together, and
+        upserts of different rows commute: a table's records are gathered by shape (the columns
+        they set), whatever their order. Only two records of one row must keep the batch order
+        (a later message's values win): when a row comes again, what was gathered is written
+        first. An 835 of 10,000 claims, whose records alternate between a few shapes (a claim
+        with remark codes, one without), goes in a few dozen statements instead of 20,000.
         """
         per_table: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
         for _i, message_id, seq, ops in plans:
@@ -286,14 +289,18 @@ class RecordStore:
             for op in ops:
                 per_table.setdefault(op.shape[0], []).append((op.shape, _params(op, resolved, stamp)))
         for entries in per_table.values():
-            shape: Any = None
-            group: list[dict[str, Any]] = []
+            groups: dict[Any, list[dict[str, Any]]] = {}
+            rows: set[tuple] = set()
             for op_shape, params in entries:
-                if op_shape != shape:
-                    self._flush(conn, shape, group)
-                    shape, group = op_shape, []
-                group.append(params)
-            self._flush(conn, shape, group)
+                row = tuple(params.get(k) for k in op_shape[1])
+                if row in rows:  # the same row again: what came before it is written first
+                    for shape, group in groups.items():
+                        self._flush(conn, shape, group)
+                    groups, rows = {}, set()
+                rows.add(row)
+                groups.setdefault(op_shape, []).append(params)
+            for shape, group in groups.items():
+                self._flush(conn, shape, group)
 
     def _plan(self, record: Record) -> Upsert | _Merge:
         """Check one record against the schema (no SQL)."""
