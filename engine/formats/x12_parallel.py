@@ -59,7 +59,8 @@ def chunks(segments: list[str], element: str, parts: int) -> list[tuple[list[str
     header = list(range(0, first_lx))
     control = segments[0].split(element)[2] if len(segments[0].split(element)) > 2 else ""
     step = len(claims) // parts
-    begins, prefixes = [first_lx], [[]]
+    begins: list[int] = [first_lx]
+    prefixes: list[list[int]] = [[]]
     for k in range(1, parts):
         start = claims[k * step]
         lx = max(i for i in range(first_lx, start + 1) if ids[i] == "LX")  # the 2000 loop it sits in
