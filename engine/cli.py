@@ -355,11 +355,24 @@ def cmd_patient(args) -> int:
     if reading.story is None:
         print("no patient with that identifier" + (" and issuer" if args.issuer is not None else ""), file=sys.stderr)
         return 1
+    _describe_remarks(reading.story, cfg)
     if args.json:
         print(json.dumps(reading.story, indent=2))
     else:
         sys.stdout.write(render(reading.story))
     return 0
+
+
+def _describe_remarks(story: dict, cfg) -> None:
+    """Remittance remark codes with their descriptions from the mappings' RARC table, when there is one."""
+    from engine.stores.billing_view import describe_remarks
+    from engine.transforms.tables import Tables
+
+    try:
+        table = Tables(cfg.mappings_dir / "tables").get("rarc")
+    except (KeyError, ConfigError):
+        return
+    describe_remarks(story, lambda code: table.lookup(code))
 
 
 def cmd_unmapped(args) -> int:

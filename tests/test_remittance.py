@@ -345,6 +345,7 @@ def test_engine_patient_shows_claims_payments_and_balance(fresh_engine):
             gen.Adjustment("CO", "45", Decimal("3572.75")),
             gen.Adjustment("PR", "1", Decimal("1000.00")),
         ),
+        moa_remarks=("MA01", "M127"),  # one RARC the table knows, one it does not (yet)
     )
     payee = dataclasses.replace(gen.RIVERSIDE, name="RIVERSIDE MEDICAL CENTER", npi="1846205734")
     text = gen.remittance_835([claim], payee=payee, envelope=gen.Interchange(control=777))
@@ -359,3 +360,5 @@ def test_engine_patient_shows_claims_payments_and_balance(fresh_engine):
     assert "paid 4000.00 of 8572.75" in text
     assert "CO-45 3572.75 (claim): Charge exceeds fee schedule" in text
     assert "balance: charged 8572.75, paid 4000.00, adjusted off 3572.75, patient owes 1000.00, open 0.00" in text
+    assert "remark MA01: Alert - if you do not agree with what we approved you may request a review" in text
+    assert "remark M127: not in mappings/tables/rarc.yaml" in text  # shown, never dropped

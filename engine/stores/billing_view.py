@@ -135,6 +135,24 @@ def balance(claim: dict[str, Any], payments: Iterable[dict[str, Any]]) -> dict[s
     }
 
 
+def _remark_codes(payment: dict[str, Any]) -> list[str]:
+    """The payment's remark codes (MOA) and its lines' (LQ), in order, each once."""
+    codes: list[str] = []
+    for source in (payment, *payment.get("lines", [])):
+        found = source.get("remark_codes")
+        if isinstance(found, list):
+            codes.extend(str(c) for c in found)
+    return list(dict.fromkeys(codes))
+
+
+def describe_remarks(story: dict[str, Any], describe) -> None:
+    """Put each payment's remark codes with their descriptions (``describe(code) -> text``: the
+    RARC table of mappings/tables/rarc.yaml) under ``remarks``, for text and JSON alike."""
+    for claim in story.get("claims", []):
+        for p in claim["payments"]:
+            p["remarks"] = {code: describe(code) for code in _remark_codes(p)}
+
+
 def render_claims(claims: list[dict[str, Any]]) -> list[str]:
     """Text lines for ``engine patient``: each claim, its payments, its balance."""
     lines: list[str] = []
@@ -180,9 +198,10 @@ def render_claims(claims: list[dict[str, Any]]) -> list[str]:
                 where = "claim" if not a.get("line_number") else f"line {a['line_number']}"
                 adj = f"{a.get('group_code')}-{a.get('reason_code')} {money(a.get('amount'))}"
                 lines.append(f"    {adj} ({where}): {a.get('reason')}")
-            remarks = p.get("remark_codes")
-            if isinstance(remarks, list) and remarks:
-                lines.append(f"    remarks: {', '.join(map(str, remarks))}")
+            described = p.get("remarks") or {}
+            for code in _remark_codes(p):
+                text = described.get(code)
+                lines.append(f"    remark {code}" + (f": {text}" if text else ""))
         b = c["balance"]
         lines.append(
             f"  balance: charged {b['charge']}, paid {b['paid']}, adjusted off {b['adjusted']}, "
