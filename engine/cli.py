@@ -372,7 +372,7 @@ def _describe_remarks(story: dict, cfg) -> None:
         table = Tables(cfg.mappings_dir / "tables").get("rarc")
     except (KeyError, ConfigError):
         return
-    describe_remarks(story, lambda code: table.lookup(code))
+    describe_remarks(story, table.lookup)
 
 
 def cmd_unmapped(args) -> int:
