@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--resend", metavar="ISA13", help="write the file of this interchange again from its stored claims")
     sp = cmd("db", cmd_db, "database schema: `engine db upgrade`")
     sp.add_argument("action", choices=["upgrade", "current"])
+    sp = cmd("fhir-token", cmd_fhir_token, "make a bearer token for the FHIR endpoint", config=False)
+    sp.add_argument("name", help="who the token is for (the sender recorded with what it writes)")
     return p
 
 
@@ -503,6 +505,22 @@ def cmd_claims(args) -> int:
         print(f"interchange {result.interchange_control}: {result.file}")
     elif not result.dry_run:
         print("no file written")
+    return 0
+
+
+def cmd_fhir_token(args) -> int:
+    """A new random bearer token and the ``name:sha256`` entry the FHIR source's ``tokens`` takes.
+    The token is printed once, here; the engine keeps only its hash."""
+    import secrets
+
+    from engine.channels.fhir_source import token_hash
+
+    if not args.name or not all(c.isalnum() or c in "-_." for c in args.name):
+        print("error: a token name is letters, digits, '-', '_' and '.'", file=sys.stderr)
+        return 2
+    token = secrets.token_urlsafe(32)
+    print(f"token (give it to {args.name}; it is not shown again): {token}")
+    print(f"entry for ENGINE_FHIR_TOKENS (comma-separated): {args.name}:{token_hash(token)}")
     return 0
 
 

@@ -41,7 +41,7 @@ class FileWriter(Destination):
         self.folder = Path(config.folder)
 
     def prepare(self, message, report=None):
-        return message.text
+        return True  # the file is the message's content as received (Item.content)
 
     def deliver(self, items: list[Item]) -> list[Exception | None]:
         out: list[Exception | None] = []

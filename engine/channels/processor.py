@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from engine.channels.base import Destination, Item
 from engine.errors import Deferred, DeliveryError, MappingError, ParseError
-from engine.formats import hl7, x12
+from engine.formats import hl7, parse_text, x12
 from engine.stores.message_store import (
     ERROR,
     FILTERED,
@@ -179,6 +179,8 @@ class Processor:
             msg: hl7.Message
             if x12.is_x12(r.content):  # one transaction set in its interchange (engine/channels/file_source.py)
                 msg = x12.X12Message.from_text(r.content.decode(hl7.codec_for(r.charset, "utf-8")))
+            elif r.content[:1] == b"{":  # a FHIR resource as JSON (engine/channels/fhir_source.py)
+                msg = parse_text(r.content.decode("utf-8"))
             else:
                 msg = hl7.Message(hl7.decode(r.content, hl7.codec_for(r.charset, "utf-8")))
             if channel.config.validation == "strict" and msg.format == "hl7v2":

@@ -21,8 +21,14 @@ class StoreDestinationConfig(DestinationConfig):
     type: Literal["store"]
     store: str
     """A store named under ``stores:`` (kind clinical or pm)."""
-    mapping: str
-    """Mapping file, relative to ``mappings_dir`` (``.yaml`` may be left off)."""
+    mapping: str | list[str]
+    """Mapping file, relative to ``mappings_dir`` (``.yaml`` may be left off); or several, whose
+    records for one message are written together, all or none (a FHIR transaction Bundle holding
+    a Patient and its Observations: one mapping per resource type, one transaction)."""
+
+    @property
+    def mappings(self) -> list[str]:
+        return [self.mapping] if isinstance(self.mapping, str) else list(self.mapping)
 
     def check(self, cfg, key, src, *, check_mappings: bool = True) -> list[Problem]:
         problems = []
@@ -31,10 +37,13 @@ class StoreDestinationConfig(DestinationConfig):
         kind = cfg.store_kind(self.store)
         if kind == "messages":
             return [src.problem(key + ("store",), "the message store cannot be a destination")]
-        path = cfg.mapping_path(self.mapping)
-        if not path.exists():
-            return [src.problem(key + ("mapping",), f"mapping file not found: {path}")]
-        if check_mappings:
+        if not self.mappings:
+            return [src.problem(key + ("mapping",), "name at least one mapping")]
+        for name in self.mappings:
+            path = cfg.mapping_path(name)
+            if not path.exists():
+                problems.append(src.problem(key + ("mapping",), f"mapping file not found: {path}"))
+        if check_mappings and not problems:
             try:
                 load_for(cfg, self)
             except ConfigError as exc:
@@ -42,14 +51,23 @@ class StoreDestinationConfig(DestinationConfig):
         return problems
 
 
-def load_for(cfg, dest: StoreDestinationConfig):
-    """Load ``dest``'s mapping, checking its targets against the store's tables and columns."""
+def load_for(cfg, dest: StoreDestinationConfig) -> list:
+    """Load ``dest``'s mappings, checking their targets against the store's tables and columns;
+    ConfigError lists every problem of every one."""
     from engine.stores.schema import columns_of
     from engine.transforms import load_mapping
 
     kind = cfg.store_kind(dest.store)
     columns = {dest.store: columns_of(kind)}
-    return load_mapping(cfg.mapping_path(dest.mapping), tables_dir=cfg.mappings_dir / "tables", columns=columns)
+    out, problems = [], []
+    for name in dest.mappings:
+        try:
+            out.append(load_mapping(cfg.mapping_path(name), tables_dir=cfg.mappings_dir / "tables", columns=columns))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 @registry.destination("store", StoreDestinationConfig)
@@ -58,20 +76,24 @@ class StoreDestination(Destination):
 
     def __init__(self, config: StoreDestinationConfig, context):
         super().__init__(config, context)
-        self.mapping = load_for(context.config, config)
+        self.mappings = load_for(context.config, config)
         self.store = context.record_store(config.store)
 
     def prepare(self, message: Message, report: RunReport | None = None):
-        if not self.mapping.applies(message):
+        applying = [m for m in self.mappings if m.applies(message)]
+        if not applying:
             return None
         channel = self.context.channel
         zone = None
         if channel is not None and (channel.timezone or channel.timezones) and message.format == "hl7v2":
             zone = channel.clock(message.header().sending_facility, message.delimiters.component)
-        records = self.mapping.run(message, report, zone)
-        if report is not None:
-            for check in self.mapping.checks:
-                report.warnings.extend(check(message, records, self.store))
+        records = []
+        for mapping in applying:  # a MappingError in any fails the message for this destination: none is written
+            built = mapping.run(message, report, zone)
+            if report is not None:
+                for check in mapping.checks:
+                    report.warnings.extend(check(message, built, self.store))
+            records.extend(built)
         return records or None
 
     orders_its_batch = True  # one transaction; a message after a failed one of its key is Deferred

@@ -1,4 +1,5 @@
-"""The declarative mapping language: HL7 v2 messages -> store records.
+"""The declarative mapping language: HL7 v2 messages, X12 transaction sets and FHIR R4 resources
+-> store records (one language; each format brings its path reader, see ``format:``).
 
 Public API: :func:`load_mapping` (compile a ``mappings/*.yaml`` file once, ConfigError listing
 every problem), :class:`Mapping` (``name``, ``applies(msg)``, ``run(msg)``),

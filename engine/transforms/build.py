@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.errors import Problem
-from engine.formats import x12
-from engine.formats.hl7 import Path, parse_path
+from engine.formats import fhir, x12
+from engine.formats.hl7 import parse_path
 from engine.formats.hl7_segments import unknown_segment
 from engine.yamlfile import Key, Located, dotted
 
@@ -26,7 +26,8 @@ class Build:
         self.file = src.file if src is not None else file
         self.problems: list[Problem] = []
         self.format = "hl7v2"
-        """What paths read: ``hl7v2`` (PID-5.1) or ``x12`` (CLP-01, DTM*405-02); a mapping's ``format:``."""
+        """What paths read: ``hl7v2`` (PID-5.1), ``x12`` (CLP-01, DTM*405-02) or ``fhir`` (a FHIRPath,
+        ``Patient.name.family``: :mod:`engine.formats.fhir`); a mapping's ``format:``."""
 
     def problem(self, key: Key, message: str) -> None:
         if self.src is not None:
@@ -44,9 +45,17 @@ class Build:
                 ok = False
         return ok
 
-    def path(self, text: Any, key: Key) -> Path | None:
-        """Parse an HL7 path; a problem (and None) when it is not a string, malformed, or names a
-        segment no HL7 v2 version defines (Z-segments excepted)."""
+    def path(self, text: Any, key: Key, test: bool = False) -> Any:
+        """Parse a path in the mapping's format: an HL7 :class:`Path`, an X12 one, or a compiled
+        :class:`~engine.formats.fhir.FhirPath` (``test``: for a condition, which may test a complex
+        element's presence). A problem (and None) when it is not a string, malformed, names a
+        segment no HL7 v2 version defines (Z-segments excepted), or is not FHIRPath."""
+        if self.format == "fhir":
+            try:
+                return fhir.compile_path(text, test) if isinstance(text, str) else fhir.compile_path("")
+            except ValueError as exc:
+                self.problem(key, str(exc))
+                return None
         if self.format == "x12":
             try:
                 return x12.parse_path(text)

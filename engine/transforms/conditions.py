@@ -9,8 +9,10 @@ A condition is a YAML mapping, either a test or a combinator::
     {path: OBX-3.1, matches: "2[0-9]{3}-[0-9]"}   # the whole value must match (Python regex)
     {all: [<condition>, ...]}   {any: [<condition>, ...]}   {not: <condition>}
 
-The subject is ``path`` (an HL7 path, resolved in the current scopes) or, inside a
-``where`` that picks a repetition, ``component`` (``5`` or ``"4.1"`` of that repetition).
+The subject is ``path`` (an HL7 path, resolved in the current scopes; in an X12 or FHIR
+mapping, a path of that format) or, inside a ``where`` that picks a repetition, ``component``
+(``5`` or ``"4.1"`` of that repetition). A FHIRPath subject that selects a complex element
+(``{path: Patient.address, exists: true}``) is present and equals nothing.
 
 Semantics, with the subject's values (a path with ``[*]`` has several; empty ones are not
 values; an HL7 null ``""`` is a value that equals nothing):
@@ -115,7 +117,7 @@ def _leaf(spec: dict, b: Build, key: Key, context: str) -> Condition:
 
 def _getter(value: Any, b: Build, key: Key, context: str):
     if context == MESSAGE:
-        path = b.path(value, key)
+        path = b.path(value, key, test=True)
         if path is None:
             return None, ""
         return (lambda msg, scopes: msg.values(path, scopes)), path.text
@@ -165,7 +167,7 @@ def _operator(op: str, arg: Any, b: Build, key: Key):
         except re.error as exc:
             b.problem(key, f"invalid regular expression: {exc}")
             return None
-        return _text(lambda vals: any(v is not None and rx.fullmatch(v) for v in vals), f"matches {arg!r}")
+        return _text(lambda vals: any(isinstance(v, str) and rx.fullmatch(v) for v in vals), f"matches {arg!r}")
     if op in ("in", "not_in"):
         if not isinstance(arg, list) or not arg:
             b.problem(key, f"{op} takes a non-empty list of values, e.g. [A01, A04]")

@@ -26,6 +26,7 @@ function key plus that function's options and the common modifiers::
     diagnoses:   {list: DG1-3.1, within: message, order_by: {integer: DG1-15}}
     amount:      {decimal: FT1-11.1.1}                             # exact money, as sent (text)
     through:     {date: {split: DTP*434-03, separator: "-", index: 2}}   # X12 RD8 20241001-20241003
+    deceased:    {boolean: Patient.deceasedBoolean}                # FHIR/JSON true, false (HL7 Y/N: a table)
 
 ``identifier`` picks the patient's identifier from a CX list (see
 :mod:`engine.transforms.identifiers`): the repetition whose type (CX-5) comes first in
@@ -48,13 +49,16 @@ read in each group; groups without one, or with an unreadable one, last, in mess
 ``decimal`` checks an HL7 NM and keeps its text, so money stays exact (a float would not); one
 that is not a number is unreadable.
 
+In a FHIR mapping ``date`` and ``datetime`` read FHIR's date, dateTime and instant
+(``2024-03-14``, ``2024-03-14T09:30:00-05:00``, ``2024-03-14T09:30:00.123Z``), never HL7's.
 A ``datetime`` without an offset is read in the sender's time zone: the expression's own
 ``timezone:``, else the message's (a channel's ``timezone``/``timezones`` per sending facility),
 else the mapping's ``timezone:``. A value without a time of day (``20240314``) is a date, not an
 instant: ``datetime`` leaves it absent (never local midnight) and ``date`` gives it.
 
 Modifiers on any expression: ``when`` (a condition; false -> absent), ``default`` (used when
-the value is absent), ``required: true`` (absent or HL7 null -> MappingError). Function
+the value is absent), ``required: true`` (absent or HL7 null -> MappingError; ``required: <text>``
+gives that text as the reason, e.g. ``"the subject names no patient identifier"``). Function
 arguments are expressions themselves (a string is a path). A compiled :class:`Expr` is
 ``fn(reader, scopes) -> value | MISSING`` raising ValueProblem; ``source`` says where it reads.
 Each read adds its position to ``reader.read`` (see :mod:`engine.transforms.report`).
@@ -78,6 +82,7 @@ from engine.transforms.values import (
     MISSING,
     ValueProblem,
     has_time,
+    to_boolean,
     to_date,
     to_datetime,
     to_integer,
@@ -107,8 +112,17 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "list": ("where", "within", "order_by"),
     "decimal": (),
     "split": ("separator", "index"),
+    "boolean": (),
 }
 MODIFIERS = ("when", "default", "required")
+HL7_ONLY = {
+    "pick": "in a FHIR mapping write a FHIRPath, e.g. identifier.where(system = '...').value",
+    "identifier": "in a FHIR mapping choose the identifier with a FHIRPath (see mappings/fhir_patient_clinical.yaml)",
+    "json_list": "in a FHIR mapping list values with {list: <FHIRPath>}",
+    "own": "in a FHIR mapping a path already reads the innermost for_each node",
+    "typed": "in a FHIR mapping name the element's part (valueQuantity.value, valueCodeableConcept.coding.code)",
+}
+"""Functions that take HL7 fields apart, with what a FHIR mapping writes instead."""
 
 
 class Expr:
@@ -141,8 +155,10 @@ class Compiler:
                 default = self._literal(spec.pop("default"), key + ("default",))
             if "required" in spec:
                 required = spec.pop("required")
+                if isinstance(required, str) and required.strip():  # the reason, said in the error
+                    return self._required(self.expr(spec, key), required, key + ("required",)), default, True
                 if not isinstance(required, bool):
-                    self.b.problem(key + ("required",), "required takes true or false")
+                    self.b.problem(key + ("required",), "required takes true, false or the reason (text)")
                     required = False
         return self.expr(spec, key), default, required
 
@@ -167,6 +183,9 @@ class Compiler:
                 self.b.problem(key, f"no function given (one of: {', '.join(FUNCTIONS)})")
             return _BAD
         tag = tags[0]
+        if self.b.format == "fhir" and tag in HL7_ONLY:
+            self.b.problem(key + (tag,), f"{tag} reads HL7 v2 and X12 fields; {HL7_ONLY[tag]}")
+            return _BAD
         self.b.keys(spec, key, (tag, *FUNCTIONS[tag], *MODIFIERS), f"a {tag} expression")
         e = getattr(self, "_f_" + tag)(spec, key)
         if "required" in spec:
@@ -197,8 +216,11 @@ class Compiler:
         return Expr(with_default, e.source)
 
     def _required(self, e: Expr, flag: Any, key: Key) -> Expr:
-        if not isinstance(flag, bool):
-            self.b.problem(key, "required takes true or false")
+        """``required: true`` (the reason names the path) or ``required: <reason>`` (said instead:
+        ``the subject names no patient``); never a value in either."""
+        reason = flag.strip() if isinstance(flag, str) and flag.strip() else None
+        if not isinstance(flag, bool) and reason is None:
+            self.b.problem(key, "required takes true, false or the reason (text)")
             return e
         if not flag:
             return e
@@ -207,6 +229,8 @@ class Compiler:
         def required(m, s):
             v = fn(m, s)
             if v is MISSING or v is None:
+                if reason:
+                    raise ValueProblem(reason)
                 raise ValueProblem(f"required value is {'missing' if v is MISSING else 'HL7 null'} at {e.source}")
             return v
 
@@ -325,7 +349,8 @@ class Compiler:
         return Expr(converted, f"{tag}({inner.source})")
 
     def _f_date(self, spec: dict, key: Key) -> Expr:
-        return self._convert(spec, "date", key, to_date)
+        fhir = self.b.format == "fhir"  # 2024-03-14 in FHIR, 20240314 in HL7 v2 and X12
+        return self._convert(spec, "date", key, lambda text: to_date(text, fhir))
 
     def _f_datetime(self, spec: dict, key: Key) -> Expr:
         fixed, default = None, self.zone
@@ -335,16 +360,16 @@ class Compiler:
             except ValueError as exc:
                 self.b.problem(key + ("timezone",), str(exc))
         inner = self.expr(spec["datetime"], key + ("datetime",))
-        fn = inner.fn
+        fn, fhir = inner.fn, self.b.format == "fhir"
 
         def converted(m, s):
             v = fn(m, s)
             if v is MISSING or v is None:
                 return v
             v = v if isinstance(v, str) else str(v)
-            if not has_time(v):
+            if not has_time(v, fhir):
                 return MISSING  # a date: never an instant at local midnight
-            return to_datetime(v, fixed or getattr(m, "zone", None) or default)
+            return to_datetime(v, fixed or getattr(m, "zone", None) or default, fhir)
 
         return Expr(converted, f"datetime({inner.source})")
 
@@ -358,11 +383,16 @@ class Compiler:
 
     def _f_ordinal(self, spec: dict, key: Key) -> Expr:
         found = self.b.path(spec["ordinal"], key + ("ordinal",))
-        if found is None or found.field is not None or found.occurrence is not None:
+        if self.b.format == "fhir":  # a for_each FHIRPath, as written
+            if found is None:
+                return _BAD
+            segment = found.text
+        elif found is None or found.field is not None or found.occurrence is not None:
             if found is not None:
                 self.b.problem(key + ("ordinal",), "ordinal takes a segment of the rule's for_each, e.g. OBX")
             return _BAD
-        segment = found.segment
+        else:
+            segment = found.segment
         per = spec.get("per", [])
         if not isinstance(per, list):
             self.b.problem(key + ("per",), "per takes a list of expressions, e.g. [OBR-3.1, OBR-4.1]")
@@ -393,6 +423,9 @@ class Compiler:
             structure.typed(p, type_of, type_source, name, self.zone),
             f"typed({p.text} as {shown}){'.' + name if name else ''}",
         )
+
+    def _f_boolean(self, spec: dict, key: Key) -> Expr:
+        return self._convert(spec, "boolean", key, to_boolean)
 
     def _f_number(self, spec: dict, key: Key) -> Expr:
         return self._convert(spec, "number", key, to_number)
@@ -543,6 +576,8 @@ class Compiler:
         """``(groups(m, s), text)`` for a ``join``/``list`` (see the module docstring): groups
         yields ``(scopes, values)`` for each group of the path's segment that ``where`` keeps,
         ``scopes`` being the rule's scopes down to that group, ``values`` the path's values in it."""
+        if self.b.format == "fhir":
+            return self._gather_fhir(spec, tag, key)
         texts = spec[tag] if isinstance(spec[tag], list) and spec[tag] else [spec[tag]]
         paths = [self.b.path(t, key + (tag,)) for t in texts]
         if any(q is not None and (q.field is None or q.occurrence is not None) for q in paths):
@@ -569,7 +604,7 @@ class Compiler:
             if everywhere:
                 outer, spans = (), m.groups(segment, None)
             else:
-                mine = [i for i, span in enumerate(s) if m.msg.segments[span[0]].name == segment]
+                mine = [i for i, span in enumerate(s) if m.scope_name(span) == segment]
                 if mine:  # the rule walks this segment: its own group (the innermost one of it)
                     outer, spans = s[: mine[-1]], [s[mine[-1]]]
                 else:
@@ -581,6 +616,19 @@ class Compiler:
 
         text = ", ".join(q.text for q in several) + (f" where {where.text}" if where is not None else "")
         return groups, text + (" within message" if everywhere else "")
+
+    def _gather_fhir(self, spec: dict, tag: str, key: Key) -> tuple[Callable | None, str]:
+        """A FHIR ``join``/``list``: every item the FHIRPath gives, as one group (a FHIRPath
+        selects and filters itself: ``within`` and ``where`` are refused)."""
+        for option in ("within", "where", "order_by"):
+            if option in spec:
+                self.b.problem(
+                    key + (option,), f"{option} is for HL7 and X12 groups; in a FHIR mapping filter in the FHIRPath"
+                )
+        p = self.b.path(spec[tag], key + (tag,))
+        if p is None or any(o in spec for o in ("within", "where", "order_by")):
+            return None, ""
+        return (lambda m, s: [(s, m.values(p, s))]), p.text
 
     def _f_join(self, spec: dict, key: Key) -> Expr:
         """``{join: "OBX-5[*]", where: {path: OBX-2, in: [TX, FT, ST]}}``: a note sent as one OBX

@@ -31,6 +31,10 @@ File shape (``mappings/<name>.yaml``; the mapping's name is the file name)::
 not the OBX under the OBR's SPM, which ``[OBR, SPM, OBX]`` walks as the specimen's. Inside
 ``for_each`` a path reads the innermost segment group that has its segment, then the
 enclosing ones (``OBX-5`` the current OBX, ``OBR-3`` its OBR, ``PID-3`` the message's PID).
+``format: x12`` reads X12 paths and loops (:mod:`engine.formats.x12`); ``format: fhir`` reads
+a FHIR resource with FHIRPath (:mod:`engine.formats.fhir`): ``for_each`` lists FHIRPaths, each
+selecting nodes in the one before (``[entry.resource.ofType(Observation), component]``), and a
+path reads the innermost node (``%parent`` the enclosing one, ``%resource`` the whole resource).
 A YAML merge key copies a mapping written elsewhere (``fields: {<<: *observation, kind: ...}``).
 ``on_error`` says what a record that cannot be built does (a required value missing, a code
 a table with ``on_unknown: error`` does not list, an unreadable date or number): ``fail`` (the
@@ -66,7 +70,7 @@ from engine.transforms.values import MISSING, ValueProblem, zone
 from engine.yamlfile import Key, load
 
 TOP_KEYS = ("description", "format", "timezone", "applies_when", "define", "checks", "records")
-FORMATS = ("hl7v2", "x12")
+FORMATS = ("hl7v2", "x12", "fhir")
 RECORD_KEYS = ("description", "target", "op", "key", "when", "for_each", "on_error", "fields")
 ON_ERROR = ("fail", "skip")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -100,12 +104,13 @@ class RecordRule:
         key: tuple[str, ...],
         fields: list[_Field],
         when=None,
-        for_each: tuple[str, ...] = (),
+        for_each: tuple = (),
         on_error: str = "fail",
     ):
         self.mapping, self.index, self.target, self.op, self.key = mapping, index, target, op, key
         self.fields, self.when, self.for_each = fields, when, for_each
         self.skip = on_error == "skip"
+        """``for_each`` holds segment names, or compiled FHIRPaths for a FHIR mapping."""
 
     def scopes(self, msg: Reader) -> Iterator[tuple[tuple, str]]:
         """Each (scopes, where) this rule runs in; ``where`` names the group for errors (``OBR 2/OBX 3``)."""
@@ -115,7 +120,12 @@ class RecordRule:
 
         def walk(level: int, within, scopes: tuple, where: str):
             seg = self.for_each[level]
-            for n, span in enumerate(msg.groups(seg, within), 1):
+            try:
+                found = msg.groups(seg, within)
+            except ValueProblem as exc:  # a FHIRPath that cannot be evaluated in this message
+                text = f"{self.target}: for_each: {exc.reason} (mapping {self.mapping}, records[{self.index}])"
+                raise MappingError(text, mapping=self.mapping) from None
+            for n, span in enumerate(found, 1):
                 here = f"{where}/{seg} {n}" if where else f"{seg} {n}"
                 if level + 1 == len(self.for_each):
                     yield scopes + (span,), here
@@ -131,8 +141,13 @@ class RecordRule:
         skipped = 0
         left: list[str] = []  # values left out of otherwise good records
         for scopes, where in self.scopes(msg):
-            if self.when is not None and not self.when(msg, scopes):
-                continue
+            try:
+                if self.when is not None and not self.when(msg, scopes):
+                    continue
+            except ValueProblem as exc:  # a FHIRPath that cannot be evaluated in this message
+                at = f" in {where}" if where else ""
+                text = f"{self.target}: when: {exc.reason} (mapping {self.mapping}, records[{self.index}]{at})"
+                raise MappingError(text, mapping=self.mapping) from None
             try:
                 out.append(self._record(msg, scopes, where, left))
             except _Unbuilt as exc:
@@ -227,10 +242,14 @@ class Mapping:
 
     def applies(self, msg: Message) -> bool:
         """True when the mapping's ``applies_when`` holds (always, without one) and the message
-        is in the mapping's format (an X12 mapping never runs on an HL7 message, nor back)."""
+        is in the mapping's format (an X12 mapping never runs on an HL7 message, nor back).
+        MappingError when a FHIRPath of the condition cannot be evaluated in this message."""
         if getattr(msg, "format", "hl7v2") != self.format:
             return False
-        return self._applies is None or bool(self._applies(msg, ()))
+        try:
+            return self._applies is None or bool(self._applies(msg, ()))
+        except ValueProblem as exc:  # a FHIRPath that cannot be evaluated in this message
+            raise MappingError(f"applies_when: {exc.reason} (mapping {self.name})", mapping=self.name) from None
 
     def run(self, msg: Message, report: RunReport | None = None, zone: tzinfo | None = None) -> list[Record]:
         """Every record for ``msg``, in rule order; raises MappingError (no patient values in it).
@@ -360,7 +379,17 @@ def _record(
     for_each = spec.get("for_each", [])
     for_each = [for_each] if isinstance(for_each, str) else for_each
     segment = _X12_SEGMENT if b.format == "x12" else _SEGMENT
-    if not isinstance(for_each, list) or not all(isinstance(s, str) and segment.match(s) for s in for_each):
+    if b.format == "fhir":
+        if not isinstance(for_each, list) or not all(isinstance(s, str) for s in for_each):
+            b.problem(
+                key + ("for_each",), "for_each takes a FHIRPath or a list of nested ones ([entry.resource, component])"
+            )
+            for_each = []
+        else:
+            at = (key + ("for_each",)) if isinstance(spec.get("for_each"), str) else None
+            paths = [b.path(s, at or key + ("for_each", i)) for i, s in enumerate(for_each)]
+            for_each = [p for p in paths if p is not None]
+    elif not isinstance(for_each, list) or not all(isinstance(s, str) and segment.match(s) for s in for_each):
         b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
         for_each = []
     fields = []

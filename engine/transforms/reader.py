@@ -14,6 +14,11 @@ Every :meth:`Reader.values` call also adds the position it reads (``PID-5.1``, s
 :func:`engine.transforms.report.position`) to ``read``: one dict lookup and one set add. Reads
 that go through :meth:`Reader.find_segments` (``pick``, ``json_list``) add their precise
 components themselves.
+
+A FHIR resource (:class:`engine.formats.fhir.FhirMessage`) caches its own results: its reads
+are passed through, with the element paths a FHIRPath reads added to ``read`` and a path that
+cannot give a value raised as a ValueProblem. Whatever the format, the executor never looks
+inside a scope: :meth:`Reader.scope_name` says which ``for_each`` entry made it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from bisect import bisect_right
 from datetime import tzinfo
 from typing import Any
 
+from engine.formats.fhir import EvaluationError
 from engine.formats.hl7 import Message, Path, Segment, Span, values_in
 from engine.transforms.report import position
+from engine.transforms.values import ValueProblem
 
 _POSITIONS: dict[str, str] = {}
 _QUALIFIERS: dict[str, str] = {}
@@ -43,7 +50,7 @@ def _qualifier_position(segment: str) -> str:
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_loops", "_outside", "delimiters", "memo", "msg", "read", "zone")
+    __slots__ = ("_cache", "_fhir", "_loops", "_outside", "delimiters", "memo", "msg", "read", "zone")
 
     def __init__(self, msg: Message, read: set[str] | None = None, zone: tzinfo | None = None):
         """``read`` collects the positions read (a new set when not given); ``zone`` is the
@@ -58,6 +65,15 @@ class Reader:
         self._outside: dict[tuple[str, str], bool] = {}
         self._loops = getattr(msg, "format", "") == "x12"
         """X12 loops read their own segments first (engine.formats.x12): scoped reads go there."""
+        self._fhir = getattr(msg, "format", "") == "fhir"
+        """A FHIR resource answers FHIRPaths itself (engine.formats.fhir)."""
+
+    def scope_name(self, scope: Any) -> str:
+        """What ``for_each`` walked to make ``scope``: its segment (``OBX``, X12 ``CLP``) or, in a
+        FHIR resource, the FHIRPath's text (``component``)."""
+        if self._fhir:
+            return self.msg.scope_name(scope)  # type: ignore[attr-defined]
+        return self.msg.segments[scope[0]].name
 
     def _message_level(self, segment: str, scopes: tuple[Span, ...]) -> bool:
         """True when a scoped read of ``segment`` gives what an unscoped read gives.
@@ -83,9 +99,16 @@ class Reader:
         return outside
 
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
-        return self.msg.spans(segment, within)
+        return self.groups(segment, within) if self._fhir else self.msg.spans(segment, within)
 
-    def groups(self, segment: str, within: Span | None = None) -> list[Span]:
+    def groups(self, segment: Any, within: Any = None) -> list:
+        """The groups (HL7, X12: spans) or FHIR nodes (int handles) ``segment`` walks in ``within``;
+        ValueProblem when a FHIRPath cannot be evaluated."""
+        if self._fhir:
+            try:
+                return self.msg.groups(segment, within)
+            except EvaluationError as exc:
+                raise ValueProblem(str(exc)) from None
         return self.msg.groups(segment, within)
 
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
@@ -108,7 +131,14 @@ class Reader:
         return segs[0].field(path.field) if segs and path.field is not None else ""
 
     def values(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[str | None]:
-        """As :meth:`Message.values` (``path`` already parsed); records the position in ``read``."""
+        """As :meth:`Message.values` (``path`` already parsed); records the position in ``read``.
+        ValueProblem when a FHIRPath cannot give a value (see :mod:`engine.formats.fhir`)."""
+        if self._fhir:
+            self.read.update(self.msg.reads(path, scopes))  # type: ignore[attr-defined]
+            try:
+                return self.msg.values(path, scopes)
+            except EvaluationError as exc:
+                raise ValueProblem(str(exc)) from None
         pos = _POSITIONS.get(path.text)
         if pos is None:
             pos = _POSITIONS[path.text] = position(path)

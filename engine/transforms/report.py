@@ -26,6 +26,10 @@ How positions count (the same rules for what was read and what is populated):
 - HL7 null ``""`` is populated (it tells the receiver to clear); an empty value is not.
 - The header (MSH) is the engine's own envelope (type, control id, version and charset go to
   the message store, the ACK answers from it): it is never reported.
+
+A FHIR resource names its own positions (element paths such as ``Patient.name.given``) and
+says which are unmapped: :meth:`engine.formats.fhir.FhirMessage.unmapped`, whose docstring
+says how a FHIRPath's reads are approximated.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def unmapped(message: Message, reports: Iterable[RunReport]) -> list[str]:
     read: set[str] = set()
     for r in reports:
         read |= r.read
+    own = getattr(message, "unmapped", None)
+    if own is not None:  # a format that names its own positions (FHIR)
+        return own(read)
     out: dict[str, None] = {}
     comp = message.delimiters.component
     rep = message.delimiters.repetition

@@ -13,7 +13,8 @@ not its results' notes, never an enclosing group's or the message's. ``ordinal``
 1-based number of the current ``segment`` group among the groups of its kind in the enclosing
 group (the message for the outermost), as ``for_each`` walks them; with ``per``, among those
 whose values of the ``per`` expressions equal the current one's. It is computed once per
-enclosing group and message, so numbering every OBX of a message costs linear time.
+enclosing group and message, so numbering every OBX of a message costs linear time. In a FHIR
+mapping ``segment`` is a ``for_each`` FHIRPath as written (``{ordinal: component}``).
 ``typed`` decodes a whole field by its data type (a name such as ``CWE`` or an expression such
 as ``OBX-2``): with ``part``, one part of it (None when the type has none: a row rewritten
 with a value of another type keeps nothing of the old one); without, every repetition as a
@@ -71,23 +72,22 @@ def ordinal(segment: str, per: list[Fn]) -> Fn:
     token = object()  # this expression's entries in the per-message memo
 
     def number(m, s: tuple) -> Any:
-        segs = m.msg.segments
         i = len(s) - 1
-        while i >= 0 and segs[s[i][0]].name != segment:
+        while i >= 0 and m.scope_name(s[i]) != segment:
             i -= 1
         if i < 0:
             return MISSING
         parent = s[i - 1] if i else None
         key = (token, parent)
-        numbers: dict[int, int] | None = m.memo.get(key)
+        numbers: dict[Any, int] | None = m.memo.get(key)  # group (a scope handle) -> its number
         if numbers is None:
             numbers = {}
             seen: dict[tuple, int] = {}
             for group in m.groups(segment, parent):
                 values = tuple(fn(m, s[:i] + (group,)) for fn in per)  # () without per: one count
-                seen[values] = numbers[group[0]] = seen.get(values, 0) + 1
+                seen[values] = numbers[group] = seen.get(values, 0) + 1
             m.memo[key] = numbers
-        return numbers.get(s[i][0], MISSING)
+        return numbers.get(s[i], MISSING)
 
     return number
 

@@ -24,6 +24,9 @@ Test file shape::
         warnings:                    # one entry per warning, in order; each is contained in it
           - "pm.coverage.member_id: required value is missing; record skipped"
 
+A case of a FHIR mapping (``format: fhir``) holds the resource's JSON (a Bundle included) in
+``message:``; one of an X12 mapping the interchange, one segment per line.
+
 Values compare as text: dates ISO (``1958-07-22``), date/times in UTC as
 ``2024-03-14T15:05:00Z``, numbers without a trailing ``.0``, ``true``/``false``, ``null``
 (HL7 ``""``). A case without ``warnings:`` expects none. A failing case shows a unified
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, MappingError, ParseError
-from engine.formats import parse_text, x12
+from engine.formats import fhir, parse_text, x12
 from engine.formats.hl7 import decode, split_batch
 from engine.records import Record
 from engine.transforms.build import Build
@@ -119,7 +122,7 @@ def _cases(file: Path) -> list[TestCase]:
             continue
         b.keys(c, key, CASE_KEYS, "a test case")
         if not isinstance(c.get("name"), str) or not isinstance(c.get("message"), str):
-            b.problem(key, "a case needs name: and message: (the HL7 message as a block scalar)")
+            b.problem(key, "a case needs name: and message: (the message as a block scalar)")
             continue
         if ("records" in c) == ("error" in c):
             b.problem(key, "a case states exactly one of records: (expected records) or error: (expected error)")
@@ -254,8 +257,10 @@ def run_all(mappings_dir: str | Path) -> tuple[bool, str]:
 def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
     """Every record ``mapping_path`` produces for each message in ``message_path``, with sources.
 
-    The file may hold several messages or a batch (FHS/BHS); it is decoded as MSH-18 says.
-    ConfigError when the mapping is invalid; problems with single messages are reported inline.
+    The file may hold several messages or a batch (FHS/BHS); it is decoded as MSH-18 says. An
+    X12 file is each of its transaction sets; a JSON file (it starts with ``{``) one FHIR
+    resource, in UTF-8. ConfigError when the mapping is invalid; problems with single messages
+    are reported inline.
     """
     path = Path(mapping_path)
     if not path.exists() and path.suffix not in (".yaml", ".yml"):
@@ -266,6 +271,8 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
     if x12.is_x12(raw):
         messages, problems = _x12_messages(raw)
         out.extend(f"cannot read part of {message_path}: TA1 {p.code}: {p.text}" for p in problems)
+    elif fhir.is_fhir(raw):
+        messages = [(raw.decode("utf-8", errors="replace"), None)]
     else:
         try:
             messages = [(text, None) for text in split_batch(decode(raw))]
@@ -274,7 +281,9 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
     for n, (text, title) in enumerate(messages, 1):
         try:
             msg = parse_text(text)
-            if title is None:
+            if isinstance(msg, fhir.FhirMessage):
+                title = msg.title
+            elif title is None:
                 h = msg.header()
                 title = f"{h.message_type}^{h.trigger} control id {h.control_id} (v{h.version})"
         except ParseError as exc:

@@ -1,0 +1,323 @@
+"""Source ``fhir``: a FHIR R4 REST endpoint (FastAPI, served by uvicorn inside ``engine run``).
+
+- ``POST /fhir/{type}`` creates, ``PUT /fhir/{type}/{id}`` updates, ``POST /fhir`` takes a
+  transaction or batch Bundle, ``GET /fhir/metadata`` says what is supported.
+- Every request needs ``Authorization: Bearer <token>``. Tokens are held as SHA-256 hashes
+  (``tokens``: ``name:hexdigest`` pairs, from the environment or a file, never the tokens
+  themselves); a token is random and long (``engine fhir-token NAME`` makes one), so a fast hash
+  is enough (argon2 is for passwords people choose). A missing or wrong token gets 401. The
+  token's name is the message's sender: who wrote what.
+- A resource is checked against R4 (fhir.resources' R4B models: see
+  :mod:`engine.formats.fhir_outcome`), then committed to the message store like every message,
+  then processed by the channel's destinations (its mappings); the answer waits for the
+  outcome: 201 (created) or 200 (updated) when applied, 422 with the mapping's reason when it
+  cannot be, 400 when the resource is not valid FHIR (each element at fault located), 404 for
+  a type FHIR does not define, 503 with Retry-After while the store cannot commit (the
+  back-pressure MLLP gives with AE). A transaction Bundle is one message: all of it is applied
+  or none. A batch Bundle's entries are messages of their own, each with its own answer.
+- Nothing is logged of a request's content; access lines (uvicorn's) are off: a URL carries ids.
+
+uvicorn runs in a thread of its own with its own event loop: in the main thread it would take
+over the engine's SIGTERM and SIGINT handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.channels import registry
+from engine.channels.registry import ConnectorConfig
+from engine.errors import StoreUnavailable
+from engine.formats.fhir_outcome import FHIR_JSON, Issue, Refused, check_resource, outcome, parse_json
+from engine.stores.message_store import ERROR, FILTERED, Inbound
+
+log = logging.getLogger("engine.fhir")
+
+
+class FhirSourceConfig(ConnectorConfig):
+    type: Literal["fhir"]
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tokens: str = ""
+    """``name:sha256hex`` pairs, comma-separated (the hashes of the bearer tokens allowed)."""
+    tokens_file: str | None = None
+    """A file of ``name sha256hex`` lines, read at start (``#`` starts a comment)."""
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body, in bytes (413 beyond it)."""
+    result_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest wait for the outcome before answering 202 (stored, still processing)."""
+    retry_after_seconds: int = Field(5, ge=1)
+    """Retry-After of a 503 while the store cannot commit."""
+    resources: list[str] = Field(default_factory=lambda: ["Patient", "Observation"], min_length=1)
+    """The resource types this endpoint takes (what its mappings map); another type gets 404."""
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_tokens(config: FhirSourceConfig) -> dict[str, str]:
+    """hash -> name, from ``tokens`` and ``tokens_file``."""
+    pairs = [p.strip() for p in config.tokens.split(",") if p.strip()]
+    if config.tokens_file:
+        for line in Path(config.tokens_file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                pairs.append(":".join(line.split(None, 1)))
+    out = {}
+    for pair in pairs:
+        name, _, digest = pair.partition(":")
+        if len(digest) != 64 or not name:
+            raise ValueError("a FHIR token entry is name:sha256hex (64 hex digits)")
+        out[digest.lower()] = name
+    return out
+
+
+@registry.source("fhir", FhirSourceConfig)
+class FhirSource:
+    """FHIR R4 create, update and transaction over HTTP; each request committed, then applied."""
+
+    def __init__(self, channel, config: FhirSourceConfig, receiver):
+        self.channel = channel
+        self.config = config
+        self.committer = receiver.committer
+        self.poll = getattr(receiver, "_poll", False)
+        self.tokens = load_tokens(config)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.port = config.port
+
+    # -- serving ----------------------------------------------------------------------------------
+    async def start(self) -> str:
+        import uvicorn
+
+        app = self.app()
+        cfg = uvicorn.Config(app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(cfg)
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(started,), name="engine-fhir", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(started.wait, 30)
+        if not self._server.started:
+            raise RuntimeError(f"FHIR endpoint could not listen on {self.config.host}:{self.config.port}")
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"fhir http://{self.config.host}:{self.port}/fhir"
+
+    def _serve(self, started: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def run():
+            task = asyncio.create_task(self._server.serve())
+            while not self._server.started and not task.done():
+                await asyncio.sleep(0.01)
+            started.set()
+            await task
+
+        try:
+            loop.run_until_complete(run())
+        finally:
+            started.set()
+            loop.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+
+    # -- the API ----------------------------------------------------------------------------------
+    def app(self) -> FastAPI:
+        app = FastAPI(title="engine FHIR R4", docs_url=None, redoc_url=None, openapi_url=None)
+
+        def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+            return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+        @app.exception_handler(Refused)
+        async def refused(_request: Request, exc: Refused) -> JSONResponse:
+            return answer(exc.status, outcome(exc.issues), exc.headers)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+            code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+            return answer(exc.status_code, outcome([Issue(code, str(exc.detail))]))
+
+        @app.get("/fhir/metadata")
+        async def metadata() -> JSONResponse:
+            return answer(200, self.capability())
+
+        @app.post("/fhir/{rtype}")
+        async def create(rtype: str, request: Request) -> JSONResponse:
+            who = self.authorise(request)
+            data = parse_json(await self.body(request))
+            self.supported(rtype)
+            check_resource(data, rtype)
+            return await self.apply(data, who, "create", 201)
+
+        @app.put("/fhir/{rtype}/{rid}")
+        async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
+            who = self.authorise(request)
+            data = parse_json(await self.body(request))
+            self.supported(rtype)
+            check_resource(data, rtype)
+            if data.get("id") != rid:
+                raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
+            return await self.apply(data, who, "update", 200)
+
+        @app.post("/fhir")
+        @app.post("/fhir/")  # a client's base URL may end with a slash
+        async def bundle(request: Request) -> JSONResponse:
+            who = self.authorise(request)
+            data = parse_json(await self.body(request))
+            shell = dict(data, entry=[{k: v for k, v in e.items() if k != "resource"} for e in data.get("entry") or []])
+            check_resource(shell, "Bundle")  # the Bundle; its resources one by one below
+            kind = data.get("type")
+            if kind not in ("transaction", "batch"):
+                raise Refused(
+                    400, [Issue("invalid", "POST /fhir takes a transaction or batch Bundle", ["Bundle.type"])]
+                )
+            entries = data.get("entry") or []
+            for n, e in enumerate(entries):
+                if not isinstance(e.get("resource"), dict):
+                    raise Refused(400, [Issue("required", "each entry needs a resource", [f"Bundle.entry[{n}]"])])
+                if kind == "transaction":  # all or nothing: every resource is checked before anything is stored
+                    where = f"Bundle.entry[{n}].resource"
+                    self.supported(e["resource"].get("resourceType"), where)
+                    check_resource(e["resource"], where=where)
+            if kind == "transaction":
+                return await self.apply(data, who, "transaction", 200)
+            results = []
+            for e in entries:
+                results.append(await self.batch_entry(e["resource"], who))
+            return answer(200, {"resourceType": "Bundle", "type": "batch-response", "entry": results})
+
+        self._answer = answer
+        return app
+
+    async def body(self, request) -> bytes:
+        body = await request.body()
+        if len(body) > self.config.max_body_bytes:
+            raise Refused(413, [Issue("too-costly", f"the body is larger than {self.config.max_body_bytes} bytes")])
+        return body
+
+    def supported(self, rtype: Any, where: str = "") -> None:
+        if rtype not in self.config.resources:
+            where_ = [where] if where else []
+            raise Refused(404, [Issue("not-supported", f"this endpoint does not take {rtype}", where_)])
+
+    def authorise(self, request) -> str:
+        """The token's name; Refused 401 without a known bearer token (compared in constant time)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            digest = token_hash(token.strip())
+            for known, name in self.tokens.items():
+                if hmac.compare_digest(known, digest):
+                    return name
+        raise Refused(
+            401,
+            [Issue("security", "a valid bearer token is required")],
+            {"WWW-Authenticate": 'Bearer realm="fhir"'},
+        )
+
+    async def apply(self, data: dict[str, Any], who: str, interaction: str, ok: int):
+        """Commit ``data`` as one message, wait for its outcome, answer."""
+        rtype = data["resourceType"]
+        rid = data.get("id") or uuid.uuid4().hex
+        item = Inbound(
+            channel=self.channel.name,
+            content=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+            charset="utf-8",
+            message_type=rtype[:20],
+            trigger=interaction,
+            control_id=f"{rtype}/{rid}"[:200] if interaction != "transaction" else f"Bundle/{uuid.uuid4().hex}",
+            sending_app=who[:200],
+            sending_facility=who[:200],
+            version="4.0.1",
+            ordering_key=None,
+            duplicate_window=None,
+        )
+        try:
+            committed, processed = self.committer.submit(item, want_result=not self.poll, urgent=True)
+            stored = await committed
+        except StoreUnavailable:
+            raise Refused(
+                503,
+                [Issue("transient", "the message store cannot commit now; nothing was stored")],
+                {"Retry-After": str(self.config.retry_after_seconds)},
+            ) from None
+        if self.poll:
+            processed = asyncio.ensure_future(self.committer.poll_outcome(stored.id))
+        try:
+            result = await asyncio.wait_for(processed, self.config.result_timeout_seconds)
+        except TimeoutError:
+            return self._answer(
+                202, outcome([Issue("informational", "stored; still processing", severity="information")])
+            )
+        if result.status == ERROR:
+            raise Refused(422, [Issue("processing", result.error or "processing failed")])
+        if result.status == FILTERED:
+            raise Refused(422, [Issue("not-supported", f"nothing in this engine takes {rtype}: {result.error or ''}")])
+        if interaction == "transaction":
+            entries = [
+                {"response": {"status": "201 Created", "location": _location(e["resource"])}}
+                for e in data.get("entry", [])
+            ]
+            return self._answer(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+        body = dict(data, id=rid)
+        return self._answer(ok, body, {"Location": f"/fhir/{rtype}/{rid}"})
+
+    async def batch_entry(self, resource: dict[str, Any], who: str) -> dict[str, Any]:
+        """One entry of a batch: applied on its own; its response (or OperationOutcome) in the entry."""
+        try:
+            self.supported(resource.get("resourceType"))
+            check_resource(resource)
+            answer = await self.apply(resource, who, "create", 201)
+            return {"response": {"status": f"{answer.status_code}", "location": answer.headers.get("location", "")}}
+        except Refused as exc:
+            return {"response": {"status": str(exc.status), "outcome": outcome(exc.issues)}}
+
+    def capability(self) -> dict[str, Any]:
+        """What this endpoint does, truthfully: create and update of the ``resources`` it takes,
+        transaction and batch Bundles of them; no reads or searches (yet)."""
+        return {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-11-30",
+            "kind": "instance",
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "software": {"name": "engine"},
+            "rest": [
+                {
+                    "mode": "server",
+                    "security": {
+                        "service": [{"coding": [{"code": "SMART-on-FHIR"}], "text": "bearer token"}],
+                        "description": "Authorization: Bearer <token>; tokens are issued by the engine's operator",
+                    },
+                    "resource": [
+                        {"type": t, "interaction": [{"code": "create"}, {"code": "update"}]}
+                        for t in self.config.resources
+                    ],
+                    "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                }
+            ],
+        }
+
+
+def _location(resource: dict[str, Any]) -> str:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid}" if rid else str(resource.get("resourceType"))
