@@ -21,6 +21,12 @@ A crash between 2 and 4 leaves the file in the inbox: it is read again, its tran
 are found to be duplicates (same sender, control numbers and content, within the channel's
 ``duplicate_window_hours``) and are not posted twice, and the acknowledgment is written again.
 Files are read whole, up to ``max_file_bytes``; a larger file is refused (moved to error/).
+
+A file of ``stream_above_bytes`` or more is never read whole (a clearinghouse's 837 batch is one
+transaction set of tens of thousands of claims): the same steps run over the file read in blocks
+(:mod:`engine.formats.x12_stream`), pyx12 checking the sets as they are read, and a set larger than
+``max_message_bytes`` is committed as several messages (parts, control id ``ISA13/GS06/ST02/<n>``),
+each a self-contained interchange mapped to that part's records, committed in batches as they are cut.
 Nothing here logs file content: lines name the channel, the file name and counts.
 """
 
@@ -38,12 +44,17 @@ from pydantic import Field
 
 from engine.channels import registry
 from engine.channels.registry import ConnectorConfig
-from engine.formats import x12_ack, x12_envelope, x12_validate
+from engine.formats import x12_ack, x12_envelope, x12_stream, x12_validate
 from engine.stores.control_numbers import next_control_numbers
 from engine.stores.message_store import Inbound, Stored
+from engine.stores.message_tables import PENDING, RECEIVED
 
 log = logging.getLogger("engine.file")
 
+COMMIT_BATCH = 500
+"""Most messages committed in one store transaction when a big file's parts are committed."""
+PROCESSING_WAIT_SECONDS = 30.0
+"""Longest wait, in seconds, for a streamed file's previous batch of parts to be processed."""
 NOT_ACKNOWLEDGED = ("FA",)
 """Functional groups never answered with a 999: acknowledgments (999, 997) themselves."""
 
@@ -67,6 +78,14 @@ class FileSourceConfig(ConnectorConfig):
     """Seconds a file must go unchanged before it is read."""
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     """Largest file read, in bytes."""
+    stream_above_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    """Files of at least this many bytes are read in blocks, never whole (:mod:`engine.formats.x12_stream`)."""
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+    """In a file read in blocks, a transaction set larger than this many bytes is stored as several
+    messages (parts) of about this size, cut between subscriber (837) or claim payment (835) loops."""
+    in_flight_bytes: int = Field(256 * 1024, ge=1024)
+    """Most content, in bytes, of a streamed file's parts committed and not yet processed: the file is
+    cut on as they are (a processed part's records take about 20 times its size in memory)."""
 
     def folder(self, which: str) -> Path:
         chosen = {"processed": self.processed, "error": self.error}[which]
@@ -83,6 +102,7 @@ class FileSource:
         self.committer = receiver.committer
         self.store = receiver.committer.store
         self._seen: dict[str, tuple[int, int]] = {}
+        self._behind: int | None = None  # last message of the streamed batch before (-1: no longer waited for)
         self._task: asyncio.Task | None = None
 
     async def start(self) -> str:
@@ -132,6 +152,8 @@ class FileSource:
             stored = self.committer.submit_sync([Inbound(name, b"", message_type="X12", error=reason)])
             self._move(path, "error", [reason])
             return stored
+        if path.stat().st_size >= self.config.stream_above_bytes:
+            return self._take_streaming(path, window)
         data = path.read_bytes()
         interchanges, problems = x12_envelope.read_interchanges(data)
         items: list[Inbound] = []
@@ -182,6 +204,94 @@ class FileSource:
         self._move(path, "error" if rejected else "processed", rejected)
         return stored
 
+    def _take_streaming(self, path: Path, window: timedelta | None) -> list[Stored]:
+        """:meth:`take` for a big file, which never sits in memory whole: one pass reads the envelopes, one
+        feeds pyx12, one cuts the transaction sets into parts (:func:`x12_stream.parts`) committed
+        ``COMMIT_BATCH`` at a time. A rejected interchange is stored as one ERROR message without content (the
+        file in error/ holds it); a rejected set's parts are stored as ERROR, and dispatched never."""
+        name, at, enc = self.channel.name, datetime.now(UTC), x12_stream.encoding_of(path)
+        interchanges, problems = x12_stream.scan(path, enc)
+        verdicts = x12_stream.validate(path, interchanges, enc)
+        errors: list[Inbound] = []
+        acks: list[tuple[str, str]] = []
+        rejected: list[str] = [f"TA1 {p.code}: {p.text}" for p in problems]
+        if problems and not interchanges:
+            errors.append(Inbound(name, b"", message_type="X12", error="; ".join(rejected)[:2000], peer=path.name))
+            (n,) = next_control_numbers(self.store.engine, "", "")
+            acks.append(("ta1", x12_ack.build_ta1(None, None, problems[0], isa_control=n, at=at)))
+        why: dict[tuple[int, int, int], str | None] = {}
+        for i, ic in enumerate(interchanges):
+            us, them = f"{ic.receiver_qualifier}:{ic.receiver}", f"{ic.sender_qualifier}:{ic.sender}"
+            if ic.problems:
+                reason = "; ".join(f"TA1 {p.code}: {p.text}" for p in ic.problems)
+                rejected.append(f"interchange {ic.control}: {reason}")
+                errors.append(_inbound(name, ic, None, None, error=reason, window=window, peer=path.name, content=""))
+                (n,) = next_control_numbers(self.store.engine, us, them)
+                acks.append(("ta1", x12_ack.build_ta1(ic, ic.isa, ic.problems[0], isa_control=n, at=at)))
+                continue
+            for g, gr in enumerate(verdicts[i]):
+                for t, tr in enumerate(gr.transactions):
+                    why[i, g, t] = _summary(tr) if tr.status == "R" else None
+                    if tr.status == "R":
+                        rejected.append(
+                            f"transaction set {ic.control}/{gr.group.control}/{tr.transaction.control}: {why[i, g, t]}"
+                        )
+            answered = [gr for gr in verdicts[i] if gr.group.functional_id not in NOT_ACKNOWLEDGED]
+            if answered:
+                (n,) = next_control_numbers(self.store.engine, us, them)
+                acks.append(("999", x12_ack.build_999(ic, answered, isa_control=n, gs_control=n, at=at)))
+        stored = self.committer.submit_sync(errors) if errors else []
+        batch: list[Inbound] = []
+        self._behind = None
+        skip = {i for i, ic in enumerate(interchanges) if ic.problems}
+        count = size = 0
+        for part in x12_stream.parts(path, interchanges, self.config.max_message_bytes, enc, skip):
+            ic = interchanges[part.interchange]
+            group = ic.groups[part.group]
+            tx = group.transactions[part.transaction]
+            error = why.get((part.interchange, part.group, part.transaction))
+            number = part.number if part.of_many else None
+            batch.append(_inbound(name, ic, group, tx, error=error, window=window, peer=path.name,
+                                  content=part.content, part=number))  # fmt: skip
+            count, size = count + 1, size + len(batch[-1].content)
+            if len(batch) >= COMMIT_BATCH or size >= self.config.in_flight_bytes // 2:
+                stored += self._commit_behind(batch, path.name)
+                batch, size = [], 0
+        if batch:
+            stored += self._commit_behind(batch, path.name)
+        self._behind = None
+        for k, (suffix, text) in enumerate(acks, 1):
+            self._write_ack(path, k, suffix, text)
+        dups = sum(1 for s in stored if s.duplicate_of is not None)
+        log.info(
+            "channel=%s file=%s streamed messages=%d rejected=%d duplicates=%d",
+            name,
+            path.name,
+            count + len(errors),
+            len(rejected),
+            dups,
+        )
+        self._move(path, "error" if rejected else "processed", rejected)
+        return stored
+
+    def _commit_behind(self, batch: list[Inbound], file: str) -> list[Stored]:
+        """Commit ``batch``, then wait until the batch committed before it is processed (its last message no
+        longer pending), so at most two batches of a file wait in the queue. Waits ``PROCESSING_WAIT_SECONDS``
+        at most: processing held up (a destination down) does not hold the file, it is then cut on unwaited."""
+        stored = self.committer.submit_sync(batch)
+        behind, self._behind = self._behind, next((s.id for s in reversed(stored) if s.status == RECEIVED), None)
+        if behind is not None and behind > 0:
+            deadline = time.monotonic() + PROCESSING_WAIT_SECONDS
+            while (self.store.status_of(behind) or ("",))[0] in PENDING:
+                if time.monotonic() > deadline:
+                    log.warning("channel=%s file=%s processing is behind; cutting on", self.channel.name, file)
+                    self._behind = -1  # waited once: the rest of the file is not waited for
+                    break
+                time.sleep(0.02)
+        elif behind is not None:
+            self._behind = -1
+        return stored
+
     def _write_ack(self, source: Path, k: int, suffix: str, text: str) -> None:
         if not self.config.outbox:
             return
@@ -200,12 +310,16 @@ class FileSource:
         _fsync_dir(path.parent)
 
 
-def _inbound(channel, ic, group, tr, *, error: str | None, window, peer: str) -> Inbound:
-    """One transaction set (or a whole rejected interchange, ``tr`` None) as a message."""
+def _inbound(
+    channel, ic, group, tr, *, error: str | None, window, peer: str, content: str | None = None, part: int | None = None
+) -> Inbound:
+    """One transaction set (or a whole rejected interchange, ``tr`` None) as a message; ``content`` when it
+    is not the set's (or interchange's) own text, ``part`` the part number of a set stored in parts."""
     if tr is None:
-        content, control, st_id, version = ic.text, ic.control, "X12", ic.version
+        content, control, st_id, version = ic.text if content is None else content, ic.control, "X12", ic.version
     else:
-        content, control = x12_envelope.single(ic, group, tr), f"{ic.control}/{group.control}/{tr.control}"
+        control = f"{ic.control}/{group.control}/{tr.control}" + (f"/{part}" if part is not None else "")
+        content = x12_envelope.single(ic, group, tr) if content is None else content
         st_id, version = tr.st_id, (tr.reference or group.version)
     return Inbound(
         channel=channel,

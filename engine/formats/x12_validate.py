@@ -19,9 +19,11 @@ rejected, 'R' when all are, or when the group trailer is wrong (AK905 '3', '4', 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,7 +35,7 @@ from pyx12.map_if._segment import apply_segment_errors
 from pyx12.map_walker import apply_walk_errors, walk_tree
 
 from engine.formats import x12_parallel
-from engine.formats.x12_envelope import PYX12_LABELS, Group, Interchange, Transaction, guide_for
+from engine.formats.x12_envelope import PYX12_LABELS, Delimiters, Group, Interchange, Transaction, guide_for
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,35 @@ class _Errors(pyx12.error_handler.err_handler):
 
 def _run_pyx12(text: str, map_file: str) -> list[Any]:
     """Validate one ISA/GS/.../GE/IEA text with one map; the pyx12 err_st nodes, each with .index (ST order)."""
-    src = pyx12.x12file.X12Reader(io.StringIO(text))
+    return _run_pyx12_stream(io.StringIO(text), map_file)
+
+
+class _Pieces(io.TextIOBase):
+    """A read-only text stream over an iterator of text pieces: what pyx12's reader reads a feed from
+    without the feed ever being one string (it reads 106 characters, then blocks of 8 KiB)."""
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self._it, self._buf = iter(pieces), ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        want = None if size is None or size < 0 else size
+        while want is None or len(self._buf) < want:
+            piece = next(self._it, None)
+            if piece is None:
+                break
+            self._buf += piece
+        out = self._buf if want is None else self._buf[:want]
+        self._buf = self._buf[len(out) :]
+        return out
+
+
+def _run_pyx12_stream(stream: Any, map_file: str) -> list[Any]:
+    """:func:`_run_pyx12` over a text stream; pyx12 keeps the error nodes only, so memory does not grow
+    with the stream."""
+    src = pyx12.x12file.X12Reader(stream)
     errh = _Errors()
     control = _load_map("x12.control.00501.xml")
     tx_map = _load_map(map_file)
@@ -202,22 +232,30 @@ def _run_pyx12(text: str, map_file: str) -> list[Any]:
 
 
 def _feed(interchange: Interchange, group: Group, txs: list[Transaction], label: str) -> str:
-    d = interchange.delimiters
+    segments = (s for tx in txs for s in tx.segments)
+    return "".join(_feed_pieces(interchange.delimiters, group, segments, len(txs), label))
+
+
+def _feed_pieces(d: Delimiters, group: Group, segments: Iterable[str], count: int, label: str) -> Iterator[str]:
+    """What pyx12 is fed, segment by segment: a clean fixed-width ISA, the GS, ``segments`` (``count``
+    transaction sets, ST .. SE each) with GS08 and ST03 relabelled to the map's ``label``, GE and IEA."""
     e, rep = d.element, d.repetition
     if rep is None:
         rep = next(c for c in "^{}`|!~\x1f" if c not in (e, d.component, d.segment))
     isa = ["00", " " * 10, "00", " " * 10, "ZZ", "SENDER".ljust(15), "ZZ", "RECEIVER".ljust(15), "010101", "0000"]
     isa += [rep, "00501", "000000001", "0", "P", d.component]
     gs = [group.functional_id, group.sender, group.receiver, group.date, group.time, group.control, "X", label]
-    segs = ["ISA" + e + e.join(isa), "GS" + e + e.join(gs)]
-    for tx in txs:
-        st = tx.segments[0].split(e)
-        if len(st) > 3:
-            st[3] = label
-        segs += [e.join(st), *tx.segments[1:]]
-    segs += [f"GE{e}{len(txs)}{e}{group.control}", f"IEA{e}1{e}000000001"]
     sep = d.segment if d.segment in "\r\n" else d.segment + "\n"
-    return sep.join(segs) + sep
+    yield "ISA" + e + e.join(isa) + sep
+    yield "GS" + e + e.join(gs) + sep
+    for seg in segments:
+        if seg[:2] == "ST" and seg.split(e, 1)[0].strip() == "ST":
+            st = seg.split(e)
+            if len(st) > 3:
+                st[3] = label
+            seg = e.join(st)
+        yield seg + sep
+    yield f"GE{e}{count}{e}{group.control}{sep}IEA{e}1{e}000000001{sep}"
 
 
 def _element_errors(seg_id: str, node: Any) -> list[ElementError]:
@@ -283,7 +321,12 @@ def _transaction_result(
     return TransactionResult(tx, status, list(dict.fromkeys(codes))[:5], segments)
 
 
-def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
+Segments = Callable[[list[int]], Iterable[str]]
+"""``segments(indexes)``: the segment texts (ST .. SE each) of those transaction sets of a group, in order."""
+
+
+def _validate_group(interchange: Interchange, group: Group, segments: Segments | None = None) -> GroupResult:
+    """``segments`` None: the sets' own ``segments`` are fed (and a large 835 checked in chunks)."""
     buckets: dict[str, list[int]] = {}
     failures: dict[int, str] = {}
     for i, tx in enumerate(group.transactions):
@@ -296,7 +339,7 @@ def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
     st_nodes: dict[int, Any] = {}
     found: dict[int, tuple[list[SegmentError], bool]] = {}
     for map_file, idx in buckets.items():
-        if map_file.startswith("835.") and x12_parallel.workers() > 1:
+        if segments is None and map_file.startswith("835.") and x12_parallel.workers() > 1:
             for i in [i for i in idx if len(group.transactions[i].segments) >= x12_parallel.THRESHOLD]:
                 chunked = _in_chunks(interchange, group, group.transactions[i], map_file)
                 if chunked is not None:
@@ -304,9 +347,13 @@ def _validate_group(interchange: Interchange, group: Group) -> GroupResult:
             idx = [i for i in idx if i not in found]
             if not idx:
                 continue
-        txs = [group.transactions[i] for i in idx]
+        label = PYX12_LABELS[map_file]
         try:
-            nodes = _run_pyx12(_feed(interchange, group, txs, PYX12_LABELS[map_file]), map_file)
+            if segments is None:
+                nodes = _run_pyx12(_feed(interchange, group, [group.transactions[i] for i in idx], label), map_file)
+            else:
+                feed = _feed_pieces(interchange.delimiters, group, segments(idx), len(idx), label)
+                nodes = _run_pyx12_stream(_Pieces(feed), map_file)
         except Exception as exc:  # pyx12 can fail on input it does not expect; never let data reach the log
             log.warning("pyx12 failed on group %s with %s", group.control.strip(), type(exc).__name__)
             failures.update(dict.fromkeys(idx, "I5"))
@@ -357,3 +404,10 @@ def _in_chunks(
 def validate(interchange: Interchange) -> list[GroupResult]:
     """One GroupResult per functional group of the interchange, one TransactionResult per transaction set."""
     return [_validate_group(interchange, g) for g in interchange.groups]
+
+
+def validate_stream(interchange: Interchange, segments: Callable[[int, list[int]], Iterable[str]]) -> list[GroupResult]:
+    """:func:`validate` for an interchange whose transaction sets are not held (a file read in blocks,
+    :mod:`engine.formats.x12_stream`): ``segments(group index, set indexes)`` yields those sets' segment
+    texts as they are read, and pyx12 checks them as they come. Same results as :func:`validate`."""
+    return [_validate_group(interchange, g, functools.partial(segments, k)) for k, g in enumerate(interchange.groups)]

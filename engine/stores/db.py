@@ -8,6 +8,7 @@ the SQLAlchemy docs explains the pysqlite quirk this fixes).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -42,10 +43,10 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-SQLITE_CACHE_KIB = 65_536
-"""SQLite page cache per connection, in KiB."""
-SQLITE_MMAP_BYTES = 1 << 30
-"""How much of a SQLite file is read through a memory map, in bytes."""
+SQLITE_CACHE_KIB = int(os.environ.get("ENGINE_SQLITE_CACHE_KIB", "65536"))
+"""SQLite page cache per connection, in KiB (``ENGINE_SQLITE_CACHE_KIB``: less on a small machine)."""
+SQLITE_MMAP_BYTES = int(os.environ.get("ENGINE_SQLITE_MMAP_BYTES", str(1 << 30)))
+"""How much of a SQLite file is read through a memory map, in bytes (``ENGINE_SQLITE_MMAP_BYTES``; 0: none)."""
 
 
 def make_engine(url: str, *, durable: bool = False) -> Engine:

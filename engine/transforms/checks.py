@@ -10,7 +10,9 @@ SVC 1), amounts' differences and codes, never a patient's name or identifier.
   section 1.10.2): BPR02 equals the claim payments (CLP04) less the provider adjustments
   (PLB); each claim's charge (CLP03) less its payment equals its adjustments, claim and line
   level; its lines' payments (SVC03) add up to its payment; each line's charge (SVC02) less its
-  payment equals its own adjustments. Checked in exact decimals.
+  payment equals its own adjustments. Checked in exact decimals. A message holding one part of a
+  set cut into several (a big file, :func:`engine.formats.x12_stream.part_number`) holds whole
+  claims but not all of them: its claims are checked, BPR02 against the claims is not.
 - ``x12_835_claims``: each claim payment's patient control number (CLP01) names a claim in the
   PM store (``pm.claim``, an 837 we built or received) paid to this payee. A payment that
   matches none is posted all the same (billing staff post it by hand) and reported here.
@@ -24,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from engine.formats.x12_stream import part_number
 from engine.records import Record
 
 Check = Callable[[Any, list[Record], Any], list[str]]
@@ -91,6 +94,8 @@ def balance_835(msg, records: list[Record], store: Any = None) -> list[str]:
         seg = msg.segments[span[0]]
         for k in range(4, 15, 2):
             plb += _money(seg.field(k))
+    if part_number(msg) is not None:
+        return out  # one part of a set: BPR02 pays every part's claims
     bpr = _money(msg.value("BPR-02"))
     if msg.value("BPR-03") == "D":  # a debit: the payee owes the payer
         bpr = -bpr
