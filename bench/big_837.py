@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import sys
 import tempfile
@@ -24,26 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from x12bench import channel_config, generator  # noqa: E402
+
 BYTES_PER_SUBSCRIBER = 430  # the generator's subscriber loop with one claim of one line, about
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("x12_generate", ROOT / "tests/fixtures/x12/_generate.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def _config(folder: Path) -> Path:
-    """The sample claims-837-in channel alone, as written in config/channels.yaml."""
-    text = (ROOT / "config/channels.yaml").read_text()
-    head = text[: text.index("channels:")]
-    start = text.index("  - name: claims-837-in")
-    end = text.index("  - name: acks-999-in")
-    head = head.replace("mappings_dir: ../mappings", f"mappings_dir: {ROOT / 'mappings'}")
-    path = folder / "channels.yaml"
-    path.write_text(head + "channels:\n" + text[start:end])
-    return path
 
 
 def _vm() -> dict[str, float]:
@@ -65,7 +48,7 @@ def main() -> None:
         os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
     os.environ.update(ENGINE_X12_DIR=str(folder / "x12"), ENGINE_X12_POLL_SECONDS="0.05", ENGINE_X12_STABLE_SECONDS="0")
 
-    gen = _generator()
+    gen = generator()
     subscribers = int(args.megabytes * 1e6 / BYTES_PER_SUBSCRIBER)
     t = time.perf_counter()
     source = folder / "batch.837.src"
@@ -79,7 +62,7 @@ def main() -> None:
     from engine.config import load_config
     from engine.runtime import Runtime
 
-    rt = Runtime(load_config(_config(folder)))
+    rt = Runtime(load_config(channel_config(folder, "claims-837-in")))
     rt.prepare_schemas()
     rt.start()
     loop = asyncio.new_event_loop()
@@ -110,7 +93,7 @@ def main() -> None:
     after = _vm()
     print()
     grew, mb = after["VmHWM"] - before["VmHWM"], size / 1e6
-    overall, steady = subscribers / posted, subscribers / (posted - (first or 0))
+    overall, steady = subscribers / posted, subscribers / max(posted - (first or 0), 1e-3)
     print(f"{subscribers:,} claims posted in {posted:.1f} s: {overall:,.0f} claims/s overall, {steady:,.0f} once begun")
     print(f"peak RSS (VmHWM) {before['VmHWM']:.1f} -> {after['VmHWM']:.1f} MB: +{grew:.1f} MB for a {mb:.1f} MB file")
     asyncio.run_coroutine_threadsafe(rt.stop_sources(), loop).result(30)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import sys
 import tempfile
@@ -25,25 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("x12_generate", ROOT / "tests/fixtures/x12/_generate.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def _config(folder: Path) -> Path:
-    """The sample remittance-835 channel alone, as written in config/channels.yaml."""
-    text = (ROOT / "config/channels.yaml").read_text()
-    head = text[: text.index("channels:")]
-    start = text.index("  - name: remittance-835")
-    end = text.index("  - name: claims-837-in")
-    head = head.replace("mappings_dir: ../mappings", f"mappings_dir: {ROOT / 'mappings'}")
-    path = folder / "channels.yaml"
-    path.write_text(head + "channels:\n" + text[start:end])
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from x12bench import channel_config, generator  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -72,7 +54,7 @@ def main() -> None:
         os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
     os.environ.update(ENGINE_X12_DIR=str(folder / "x12"), ENGINE_X12_POLL_SECONDS="0.05", ENGINE_X12_STABLE_SECONDS="0")
 
-    gen = _generator()
+    gen = generator()
     t = time.perf_counter()
     text = gen.many_claims_835(args.claims)
     data = text.encode()
@@ -99,7 +81,7 @@ def main() -> None:
     x12_parallel.THRESHOLD = threshold
     assert [g.status for g in results] == ["A"], "the generated 835 must validate clean"
 
-    rt = Runtime(load_config(_config(folder)))
+    rt = Runtime(load_config(channel_config(folder, "remittance-835")))
     rt.prepare_schemas()
     rt.start()
     loop = asyncio.new_event_loop()

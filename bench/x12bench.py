@@ -1,0 +1,28 @@
+"""What the X12 benchmarks share: the fixture generator, and one sample channel as a config."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generator() -> ModuleType:
+    """tests/fixtures/x12/_generate.py, loaded by path (it is not a package)."""
+    spec = importlib.util.spec_from_file_location("x12_generate", ROOT / "tests/fixtures/x12/_generate.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def channel_config(folder: Path, channel: str) -> Path:
+    """config/channels.yaml with the sample ``channel`` alone, as written there, in ``folder``."""
+    text = (ROOT / "config/channels.yaml").read_text()
+    head = text[: text.index("channels:")].replace("mappings_dir: ../mappings", f"mappings_dir: {ROOT / 'mappings'}")
+    start = text.index(f"  - name: {channel}")
+    end = text.find("\n  - name:", start + 1)
+    path = folder / "channels.yaml"
+    path.write_text(head + "channels:\n" + text[start : end if end >= 0 else len(text)] + "\n")
+    return path
