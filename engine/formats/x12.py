@@ -116,7 +116,7 @@ class X12Message(hl7.Message):
     stripped of their padding.
     """
 
-    __slots__ = ("_free", "_hl_parent", "_own")
+    __slots__ = ("_free", "_hl_parent", "_hl_spans", "_own")
     format = "x12"
 
     def __init__(self, segments: list[str], element: str, component: str, repetition: str | None):
@@ -136,6 +136,7 @@ class X12Message(hl7.Message):
         self._own: dict[tuple[str, Span], list[int]] = {}
         self._hl_parent: dict[int, int] | None = None
         self._free: dict[tuple[str, str], bool] = {}
+        self._hl_spans: dict[int, Span] = {}
 
     @classmethod
     def from_text(cls, text: str) -> X12Message:
@@ -228,10 +229,11 @@ class X12Message(hl7.Message):
         """``scopes`` with each HL loop's parent HL loops before it (HL02 names the parent)."""
         if not any(self._names[s[0]] == "HL" for s in scopes):
             return list(scopes)
-        if self._hl_parent is None:
+        if self._hl_parent is None:  # once per message: HL id -> its loop, and each loop's parent
             by_id = {self.segments[i].field(1): i for i in self.positions("HL")}
             self._hl_parent = {i: by_id.get(self.segments[i].field(2), -1) for i in self.positions("HL")}
-        spans = {s[0]: s for s in self.spans("HL")}
+            self._hl_spans = {s[0]: s for s in self.spans("HL")}
+        spans = self._hl_spans
         out: list[Span] = []
         for s in scopes:
             if self._names[s[0]] == "HL":
