@@ -53,7 +53,18 @@ benchmark gets a free port for each, so that it never meets `make run` or anothe
 
 
 def sample_ports() -> dict[str, str]:
-    return {name: str(free_port()) for name in SAMPLE_PORTS}
+    """A distinct free port for each variable: the sockets are held until all are chosen (ports
+    chosen one at a time, each socket closed at once, can come back twice)."""
+    socks = []
+    try:
+        for _name in SAMPLE_PORTS:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return {name: str(s.getsockname()[1]) for name, s in zip(SAMPLE_PORTS, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _alive(pid: int) -> bool:
