@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from x12bench import channel_config, generator  # noqa: E402
+from x12bench import channel_config, engine_folder, generator  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -49,10 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--claims", type=int, default=10_000)
     args = ap.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-835-"))
-    for store in ("MESSAGE", "CLINICAL", "PM"):
-        os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
-    os.environ.update(ENGINE_X12_DIR=str(folder / "x12"), ENGINE_X12_POLL_SECONDS="0.05", ENGINE_X12_STABLE_SECONDS="0")
+    folder = engine_folder("bench-835-")
 
     gen = generator()
     t = time.perf_counter()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -26,3 +28,13 @@ def channel_config(folder: Path, channel: str) -> Path:
     path = folder / "channels.yaml"
     path.write_text(head + "channels:\n" + text[start : end if end >= 0 else len(text)] + "\n")
     return path
+
+
+def engine_folder(prefix: str) -> Path:
+    """A temporary folder for the embedded engine's SQLite stores and X12 folders, named to the
+    sample config through its environment variables; inboxes polled every 50 ms, files taken at once."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    for store in ("MESSAGE", "CLINICAL", "PM"):
+        os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
+    os.environ.update(ENGINE_X12_DIR=str(folder / "x12"), ENGINE_X12_POLL_SECONDS="0.05", ENGINE_X12_STABLE_SECONDS="0")
+    return folder

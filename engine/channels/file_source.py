@@ -142,6 +142,26 @@ class FileSource:
         self._seen = seen
         return out
 
+    # -- the answers, shared by both ways of taking a file -----------------------------------------
+    def _ta1_for_data(self, problems: list, at: datetime) -> tuple[str, str]:
+        """The TA1 for data in which no interchange could be found."""
+        (n,) = next_control_numbers(self.store.engine, "", "")
+        return ("ta1", x12_ack.build_ta1(None, None, problems[0], isa_control=n, at=at))
+
+    def _ta1_for(self, ic, at: datetime) -> tuple[str, tuple[str, str]]:
+        """Why interchange ``ic`` is refused, and its TA1."""
+        why = "; ".join(f"TA1 {p.code}: {p.text}" for p in ic.problems)
+        (n,) = next_control_numbers(self.store.engine, *_pair(ic))
+        return why, ("ta1", x12_ack.build_ta1(ic, ic.isa, ic.problems[0], isa_control=n, at=at))
+
+    def _999_for(self, ic, results: list, at: datetime) -> tuple[str, str] | None:
+        """The 999 answering ``ic``'s groups (None when they are all acknowledgments themselves)."""
+        answered = [gr for gr in results if gr.group.functional_id not in NOT_ACKNOWLEDGED]
+        if not answered:
+            return None
+        (n,) = next_control_numbers(self.store.engine, *_pair(ic))
+        return ("999", x12_ack.build_999(ic, answered, isa_control=n, gs_control=n, at=at))
+
     # -- one file ---------------------------------------------------------------------------------
     def take(self, path: Path) -> list[Stored]:
         """Read, validate, commit, acknowledge and move one file; returns what was committed."""
@@ -162,33 +182,25 @@ class FileSource:
         at = datetime.now(UTC)
         if problems and not interchanges:
             items.append(Inbound(name, data, message_type="X12", error="; ".join(rejected)[:2000], peer=path.name))
-            (n,) = next_control_numbers(self.store.engine, "", "")
-            acks.append(("ta1", x12_ack.build_ta1(None, None, problems[0], isa_control=n, at=at)))
+            acks.append(self._ta1_for_data(problems, at))
         for ic in interchanges:
-            us, them = f"{ic.receiver_qualifier}:{ic.receiver}", f"{ic.sender_qualifier}:{ic.sender}"
             if ic.problems:
-                why = "; ".join(f"TA1 {p.code}: {p.text}" for p in ic.problems)
+                why, ack = self._ta1_for(ic, at)
                 rejected.append(f"interchange {ic.control}: {why}")
                 items.append(_inbound(name, ic, None, None, error=why, window=window, peer=path.name))
-                (n,) = next_control_numbers(self.store.engine, us, them)
-                acks.append(("ta1", x12_ack.build_ta1(ic, ic.isa, ic.problems[0], isa_control=n, at=at)))
+                acks.append(ack)
                 continue
             results = x12_validate.validate(ic)
             for gr in results:
                 for tr in gr.transactions:
-                    error = None
-                    if tr.status == "R":
-                        error = _summary(tr)
-                        rejected.append(
-                            f"transaction set {ic.control}/{gr.group.control}/{tr.transaction.control}: {error}"
-                        )
+                    error = _summary(tr) if tr.status == "R" else None
+                    if error:
+                        rejected.append(_rejected(ic, gr, tr, error))
                     items.append(
                         _inbound(name, ic, gr.group, tr.transaction, error=error, window=window, peer=path.name)
                     )
-            answered = [gr for gr in results if gr.group.functional_id not in NOT_ACKNOWLEDGED]
-            if answered:
-                (n,) = next_control_numbers(self.store.engine, us, them)
-                acks.append(("999", x12_ack.build_999(ic, answered, isa_control=n, gs_control=n, at=at)))
+            if (ack999 := self._999_for(ic, results, at)) is not None:
+                acks.append(ack999)
         stored = self.committer.submit_sync(items) if items else []
         for k, (suffix, text) in enumerate(acks, 1):
             self._write_ack(path, k, suffix, text)
@@ -217,29 +229,22 @@ class FileSource:
         rejected: list[str] = [f"TA1 {p.code}: {p.text}" for p in problems]
         if problems and not interchanges:
             errors.append(Inbound(name, b"", message_type="X12", error="; ".join(rejected)[:2000], peer=path.name))
-            (n,) = next_control_numbers(self.store.engine, "", "")
-            acks.append(("ta1", x12_ack.build_ta1(None, None, problems[0], isa_control=n, at=at)))
+            acks.append(self._ta1_for_data(problems, at))
         why: dict[tuple[int, int, int], str | None] = {}
         for i, ic in enumerate(interchanges):
-            us, them = f"{ic.receiver_qualifier}:{ic.receiver}", f"{ic.sender_qualifier}:{ic.sender}"
             if ic.problems:
-                reason = "; ".join(f"TA1 {p.code}: {p.text}" for p in ic.problems)
+                reason, ack = self._ta1_for(ic, at)
                 rejected.append(f"interchange {ic.control}: {reason}")
                 errors.append(_inbound(name, ic, None, None, error=reason, window=window, peer=path.name, content=""))
-                (n,) = next_control_numbers(self.store.engine, us, them)
-                acks.append(("ta1", x12_ack.build_ta1(ic, ic.isa, ic.problems[0], isa_control=n, at=at)))
+                acks.append(ack)
                 continue
             for g, gr in enumerate(verdicts[i]):
                 for t, tr in enumerate(gr.transactions):
-                    why[i, g, t] = _summary(tr) if tr.status == "R" else None
-                    if tr.status == "R":
-                        rejected.append(
-                            f"transaction set {ic.control}/{gr.group.control}/{tr.transaction.control}: {why[i, g, t]}"
-                        )
-            answered = [gr for gr in verdicts[i] if gr.group.functional_id not in NOT_ACKNOWLEDGED]
-            if answered:
-                (n,) = next_control_numbers(self.store.engine, us, them)
-                acks.append(("999", x12_ack.build_999(ic, answered, isa_control=n, gs_control=n, at=at)))
+                    why[i, g, t] = error = _summary(tr) if tr.status == "R" else None
+                    if error:
+                        rejected.append(_rejected(ic, gr, tr, error))
+            if (ack999 := self._999_for(ic, verdicts[i], at)) is not None:
+                acks.append(ack999)
         stored = self.committer.submit_sync(errors) if errors else []
         batch: list[Inbound] = []
         self._behind = None
@@ -336,6 +341,16 @@ def _inbound(
         duplicate_window=window,
         peer=peer[:100],
     )
+
+
+def _pair(ic) -> tuple[str, str]:
+    """(us, the partner) for an answer to ``ic``: its receiver and its sender, qualifier:id."""
+    return f"{ic.receiver_qualifier}:{ic.receiver}", f"{ic.sender_qualifier}:{ic.sender}"
+
+
+def _rejected(ic, gr, tr, error: str) -> str:
+    """A reason-file line for a rejected transaction set: its control numbers and why."""
+    return f"transaction set {ic.control}/{gr.group.control}/{tr.transaction.control}: {error}"
 
 
 def _summary(tr) -> str:

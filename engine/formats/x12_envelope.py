@@ -333,6 +333,16 @@ class _Reader:
             self.problem("023", "The interchange ends without an IEA segment")
 
 
+def _open(isa: list[str], delims: Delimiters, seen: set[str]) -> _Reader:
+    """The reader of an interchange just found; ``seen``: the control numbers of the data's
+    interchanges before it (a repeat is TA1 025)."""
+    reader = _Reader(isa, delims)
+    if reader.ic.control in seen:
+        reader.problem("025", "ISA13 repeats the control number of an earlier interchange in this data")
+    seen.add(reader.ic.control)
+    return reader
+
+
 def _find_isa(text: str, start: int) -> int:
     k = text.find("ISA", start)
     while k != -1 and k + 3 < len(text) and not _is_delim(text[k + 3]):
@@ -347,7 +357,7 @@ def read_interchanges(data: bytes) -> tuple[list[Interchange], list[EnvelopeProb
     stray: list[EnvelopeProblem] = []
     if not text.strip(_BLANK):
         return out, [EnvelopeProblem("023", "The data is empty")]
-    pos, seen = 0, set()
+    pos, seen = 0, set[str]()
     while True:
         k = _find_isa(text, pos)
         gap = text[pos : len(text) if k == -1 else k].strip(_BLANK)
@@ -364,10 +374,7 @@ def read_interchanges(data: bytes) -> tuple[list[Interchange], list[EnvelopeProb
             pos = k + 3
             continue
         isa, delims, p = parsed
-        reader = _Reader(isa, delims)
-        if reader.ic.control in seen:
-            reader.problem("025", "ISA13 repeats the control number of an earlier interchange in this data")
-        seen.add(reader.ic.control)
+        reader = _open(isa, delims, seen)
         strip = "".join(c for c in _BLANK if c not in (delims.element, delims.component, delims.segment))
         end = p
         while not reader.done:

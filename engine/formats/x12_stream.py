@@ -42,8 +42,8 @@ from engine.formats.x12_envelope import (
     Interchange,
     Transaction,
     _is_delim,
+    _open,
     _parse_isa,
-    _Reader,
     single,
 )
 
@@ -177,7 +177,7 @@ class StreamReader:
             yield from self._walk(_Text(f, self.encoding, self.block_bytes))
 
     def _walk(self, t: _Text) -> Iterator[Seg]:
-        out, stray, pos, seen = self.interchanges, self.stray, 0, set()
+        out, stray, pos, seen = self.interchanges, self.stray, 0, set[str]()
         while True:
             k, dirty = t.find_isa(pos)
             if k == -1 and not out and not stray:
@@ -195,10 +195,7 @@ class StreamReader:
                 pos = k + 3
                 continue
             isa, delims, after = parsed
-            reader = _Reader(isa, delims)
-            if reader.ic.control in seen:
-                reader.problem("025", "ISA13 repeats the control number of an earlier interchange in this data")
-            seen.add(reader.ic.control)
+            reader = _open(isa, delims, seen)
             out.append(reader.ic)
             n = len(out) - 1
             fixed = "ISA" + "".join(delims.element + e.ljust(w)[:w] for e, w in zip(isa[1:], ISA_WIDTHS))
