@@ -63,6 +63,9 @@ class FhirSourceConfig(ConnectorConfig):
     """Retry-After of a 503 while the store cannot commit."""
     resources: list[str] = Field(default_factory=lambda: ["Patient", "Observation"], min_length=1)
     """The resource types this endpoint takes (what its mappings map); another type gets 404."""
+    read_stores: dict[str, str] = Field(default_factory=dict)
+    """The stores the read API serves, by kind (``{clinical: clinical, pm: pm}``: store names
+    under ``stores:``); empty: this endpoint takes writes only (:mod:`engine.channels.fhir_read`)."""
 
 
 def token_hash(token: str) -> str:
@@ -158,6 +161,11 @@ class FhirSource:
         @app.get("/fhir/metadata")
         async def metadata() -> JSONResponse:
             return answer(200, self.capability())
+
+        if self.config.read_stores:  # GET routes: before the write routes, after metadata
+            from engine.channels import fhir_read
+
+            fhir_read.mount(app, self, answer)
 
         @app.post("/fhir/{rtype}")
         async def create(rtype: str, request: Request) -> JSONResponse:

@@ -493,6 +493,71 @@ immunization = Table(
     UniqueConstraint(*IMMUNIZATION_KEY, name="uq_immunization_key"),
 )
 
+CONDITION_KEY = ("condition_id", "condition_namespace")
+"""A condition sent over FHIR (Condition) is its identifier: value and system ('' when the client
+gave only an id: then the id, with namespace ``Condition.id``). A problem-list entry has no
+visit, so it cannot be a ``diagnosis`` (a visit's DG1, keyed by visit and code); a Condition
+naming an encounter is written to ``diagnosis`` as well, by the FHIR mapping."""
+PROCEDURE_KEY = ("procedure_id", "procedure_namespace")
+"""A procedure (FHIR Procedure; HL7 PR1 has no identifier of its own before v2.6) is its
+identifier: value and system, as a condition."""
+
+condition = Table(
+    "condition",
+    metadata,
+    id_column(),
+    Column("condition_id", String, nullable=False),
+    namespace_column("condition_namespace"),
+    Column("mrn", String),
+    issuer_column(),
+    Column("visit_number", String),
+    Column("code", String),
+    Column("code_system", String),
+    Column("code_text", String),
+    Column("category", String),  # problem-list-item, encounter-diagnosis, health-concern
+    Column("clinical_status", String),  # active, recurrence, relapse, inactive, remission, resolved
+    Column("verification_status", String),  # unconfirmed, provisional, confirmed, refuted, ...
+    *coded_columns("severity"),
+    Column("onset_at", UTCDateTime),
+    Column("onset_date", Date),
+    Column("abatement_at", UTCDateTime),
+    Column("abatement_date", Date),
+    Column("recorded_date", Date),
+    Column("recorder", String),
+    Column("recorder_name", String),
+    Column("notes", Text),
+    *managed_columns(),
+    UniqueConstraint(*CONDITION_KEY, name="uq_condition_key"),
+)
+Index(None, condition.c.mrn)
+
+procedure = Table(
+    "procedure",
+    metadata,
+    id_column(),
+    Column("procedure_id", String, nullable=False),
+    namespace_column("procedure_namespace"),
+    Column("mrn", String),
+    issuer_column(),
+    Column("visit_number", String),
+    Column("code", String),
+    Column("code_system", String),
+    Column("code_text", String),
+    Column("status", String),  # FHIR codes: in-progress, completed, not-done, ...
+    *coded_columns("category"),
+    Column("performed_at", UTCDateTime),
+    Column("performed_date", Date),
+    Column("performed_end_at", UTCDateTime),
+    Column("performer", String),
+    Column("performer_name", String),
+    *coded_columns("body_site"),
+    *coded_columns("reason"),
+    Column("notes", Text),
+    *managed_columns(),
+    UniqueConstraint(*PROCEDURE_KEY, name="uq_procedure_key"),
+)
+Index(None, procedure.c.mrn)
+
 patient_merge = merge_audit_table(metadata, "patient_merge")
 record_access = access_audit_table(metadata, "record_access")
 
@@ -510,6 +575,8 @@ _TABLES = (
     medication_administration,
     document,
     immunization,
+    condition,
+    procedure,
     patient_merge,
 )
 
@@ -530,6 +597,8 @@ SPEC = StoreSpec(
         "medication_administration": ADMINISTRATION_KEY,
         "document": DOCUMENT_KEY,
         "immunization": IMMUNIZATION_KEY,
+        "condition": CONDITION_KEY,
+        "procedure": PROCEDURE_KEY,
         "patient_merge": MERGE_AUDIT_KEY,
     },
     identity="patient",

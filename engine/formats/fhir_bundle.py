@@ -1,0 +1,87 @@
+"""FHIR resources the engine builds: deterministic ids, and records made into a transaction Bundle.
+
+Two parts of the engine give out FHIR resources: the mappings that convert HL7 v2 into FHIR
+(records whose target is ``fhir.<ResourceType>``, sent by the ``fhir`` destination) and the
+FHIR read API over the stores. Both name a resource by :func:`resource_id`: a UUID (version 5)
+of the resource type and the natural key of what it stands for (a patient's issuer and
+identifier, an encounter's visit number, an observation's position in its report). So:
+
+- the same message converted twice gives the same ids, and a resend updates (PUT) instead of
+  creating a second resource;
+- a resource converted from HL7 and the one the read API serves from the row the same HL7
+  message wrote carry the same id (``Patient/<id>`` in a Bundle sent downstream is
+  ``GET /fhir/Patient/<id>`` on this engine).
+
+A UUID, not the key itself: a key holds patient identifiers, which must not appear in a URL
+(URLs are logged by proxies), and FHIR ids are limited to 64 characters of ``[A-Za-z0-9.-]``.
+
+A record for FHIR (:class:`~engine.records.Record`) has the target ``fhir.<ResourceType>``
+and, as ``values``, the resource's elements (JSON-ready: str, int, float, bool, dict, list)
+including ``id``. :func:`transaction` makes them one transaction Bundle of PUTs, so the
+receiver creates or updates each by its id, all or nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from engine.records import Record
+
+NAMESPACE = uuid.UUID("6f1c3a52-3d1e-5b7e-9a57-0e2b8c4d1f60")
+"""The engine's namespace for resource ids (fixed: changing it changes every id ever given)."""
+
+
+def resource_id(resource_type: str, *key: Any) -> str:
+    """The id of the ``resource_type`` resource whose natural key is ``key``.
+
+    Key parts are taken as text (None as ''), in order, joined by a separator no key holds
+    (U+001F), so ("a|b", "c") and ("a", "b|c") never meet."""
+    text = "\x1f".join([resource_type, *("" if k is None else str(k) for k in key)])
+    return str(uuid.uuid5(NAMESPACE, text))
+
+
+def is_fhir_target(target: str) -> bool:
+    return target.startswith("fhir.")
+
+
+def resource(record: Record) -> dict[str, Any]:
+    """The resource a ``fhir.<Type>`` record stands for: resourceType first, then its elements."""
+    rtype = record.target.split(".", 1)[1]
+    return {"resourceType": rtype, **record.values}
+
+
+def transaction(records: Iterable[Record]) -> dict[str, Any]:
+    """One transaction Bundle: each record a ``PUT <Type>/<id>`` entry, in order.
+
+    Two records of the same resource (same type and id) are one entry: the later one's elements
+    over the earlier one's (a message that names its patient in PID and again in a later
+    segment gives one Patient)."""
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        res = resource(record)
+        rid = res.get("id")
+        if not isinstance(rid, str) or not rid:
+            raise ValueError(f"{record.target} has no id: a resource sent by PUT needs one")
+        at = (res["resourceType"], rid)
+        entries[at] = {**entries[at], **res} if at in entries else res
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{rid}" if _is_uuid(rid) else f"{rtype}/{rid}",
+                "resource": res,
+                "request": {"method": "PUT", "url": f"{rtype}/{rid}"},
+            }
+            for (rtype, rid), res in entries.items()
+        ],
+    }
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
