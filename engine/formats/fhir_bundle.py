@@ -42,6 +42,31 @@ def resource_id(resource_type: str, *key: Any) -> str:
     return str(uuid.uuid5(NAMESPACE, text))
 
 
+ROW_RESOURCES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("clinical", "patient"): ("Patient",),
+    ("clinical", "encounter"): ("Encounter",),
+    ("clinical", "observation"): ("Observation",),
+    ("clinical", "diagnostic_report"): ("DiagnosticReport",),
+    ("clinical", "allergy"): ("AllergyIntolerance",),
+    ("clinical", "diagnosis"): ("Condition", "diagnosis"),  # beside the condition table's own Conditions
+    ("clinical", "condition"): ("Condition",),
+    ("clinical", "procedure"): ("Procedure",),
+    ("clinical", "appointment"): ("Appointment",),
+    ("pm", "coverage"): ("Coverage",),
+}
+"""(store kind, table) -> the resource type its rows are served as, then any fixed key parts
+before the row's natural key (a visit's DG1 row, ``diagnosis``, is a Condition too: its id
+is ``resource_id("Condition", "diagnosis", visit_number, code)``). These tables carry a
+``fhir_id`` column, set when a row is first written and never changed after."""
+
+
+def row_id(kind: str, table: str, key: tuple[Any, ...]) -> str | None:
+    """The id a row of ``table`` (natural ``key`` values, in the table's key order) is served
+    under; None for a table the FHIR API does not serve."""
+    prefix = ROW_RESOURCES.get((kind, table))
+    return None if prefix is None else resource_id(prefix[0], *prefix[1:], *key)
+
+
 def is_fhir_target(target: str) -> bool:
     return target.startswith("fhir.")
 

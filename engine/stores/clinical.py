@@ -35,6 +35,7 @@ from engine.stores.columns import (
     appointment_columns,
     coded_columns,
     demographic_columns,
+    fhir_id_column,
     id_column,
     issuer_column,
     managed_columns,
@@ -557,6 +558,11 @@ procedure = Table(
     UniqueConstraint(*PROCEDURE_KEY, name="uq_procedure_key"),
 )
 Index(None, procedure.c.mrn)
+
+_SERVED = (patient, encounter, observation, diagnostic_report, allergy, diagnosis, appointment, condition, procedure)
+for _served in _SERVED:
+    _served.append_column(fhir_id_column())  # what the FHIR API serves: GET /fhir/<Type>/<fhir_id>
+    Index(None, _served.c.fhir_id, unique=True)
 
 patient_merge = merge_audit_table(metadata, "patient_merge")
 record_access = access_audit_table(metadata, "record_access")

@@ -176,6 +176,14 @@ def appointment_columns() -> list[Column[Any]]:
     return cols + [Column("notes", Text)]
 
 
+def fhir_id_column() -> Column:
+    """The id the FHIR API serves a row under (``GET /fhir/<Type>/<fhir_id>``): the client's id
+    when a FHIR client created the row with one, else the deterministic id of the row's natural
+    key (:func:`engine.formats.fhir_bundle.row_id`). Set on insert only (``info["insert_only"]``):
+    a resource's id never changes, whoever writes the row later."""
+    return Column("fhir_id", String(64), info={"insert_only": True})
+
+
 def managed_columns() -> list[Column]:
     """``updated_at``, ``last_message_id`` and ``last_seq``, appended to every table."""
     return [

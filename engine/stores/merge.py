@@ -30,13 +30,21 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, delete, exists, insert, select, update
 
+from engine.formats.fhir_bundle import row_id
 from engine.stores.columns import MANAGED, StoreSpec
 
 Patient = tuple[str, str]
 """(issuer, mrn): the issuer is '' where none is known."""
 
 _IDENTITY = ("mrn", "mrn_issuer", "merged_into", "merged_into_issuer")
-_COPY_SKIP = frozenset({"id", *_IDENTITY, *MANAGED})
+_COPY_SKIP = frozenset({"id", "fhir_id", *_IDENTITY, *MANAGED})
+
+
+def _served(spec: StoreSpec, patient: Patient) -> dict[str, Any]:
+    """The ``fhir_id`` of a patient row a merge inserts, where the identity table has one."""
+    if "fhir_id" not in spec.tables[spec.identity].c:
+        return {}
+    return {"fhir_id": row_id(spec.kind, spec.identity, (patient[1], patient[0]))}
 
 
 def _is(t: Any, patient: Patient, mrn: str = "mrn", issuer: str = "mrn_issuer"):
@@ -115,7 +123,7 @@ def apply_merge(
     old_row = conn.execute(select(ident).where(_is(ident, old))).mappings().first()
     if conn.execute(select(ident.c.id).where(_is(ident, new))).first() is None:
         data = {k: v for k, v in old_row.items() if k not in _COPY_SKIP} if old_row else {}
-        conn.execute(insert(ident).values(**survivor, merged_into=None, **data, **stamp))
+        conn.execute(insert(ident).values(**survivor, merged_into=None, **data, **_served(spec, new), **stamp))
     else:  # the survivor's row is the merge's to speak for from now on
         conn.execute(update(ident).where(_is(ident, new)).values(**moved(ident)))
     # Everything that pointed at the old patient (incl. earlier merges into it) now points at the survivor.
@@ -124,7 +132,8 @@ def apply_merge(
     if old_row is not None:
         conn.execute(update(ident).where(_is(ident, old)).values(**points_at_new, **moved(ident)))
     else:  # a stub, so later records for the old patient still resolve to the survivor
-        conn.execute(insert(ident).values(mrn_issuer=old[0], mrn=old[1], **points_at_new, **stamp))
+        stub = {"mrn_issuer": old[0], "mrn": old[1], **points_at_new, **_served(spec, old)}
+        conn.execute(insert(ident).values(**stub, **stamp))
 
     for name, t in spec.tables.items():
         if name in (spec.identity, spec.merge_audit) or "mrn" not in t.c:

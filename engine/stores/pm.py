@@ -29,6 +29,7 @@ from engine.stores.columns import (
     appointment_columns,
     coded_columns,
     demographic_columns,
+    fhir_id_column,
     id_column,
     issuer_column,
     managed_columns,
@@ -201,6 +202,9 @@ charge = Table(
 )
 Index(None, charge.c.mrn)
 Index(None, charge.c.visit_number)
+
+coverage.append_column(fhir_id_column())  # what the FHIR API serves: GET /fhir/Coverage/<fhir_id>
+Index(None, coverage.c.fhir_id, unique=True)
 
 billing = billing_tables(metadata)  # claims and remittances: engine/stores/pm_claims.py
 patient_merge = merge_audit_table(metadata, "pm_patient_merge")

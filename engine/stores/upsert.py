@@ -33,6 +33,7 @@ from sqlalchemy import Boolean, Date, Float, Integer, Table, and_, bindparam, or
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import DeliveryError
+from engine.formats.fhir_bundle import row_id
 from engine.stores.columns import MANAGED, Amount, JSONText, StoreSpec
 from engine.stores.db import UTCDateTime
 
@@ -155,6 +156,7 @@ class Planner:
         self._insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
         self._coercers = {name: {c.name: coercer(c) for c in t.columns} for name, t in spec.tables.items()}
         self._blank = {name: {c.name for c in t.columns if c.info.get("blank")} for name, t in spec.tables.items()}
+        self._served = {name for name, t in spec.tables.items() if "fhir_id" in t.c}
         self._statements: dict[tuple, Any] = {}
 
     def table(self, name: str) -> Table:
@@ -208,6 +210,8 @@ class Planner:
                 params[k] = ""  # a namespace not sent: the identifier's namespace is ''
             if params.get(k) is None or (params[k] == "" and k not in blank):
                 raise DeliveryError(f"{self.spec.kind}.{table}: key column {k!r} has no value", retryable=False)
+        if table in self._served and not params.get("fhir_id"):  # a record may bring the client's id
+            params["fhir_id"] = row_id(self.spec.kind, table, tuple(params[k] for k in natural))
         return Upsert(table, (table, natural, tuple(sorted(params))), params)
 
     def _check_identity(self, table: str, params: dict[str, Any]) -> None:
@@ -233,7 +237,8 @@ class Planner:
             table, key, cols = shape
             t = self.spec.tables[table]
             ins = self._insert(t).values({c: bindparam(c) for c in (*cols, *MANAGED)})
-            update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in key}
+            fixed = {*key, *(c.name for c in t.columns if c.info.get("insert_only"))}
+            update = {c: ins.excluded[c] for c in (*cols, *MANAGED) if c not in fixed}
             guard = or_(t.c.last_seq.is_(None), t.c.last_seq <= ins.excluded.last_seq)
             if "mrn" in cols and "mrn" not in key and table != self.spec.identity:  # never re-parented
                 same = and_(t.c.mrn == ins.excluded.mrn, t.c.mrn_issuer == ins.excluded.mrn_issuer)
