@@ -15,12 +15,18 @@ Connection hygiene (nothing is stored or ACKed for a frame cut short: the sender
   refused only if every connection is busy;
 - warnings are rate-limited: at most one line per reason per channel every
   :data:`WARN_INTERVAL_SECONDS`, then one line with the count of those not logged.
+
+TLS (``tls:``, :class:`engine.tls.ServerTls`): the listener speaks MLLP inside TLS only. A
+client that does not finish the handshake in ``tls.handshake_timeout_seconds`` (a plaintext
+client, one that does not trust our certificate, one without the client certificate mutual TLS
+asks for) is closed before it counts as a connection; nothing of it is read or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +36,7 @@ from engine.channels import registry
 from engine.channels.registry import ConnectorConfig
 from engine.errors import ParseError
 from engine.formats import hl7, hl7_ack, mllp
+from engine.tls import ServerTls
 
 log = logging.getLogger("engine.mllp")
 
@@ -62,9 +69,15 @@ class MllpListenerConfig(ConnectorConfig):
     result_timeout_seconds: float = Field(30.0, gt=0)
     """after_processing only: longest wait for the result before answering AE."""
 
+    tls: ServerTls | None = None
+    """Serve MLLP over TLS with this certificate (and client certificates, for mutual TLS)."""
+
     @property
     def listen_address(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+    def check(self, cfg, key, src) -> list:
+        return self.tls.check(src, key + ("tls",)) if self.tls is not None else []
 
 
 class RateLimitedLog:
@@ -135,11 +148,18 @@ class MllpListener:
         self._log = RateLimitedLog(channel.name)
 
     async def start(self) -> str:
+        tls = self.config.tls
         self._server = await asyncio.start_server(
-            self._handle, self.config.host, self.config.port, limit=2**20, reuse_address=True
+            self._handle,
+            self.config.host,
+            self.config.port,
+            limit=2**20,
+            reuse_address=True,
+            ssl=tls.context() if tls is not None else None,
+            ssl_handshake_timeout=tls.handshake_timeout_seconds if tls is not None else None,
         )
         port = self._server.sockets[0].getsockname()[1]
-        return f"mllp {self.config.host}:{port}"
+        return f"mllp {self.config.host}:{port}" + (" (TLS)" if tls is not None else "")
 
     @property
     def port(self) -> int:
@@ -170,7 +190,7 @@ class MllpListener:
         try:
             if self._admit(conn):
                 await self._serve(reader, writer, conn)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):  # the peer went, or broke TLS
             pass
         except asyncio.CancelledError:
             pass

@@ -13,12 +13,18 @@ message is retried. After a receive timeout the connection is closed too, so a l
 never read as the answer to the next message. A matching AA (or CA) counts as delivered; AE
 and connection failures are retried with the destination's backoff; AR (or CR) is final (the
 receiver says the message can never be accepted).
+
+TLS (``tls:``, :class:`engine.tls.ClientTls`): each connection does its handshake right after
+connecting, within ``timeout_seconds``, checking the receiver's certificate and host name
+(against ``tls.ca_file``, else the system's CAs). A failed handshake is a connection failure:
+retried with the destination's backoff (a certificate renewed at the receiver is picked up).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +37,7 @@ from engine.channels import registry
 from engine.channels.base import Destination, DestinationConfig, Item
 from engine.errors import DeliveryError, ParseError
 from engine.formats import hl7, mllp
+from engine.tls import ClientTls
 
 log = logging.getLogger("engine.mllp")
 
@@ -44,6 +51,11 @@ class MllpSenderConfig(DestinationConfig):
     max_connections: int = Field(4, ge=1, le=64)
     """Most connections open at once to this receiver; one per concurrent ``deliver`` call,
     further callers wait for a free one."""
+    tls: ClientTls | None = None
+    """Speak MLLP inside TLS, trusting ``tls.ca_file`` (else the system's CAs)."""
+
+    def check(self, cfg, key, src, *, check_mappings: bool = True) -> list:
+        return self.tls.check(src, key + ("tls",)) if self.tls is not None else []
 
 
 class MllpClient:
@@ -53,9 +65,10 @@ class MllpClient:
     nothing left in the stream is read as a later answer.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
-        """``timeout``: seconds, for connecting and for each whole ACK."""
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host: str, port: int, timeout: float = 30.0, tls: ssl.SSLContext | None = None):
+        """``timeout``: seconds, for connecting (and the TLS handshake) and for each whole ACK;
+        ``tls``: a client context to wrap each connection in (None: plain TCP)."""
+        self.host, self.port, self.timeout, self.tls = host, port, timeout, tls
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
@@ -72,8 +85,7 @@ class MllpClient:
         if self._sock is not None and self._out_of_step():
             self.close()  # unsolicited bytes or a closed peer: start on a fresh connection
         if self._sock is None:
-            self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = self._connect()
             self._buf.clear()
         try:
             self._sock.settimeout(self.timeout)
@@ -94,15 +106,34 @@ class MllpClient:
             self.close()
             raise
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is None:
+            return sock
+        try:  # the handshake runs here, under the socket's timeout
+            return self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
     def _out_of_step(self) -> bool:
-        """True if bytes (or the peer's close) wait on an idle connection before we send."""
+        """True if bytes (or the peer's close) wait on an idle connection before we send.
+
+        Over TLS a byte cannot be peeked: one is read (the connection is closed anyway when
+        there is one); TLS records without application data (session tickets) do not count."""
         sock = self._sock
         if self._buf or sock is None:
             return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
         sock.setblocking(False)
         try:
-            sock.recv(1, socket.MSG_PEEK)  # b"" (closed) or a byte nobody asked for
-        except BlockingIOError:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.recv(1)  # b"" (closed) or a byte nobody asked for
+            else:
+                sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except OSError:
             return True
@@ -146,8 +177,8 @@ class ClientPool:
     closed (it failed) is dropped; the next caller opens a new one.
     """
 
-    def __init__(self, host: str, port: int, timeout: float, size: int):
-        self._args = (host, port, timeout)
+    def __init__(self, host: str, port: int, timeout: float, size: int, tls: ssl.SSLContext | None = None):
+        self._args = (host, port, timeout, tls)
         self._size = size
         self._idle: list[MllpClient] = []
         self._lent = 0
@@ -192,7 +223,8 @@ class MllpSender(Destination):
 
     def __init__(self, config: MllpSenderConfig, context):
         super().__init__(config, context)
-        self.pool = ClientPool(config.host, config.port, config.timeout_seconds, config.max_connections)
+        tls = config.tls.context() if config.tls is not None else None
+        self.pool = ClientPool(config.host, config.port, config.timeout_seconds, config.max_connections, tls)
 
     def deliver(self, items: list[Item]) -> list[Exception | None]:
         """Send ``items`` in order on one pooled connection; one result per item."""
