@@ -85,11 +85,14 @@ class MappingError(EngineError):
 
 
 class DeliveryError(EngineError):
-    """A destination failed. ``retryable`` is False when another attempt cannot succeed."""
+    """A destination failed. ``retryable`` is False when another attempt cannot succeed;
+    ``retry_after``: seconds the receiver asked to wait before the next attempt (HTTP
+    Retry-After), at least as long as the destination's backoff; None: the backoff alone."""
 
-    def __init__(self, message: str, *, retryable: bool = True):
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(EngineError):

@@ -286,12 +286,15 @@ def _result(d: Destination, done, res: Exception | None) -> dict[str, Any]:
         )
     if (isinstance(res, DeliveryError) and not res.retryable) or attempts >= d.config.retry.max_attempts:
         return dict(destination=d.name, status=ERROR, attempts=attempts, error=_reason(res))
+    delay = d.config.retry.delay(attempts)
+    if isinstance(res, DeliveryError) and res.retry_after is not None:  # the receiver's Retry-After
+        delay = max(delay, res.retry_after)
     return dict(
         destination=d.name,
         status=QUEUED,
         attempts=attempts,
         error=_reason(res),
-        next_attempt_at=now() + timedelta(seconds=d.config.retry.delay(attempts)),
+        next_attempt_at=now() + timedelta(seconds=delay),
     )
 
 
