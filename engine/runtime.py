@@ -59,6 +59,7 @@ class Runtime:
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
         self.receiver.config = cfg  # sources that read more than their own block (claims: billing:, stores:)
+        self.receiver.record_store = self.record_store  # sources that read the stores (the FHIR API)
         self.destinations: dict[str, list[Destination]] = {
             ch.name: [
                 registry.DESTINATIONS[d.type].factory(d, Context(cfg, self.record_store, self.route, ch.config))

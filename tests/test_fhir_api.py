@@ -6,12 +6,15 @@ with the FHIR mappings)."""
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import EngineProcess, config_file
+from pki import make_pki
 from services import free_port
 
 from engine.channels.fhir_source import token_hash
@@ -179,5 +182,27 @@ def test_while_the_store_cannot_commit_the_answer_is_503_with_retry_after(tmp_pa
             assert time.monotonic() < deadline
             time.sleep(0.5)
         assert r.status_code == 201  # and it recovers
+    finally:
+        eng.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for a throwaway CA")
+def test_the_endpoint_serves_https_with_its_certificate_and_refuses_plain_http(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    text = fhir_config(tmp_path, port, tmp_path / "out").read_text()
+    tls = f"      tls: {{cert_file: {pki}/server.pem, key_file: {pki}/server.key}}\n"
+    config = config_file(tmp_path, text.replace("      resources:", tls + "      resources:"), "tls.yaml")
+    eng = EngineProcess(tmp_path, config=config).start()
+    try:
+        assert any(line.startswith(f"channel fhir-in: fhir https://127.0.0.1:{port}/fhir") for line in eng.lines)
+        headers, trust = {"Authorization": f"Bearer {TOKEN}"}, ssl.create_default_context(cafile=pki / "ca.pem")
+        r = httpx.post(f"https://127.0.0.1:{port}/fhir/Patient", json=PATIENT, headers=headers, verify=trust)
+        assert r.status_code in (200, 201), r.text
+        with pytest.raises(httpx.HTTPError):  # a client that does not trust the certificate
+            httpx.get(f"https://127.0.0.1:{port}/fhir/metadata", timeout=10)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to a TLS port gets no HTTP answer
+            httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=10)
+        assert httpx.get(f"https://127.0.0.1:{port}/fhir/metadata", verify=trust).status_code == 200
     finally:
         eng.stop()

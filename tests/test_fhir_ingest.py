@@ -1,4 +1,4 @@
-"""FHIR R4 into the clinical store on the sample channel `fhir-in` (config/channels.yaml), over
+"""FHIR R4 into the clinical store on the sample channel `fhir-inbound` (config/channels.yaml), over
 real HTTP: one patient whether registered over HL7 or FHIR, a transaction Bundle all or nothing."""
 
 from __future__ import annotations

@@ -18,8 +18,12 @@ The server's answer decides:
   the message goes to ERROR for this destination.
 
 The OperationOutcome a server answers with is kept in the delivery's error text (``deliveries``
-and the message's ``error`` in the message store, what ``engine messages`` shows), never logged:
-it may quote what was sent. Log lines name the destination, message id and HTTP status only;
+and the message's ``error`` in the message store, what ``engine messages`` shows), never logged,
+and without its free text: each issue's severity, code, coded details and location
+(``expression``, ``location``) are kept, its ``diagnostics`` and ``details.text`` are not, because
+another server's words may quote what was sent (patient values), and error texts are shown to
+operators without the audit a message's content needs. The location says what to fix.
+Log lines name the destination, message id and HTTP status only;
 the token is never in a log line or an error text (the URL in them is scheme, host and port).
 
 Per-patient order: the processor hands this destination one message at a time in receive order
@@ -243,10 +247,12 @@ def _json(response: httpx.Response) -> Any:
 
 def _outcome(found: Any) -> str:
     """The OperationOutcome in an answer, as compact JSON of whole issues up to
-    MAX_OUTCOME_CHARS (a count of the rest after them); '' when the answer holds none."""
+    MAX_OUTCOME_CHARS (a count of the rest after them), free text left out (module docstring);
+    '' when the answer holds none."""
     if not isinstance(found, dict) or found.get("resourceType") != "OperationOutcome":
         return ""
-    issues = _list(found.get("issue"))
+    issues = [_coded(i) for i in _list(found.get("issue")) if isinstance(i, dict)]
+    found = {"resourceType": "OperationOutcome"}
     kept = dict(found, issue=[])
     for n, issue in enumerate(issues):
         trial = dict(kept, issue=[*kept["issue"], issue])
@@ -255,6 +261,20 @@ def _outcome(found: Any) -> str:
         kept = trial
     text = _compact(kept)
     return text if len(text) <= MAX_OUTCOME_CHARS else text[:MAX_OUTCOME_CHARS] + "..."
+
+
+def _coded(issue: dict[str, Any]) -> dict[str, Any]:
+    """An issue without its free text: severity, code, details' codings, expression, location."""
+    out: dict[str, Any] = {k: issue[k] for k in ("severity", "code", "expression", "location") if k in issue}
+    details = issue.get("details")
+    codings = [
+        {k: c[k] for k in ("system", "code") if k in c}
+        for c in _list(details.get("coding") if isinstance(details, dict) else None)
+        if isinstance(c, dict)
+    ]
+    if codings:
+        out["details"] = {"coding": codings}
+    return out
 
 
 def _list(value: Any) -> list[Any]:

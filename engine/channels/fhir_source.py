@@ -28,8 +28,10 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,10 +41,14 @@ from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.channels import registry
+from engine.channels.fhir_conditional import Finder, Found, criteria, etag, if_match
 from engine.channels.registry import ConnectorConfig
 from engine.errors import StoreUnavailable
 from engine.formats.fhir_outcome import FHIR_JSON, Issue, Refused, check_resource, outcome, parse_json
+from engine.formats.fhir_patient import ordering_key, resource_identifier
 from engine.stores.message_store import ERROR, FILTERED, Inbound
+from engine.tls import ServerTls
+from engine.transforms.tables import load_table
 
 log = logging.getLogger("engine.fhir")
 
@@ -53,6 +59,12 @@ class FhirSourceConfig(ConnectorConfig):
     port: int = Field(ge=0, le=65535)
     tokens: str = ""
     """``name:sha256hex`` pairs, comma-separated (the hashes of the bearer tokens allowed)."""
+    token_env: str | None = None
+    """The name of an environment variable holding one token itself (``ENGINE_API_TOKEN`` in the
+    sample): hashed as it is read, named ``token_env_name``; unset or empty, it allows nothing.
+    Its one token serves a client of this engine that needs it in clear (the sample's
+    ``adt-to-fhir`` destination sends it to this very API)."""
+    token_env_name: str = "api"
     tokens_file: str | None = None
     """A file of ``name sha256hex`` lines, read at start (``#`` starts a comment)."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -63,9 +75,23 @@ class FhirSourceConfig(ConnectorConfig):
     """Retry-After of a 503 while the store cannot commit."""
     resources: list[str] = Field(default_factory=lambda: ["Patient", "Observation"], min_length=1)
     """The resource types this endpoint takes (what its mappings map); another type gets 404."""
+    tls: ServerTls | None = None
+    """Serve HTTPS with this certificate (and client certificates, for mutual TLS)."""
     read_stores: dict[str, str] = Field(default_factory=dict)
     """The stores the read API serves, by kind (``{clinical: clinical, pm: pm}``: store names
     under ``stores:``); empty: this endpoint takes writes only (:mod:`engine.channels.fhir_read`)."""
+
+    def check(self, cfg, key, src) -> list:
+        problems = self.tls.check(src, key + ("tls",)) if self.tls is not None else []
+        for kind, name in self.read_stores.items():
+            at = key + ("read_stores", kind)
+            if kind not in ("clinical", "pm"):
+                problems.append(src.problem(at, "read_stores names a clinical and/or a pm store"))
+            elif name not in cfg.stores:
+                problems.append(src.problem(at, f"unknown store {name!r} (known: {', '.join(cfg.stores)})"))
+            elif cfg.store_kind(name) != kind:
+                problems.append(src.problem(at, f"store {name!r} is a {cfg.store_kind(name)} store, not {kind}"))
+        return problems
 
 
 def token_hash(token: str) -> str:
@@ -86,6 +112,8 @@ def load_tokens(config: FhirSourceConfig) -> dict[str, str]:
         if len(digest) != 64 or not name:
             raise ValueError("a FHIR token entry is name:sha256hex (64 hex digits)")
         out[digest.lower()] = name
+    if config.token_env and os.environ.get(config.token_env, "").strip():
+        out[token_hash(os.environ[config.token_env].strip())] = config.token_env_name
     return out
 
 
@@ -99,16 +127,32 @@ class FhirSource:
         self.committer = receiver.committer
         self.poll = getattr(receiver, "_poll", False)
         self.tokens = load_tokens(config)
+        self._record_store = getattr(receiver, "record_store", None)
+        self.issuer_of = _issuers(getattr(receiver, "config", None))
+        self.finder = Finder(self, self.issuer_of)
+        cfg = getattr(receiver, "config", None)  # the read API's code tables (engine/channels/fhir_read.py)
+        self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.port = config.port
+
+    def store(self, kind: str):
+        """The record store the API reads for ``kind`` (``clinical``, ``pm``: ``read_stores``);
+        None when it reads none of that kind."""
+        name = self.config.read_stores.get(kind)
+        if name is None or self._record_store is None:
+            return None
+        return self._record_store(name)
 
     # -- serving ----------------------------------------------------------------------------------
     async def start(self) -> str:
         import uvicorn
 
         app = self.app()
-        cfg = uvicorn.Config(app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False)
+        tls = self.config.tls.uvicorn_kwargs() if self.config.tls is not None else {}
+        cfg = uvicorn.Config(
+            app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False, **tls
+        )
         self._server = uvicorn.Server(cfg)
         started = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(started,), name="engine-fhir", daemon=True)
@@ -117,7 +161,8 @@ class FhirSource:
         if not self._server.started:
             raise RuntimeError(f"FHIR endpoint could not listen on {self.config.host}:{self.config.port}")
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"fhir http://{self.config.host}:{self.port}/fhir"
+        scheme = "https" if self.config.tls is not None else "http"
+        return f"fhir {scheme}://{self.config.host}:{self.port}/fhir"
 
     def _serve(self, started: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -173,7 +218,28 @@ class FhirSource:
             data = parse_json(await self.body(request))
             self.supported(rtype)
             check_resource(data, rtype)
+            condition = request.headers.get("if-none-exist")
+            if condition:  # conditional create: nothing stored when the resource exists
+                found = await self.lookup(rtype, *criteria(condition, rtype), who=who)
+                if found:
+                    return self._answer(200, _stored_already(), _where(rtype, found))
             return await self.apply(data, who, "create", 201)
+
+        @app.put("/fhir/{rtype}")
+        async def conditional_update(rtype: str, request: Request) -> JSONResponse:
+            who = self.authorise(request)
+            data = parse_json(await self.body(request))
+            self.supported(rtype)
+            check_resource(data, rtype)
+            if not request.url.query:
+                raise Refused(405, [Issue("not-supported", "PUT needs an id (/fhir/<Type>/<id>) or a condition")])
+            found = await self.lookup(rtype, *criteria(request.url.query, rtype), who=who)
+            if found is None:  # no match: a create, under the client's id if it gave one
+                return await self.apply(data, who, "create", 201)
+            if data.get("id") not in (None, found.fhir_id):
+                where = [f"{rtype}.id"]
+                raise Refused(400, [Issue("invalid", f"the resource's id is not that of the {rtype} found", where)])
+            return await self.apply(dict(data, id=found.fhir_id), who, "update", 200)
 
         @app.put("/fhir/{rtype}/{rid}")
         async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
@@ -183,7 +249,8 @@ class FhirSource:
             check_resource(data, rtype)
             if data.get("id") != rid:
                 raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
-            return await self.apply(data, who, "update", 200)
+            status, stored_as = await self.check_update(rtype, rid, data, request.headers.get("if-match"), who)
+            return await self.apply(data, who, "update", status, stored_as)
 
         @app.post("/fhir")
         @app.post("/fhir/")  # a client's base URL may end with a slash
@@ -241,9 +308,12 @@ class FhirSource:
             {"WWW-Authenticate": 'Bearer realm="fhir"'},
         )
 
-    async def apply(self, data: dict[str, Any], who: str, interaction: str, ok: int):
+    async def apply(self, data: dict[str, Any], who: str, interaction: str, ok: int, stored_as: str | None = None):
         """Commit ``data`` as one message, wait for its outcome, answer."""
         rtype = data["resourceType"]
+        if interaction != "transaction" and not data.get("id"):  # a create: the id it is stored under
+            rid, stored = await asyncio.to_thread(self.new_id, data, who)
+            data, ok = dict(data, id=rid), 200 if stored else ok
         rid = data.get("id") or uuid.uuid4().hex
         item = Inbound(
             channel=self.channel.name,
@@ -255,7 +325,7 @@ class FhirSource:
             sending_app=who[:200],
             sending_facility=who[:200],
             version="4.0.1",
-            ordering_key=None,
+            ordering_key=ordering_key(data, self.issuer_of),
             duplicate_window=None,
         )
         try:
@@ -285,8 +355,65 @@ class FhirSource:
                 for e in data.get("entry", [])
             ]
             return self._answer(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+        if stored_as is not None and stored_as != rid:  # the resource was known here under another id
+            text = f"stored as {rtype}/{stored_as}: this {rtype} was known here under that id, which never changes"
+            note = outcome([Issue("informational", text, severity="information")])
+            return self._answer(ok, note, {"Location": f"/fhir/{rtype}/{stored_as}"})
         body = dict(data, id=rid)
         return self._answer(ok, body, {"Location": f"/fhir/{rtype}/{rid}"})
+
+    # -- conditional operations and ids (engine/channels/fhir_conditional.py) ----------------------
+    async def lookup(self, rtype: str, name: str, value: str, *, who: str) -> Found | None:
+        """The one resource a condition names, or None; Refused 412 when it names several."""
+        found = await asyncio.to_thread(self.finder.find, rtype, name, value)
+        if len(found) > 1:
+            raise Refused(412, [Issue("multiple-matches", f"the condition matches more than one {rtype}")])
+        await asyncio.to_thread(self.finder.audit, rtype, found, who, "FHIR conditional operation")
+        return found[0] if found else None
+
+    def new_id(self, data: dict[str, Any], who: str) -> tuple[str, bool]:
+        """The id a resource created without one is stored under, and whether it is stored
+        already: the id of the stored resource its identifier names, else the id its row will
+        get (:func:`~engine.formats.fhir_bundle.row_id`), else a new UUID (a type without an
+        identifier rule: a create is a new resource)."""
+        rtype = data["resourceType"]
+        identifier = resource_identifier(data)
+        if identifier is None or not self.finder.available(rtype):
+            return str(uuid.uuid4()), False
+        found, rid = self.finder.id_for(rtype, identifier)
+        if found is not None:
+            self.finder.audit(rtype, [found], who, "FHIR create")
+        return rid, found is not None
+
+    async def check_update(
+        self, rtype: str, rid: str, data: dict[str, Any], match: str | None, who: str
+    ) -> tuple[int, str | None]:
+        """(200 for an update or 201 for a create, the id the resource is stored under) for
+        ``PUT <rtype>/<rid>``. Identity is the identifier: a resource this engine knows under
+        another id is updated there (ids never change), and the answer says where. Refused 412
+        when ``If-Match`` names another version, 409 when ``<rtype>/<rid>`` is a resource the
+        identifier does not name (another patient). Without a store to read: 200, and If-Match
+        is refused."""
+        if not self.finder.available(rtype):
+            if match:
+                raise Refused(400, [Issue("not-supported", f"this endpoint keeps no versions of {rtype}")])
+            return 200, None
+
+        def check() -> tuple[int, str | None]:
+            row = self.finder.by_id(rtype, rid)
+            if match and (row is None or if_match(match) != row.version):
+                raise Refused(412, [Issue("conflict", f"{rtype}/{rid} is not at the version If-Match names")])
+            identifier = resource_identifier(data)
+            other = self.finder.id_for(rtype, identifier)[0] if identifier else None
+            self.finder.audit(rtype, [f for f in (row, other) if f is not None], who, "FHIR update")
+            if row is not None and identifier is not None and (other is None or other.fhir_id != rid):
+                text = f"{rtype}/{rid} is another {rtype} than the one this identifier names"
+                raise Refused(409, [Issue("conflict", text, [f"{rtype}.identifier"])])
+            if other is not None:
+                return 200, other.fhir_id
+            return (200 if row is not None else 201), None
+
+        return await asyncio.to_thread(check)
 
     async def batch_entry(self, resource: dict[str, Any], who: str) -> dict[str, Any]:
         """One entry of a batch: applied on its own; its response (or OperationOutcome) in the entry."""
@@ -300,7 +427,9 @@ class FhirSource:
 
     def capability(self) -> dict[str, Any]:
         """What this endpoint does, truthfully: create and update of the ``resources`` it takes,
-        transaction and batch Bundles of them; no reads or searches (yet)."""
+        transaction and batch Bundles of them; read and search of what ``read_stores`` serve."""
+        from engine.channels import fhir_read
+
         return {
             "resourceType": "CapabilityStatement",
             "status": "active",
@@ -316,14 +445,29 @@ class FhirSource:
                         "service": [{"coding": [{"code": "SMART-on-FHIR"}], "text": "bearer token"}],
                         "description": "Authorization: Bearer <token>; tokens are issued by the engine's operator",
                     },
-                    "resource": [
-                        {"type": t, "interaction": [{"code": "create"}, {"code": "update"}]}
-                        for t in self.config.resources
-                    ],
+                    "resource": fhir_read.describe(self.config.resources, self.config.read_stores),
                     "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 }
             ],
         }
+
+
+def _issuers(cfg) -> Callable[[str], str]:
+    """FHIR system -> the HL7 issuer (mappings/tables/identifier_system.yaml, as the FHIR
+    mappings read it); the system itself when the table is not there."""
+    path = None if cfg is None else Path(cfg.mappings_dir) / "tables" / "identifier_system.yaml"
+    if path is None or not path.exists():
+        return lambda system: system
+    table = load_table(path)
+    return lambda system: str(table.lookup(system))
+
+
+def _stored_already() -> dict[str, Any]:
+    return outcome([Issue("informational", "stored already: nothing was created", severity="information")])
+
+
+def _where(rtype: str, found: Found) -> dict[str, str]:
+    return {"Location": f"/fhir/{rtype}/{found.fhir_id}", "ETag": etag(found.version)}
 
 
 def _location(resource: dict[str, Any]) -> str:

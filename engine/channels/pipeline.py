@@ -154,6 +154,9 @@ class Receiver:
         self._committer = self.committer = committer
         self.config: Any = None
         """The engine's whole config, for sources that need more than their own block."""
+        self.record_store: Any = None
+        """``record_store(name)``: a record store by its config name, for sources that read the
+        stores (the FHIR API); set by the runtime."""
         self._app = app
         self._facility = facility
         self._poll = poll_results

@@ -24,7 +24,7 @@ down_revision: str | Sequence[str] | None = "clinical_0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-KEYS = {  # the tables that existed before, and their natural keys (frozen here: this revision's view)
+KEYS: dict[str, tuple[str, ...]] = {  # the tables that existed before, and their natural keys (frozen here: this revision's view)
     "patient": ("mrn", "mrn_issuer"),
     "encounter": ("visit_number",),
     "observation": ("filler_order_number", "report_code", "report_occurrence", "specimen_seq", "seq"),

@@ -18,7 +18,7 @@ down_revision: str | Sequence[str] | None = "pm_0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-KEYS = {"coverage": ("mrn", "mrn_issuer", "payer_id", "member_id")}
+KEYS: dict[str, tuple[str, ...]] = {"coverage": ("mrn", "mrn_issuer", "payer_id", "member_id")}
 
 
 def upgrade() -> None:
