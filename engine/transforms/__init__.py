@@ -1,5 +1,7 @@
 """The declarative mapping language: HL7 v2 messages, X12 transaction sets and FHIR R4 resources
--> store records (one language; each format brings its path reader, see ``format:``).
+-> store records (one language; each format brings its path reader, see ``format:``), and HL7
+v2 -> FHIR R4 resources (records whose target is ``fhir.<ResourceType>``, one transaction Bundle
+per message: :mod:`engine.transforms.nested`, :mod:`engine.transforms.fhir_out`).
 
 Public API: :func:`load_mapping` (compile a ``mappings/*.yaml`` file once, ConfigError listing
 every problem), :class:`Mapping` (``name``, ``applies(msg)``, ``run(msg)``),

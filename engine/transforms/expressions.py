@@ -28,6 +28,17 @@ function key plus that function's options and the common modifiers::
     through:     {date: {split: DTP*434-03, separator: "-", index: 2}}   # X12 RD8 20241001-20241003
     deceased:    {boolean: Patient.deceasedBoolean}                # FHIR/JSON true, false (HL7 Y/N: a table)
 
+For FHIR resources (``target: fhir.<ResourceType>``) these forms, described with examples
+in :mod:`engine.transforms.nested`::
+
+    maritalStatus: {object: {coding: [{object: {system: ..., code: PID-16.1}}], text: PID-16.2}}
+    given:         [PID-5.2, PID-5.3]                                # a JSON list of the values
+    identifier:    {each: PID-3, item: {object: {system: PID-3.4.1, value: PID-3.1}}}  # per repetition
+    result:        {each: OBX, item: {reference: [Observation, OBR-3.1, {ordinal: OBX}]}}  # per group
+    id:            {fhir_id: [Patient, {use: mrn}, {use: mrn_issuer}]}   # resource_id(type, key...)
+    subject:       {reference: [Patient, {use: mrn}, {use: mrn_issuer}]}  # {"reference": "Patient/<id>"}
+    valueString:   {unplaced: "OBX-5 of this type has no place", when: ...}   # left out, with a warning
+
 ``identifier`` picks the patient's identifier from a CX list (see
 :mod:`engine.transforms.identifiers`): the repetition whose type (CX-5) comes first in
 ``types`` (default MR, PI, PT; other types never), its value (``part: value``, the default) or
@@ -72,10 +83,11 @@ from datetime import tzinfo
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.transforms import structure
+from engine.transforms import nested, structure
 from engine.transforms.build import Build, component_spec
 from engine.transforms.conditions import REPETITION, compile_condition, component_getter
 from engine.transforms.datatypes import PARTS, TYPES
+from engine.transforms.fhir_out import ELEMENT, is_resource_type
 from engine.transforms.identifiers import DEFAULT_TYPES, Identifier
 from engine.transforms.tables import Tables
 from engine.transforms.values import (
@@ -113,6 +125,11 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "decimal": (),
     "split": ("separator", "index"),
     "boolean": (),
+    "object": (),
+    "each": ("item", "where"),
+    "fhir_id": (),
+    "reference": (),
+    "unplaced": (),
 }
 MODIFIERS = ("when", "default", "required")
 HL7_ONLY = {
@@ -126,12 +143,13 @@ HL7_ONLY = {
 
 
 class Expr:
-    """A compiled expression: ``fn(msg, scopes)``; ``many`` lists every value of a ``[*]`` path."""
+    """A compiled expression: ``fn(msg, scopes)``; ``many`` lists every value of a ``[*]`` path
+    (or of an ``each``); ``constant``: it reads nothing (a ``literal``, an ``object`` or list of them)."""
 
-    __slots__ = ("fn", "many", "source")
+    __slots__ = ("constant", "fn", "many", "source")
 
-    def __init__(self, fn: Callable, source: str, many: Callable | None = None):
-        self.fn, self.source, self.many = fn, source, many
+    def __init__(self, fn: Callable, source: str, many: Callable | None = None, constant: bool = False):
+        self.fn, self.source, self.many, self.constant = fn, source, many, constant
 
 
 _BAD = Expr(lambda m, s: MISSING, "<invalid>")
@@ -165,6 +183,8 @@ class Compiler:
     def expr(self, spec: Any, key: Key) -> Expr:
         if isinstance(spec, str):
             return self._path(spec, key)
+        if isinstance(spec, list):
+            return self._items(spec, key)
         if not isinstance(spec, dict):
             self.b.problem(
                 key,
@@ -264,7 +284,7 @@ class Compiler:
 
     def _f_literal(self, spec: dict, key: Key) -> Expr:
         value = self._literal(spec["literal"], key + ("literal",))
-        return Expr(lambda m, s: value, "literal")
+        return Expr(lambda m, s: value, "literal", constant=True)
 
     def _f_use(self, spec: dict, key: Key) -> Expr:
         name = spec["use"]
@@ -570,6 +590,84 @@ class Compiler:
         cond = f"[{where.text}]" if where is not None else ""
         cond += f"[from {start}]" if start > 1 else ""
         return Expr(json_list, f"json_list({p.text}{cond}: {names})")
+
+    # -- nested JSON for FHIR resources (engine.transforms.nested) -----------------------------
+    def _items(self, spec: list, key: Key) -> Expr:
+        if not spec:
+            self.b.problem(key, "a list needs at least one item (leave the element out instead)")
+            return _BAD
+        exprs = [self.expr(item, key + (i,)) for i, item in enumerate(spec)]
+        constant = all(e.constant for e in exprs)
+        return Expr(nested.items(exprs), f"[{', '.join(e.source for e in exprs)}]", constant=constant)
+
+    def _f_object(self, spec: dict, key: Key) -> Expr:
+        body = spec["object"]
+        if not isinstance(body, dict) or not body:
+            self.b.problem(key + ("object",), "object takes element: expression pairs, e.g. {system: ..., value: ...}")
+            return _BAD
+        parts, sources = [], []
+        for name, sub in body.items():
+            if not isinstance(name, str) or not ELEMENT.match(name):
+                self.b.problem(key + ("object", name), "an element name is camelCase, e.g. birthDate")
+                continue
+            e = self.expr(sub, key + ("object", name))
+            parts.append((name, e.fn, e.constant))
+            sources.append(f"{name}: {e.source}")
+        constant = all(c for _n, _f, c in parts)
+        return Expr(nested.obj(parts), "{" + ", ".join(sources) + "}", constant=constant)
+
+    def _f_each(self, spec: dict, key: Key) -> Expr:
+        if "item" not in spec:
+            self.b.problem(key, "each needs item: the expression built per repetition or group")
+            return _BAD
+        p = self.b.path(spec["each"], key + ("each",))
+        where = None
+        if "where" in spec:
+            where = compile_condition(spec["where"], build=self.b, key=key + ("where",))
+        item = self.expr(spec["item"], key + ("item",))
+        if p is None:
+            return _BAD
+        if self.b.format == "fhir" or p.field is None:
+            if self.b.format != "fhir" and p.occurrence is not None:
+                self.b.problem(key + ("each",), "each takes a segment (OBX) or a field (PID-3), without [n]")
+                return _BAD
+            fn = nested.each_group(p if self.b.format == "fhir" else p.segment, item.fn, where)
+        elif p.component is not None or p.repetition is not None:
+            self.b.problem(key + ("each",), "each takes a field without repetition or component, e.g. PID-3")
+            return _BAD
+        else:
+            fn = nested.each_repetition(p, item.fn, where)
+        return Expr(fn, f"each({p.text}: {item.source})", fn)
+
+    def _key_parts(self, spec: dict, tag: str, key: Key) -> tuple[str, list] | None:
+        """``[Type, part, ...]`` of a ``fhir_id``/``reference``: the type and the compiled parts."""
+        parts = spec[tag]
+        if not isinstance(parts, list) or len(parts) < 2 or not is_resource_type(parts[0]):
+            example = "[Patient, {use: mrn}, {use: mrn_issuer}]"
+            self.b.problem(key + (tag,), f"{tag} takes [ResourceType, key part, ...], e.g. {example}")
+            return None
+        return parts[0], [self.expr(e, key + (tag, i)).fn for i, e in enumerate(parts[1:], 1)]
+
+    def _f_unplaced(self, spec: dict, key: Key) -> Expr:
+        """``{unplaced: <reason>, when: ...}``: a value the mapping has no place for; the element
+        is left out with a warning giving the reason (never silently)."""
+        reason = spec["unplaced"]
+        if not isinstance(reason, str) or not reason.strip():
+            self.b.problem(key + ("unplaced",), 'unplaced takes the reason, e.g. "OBX-5 of type ED has no place"')
+            return _BAD
+
+        def unplaced(m, s):
+            raise ValueProblem(reason.strip(), unreadable=True)
+
+        return Expr(unplaced, "unplaced")
+
+    def _f_fhir_id(self, spec: dict, key: Key) -> Expr:
+        found = self._key_parts(spec, "fhir_id", key)
+        return _BAD if found is None else Expr(nested.fhir_id(*found), f"fhir_id({found[0]})")
+
+    def _f_reference(self, spec: dict, key: Key) -> Expr:
+        found = self._key_parts(spec, "reference", key)
+        return _BAD if found is None else Expr(nested.reference(*found), f"reference({found[0]})")
 
     # -- gathering over groups: join, list; exact money: decimal -----------------------------
     def _gather(self, spec: dict, tag: str, key: Key) -> tuple[Callable | None, str]:

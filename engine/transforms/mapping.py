@@ -44,6 +44,21 @@ and from which path; never the value) to the run's :class:`~engine.transforms.re
 the message's other records go on. A merge always fails: a merge left out would keep two
 patients apart without anyone deciding it.
 
+A record whose target is ``fhir.<ResourceType>`` builds a FHIR R4 resource (HL7 v2 -> FHIR,
+``mappings/adt_fhir.yaml``): its fields are the resource's elements, checked at load time
+against fhir.resources.R4B (:mod:`engine.transforms.fhir_out`), ``id`` is required and is the
+record's key (leave ``key`` out), ``op`` is always upsert (a PUT); values are JSON, nested ones
+built with ``object``, lists and ``each`` (:mod:`engine.transforms.nested`). The records of one
+message become a transaction Bundle (:func:`engine.formats.fhir_bundle.transaction`)::
+
+      - target: fhir.Patient
+        fields:
+          id: {fhir_id: [Patient, {use: mrn}, {use: mrn_issuer}]}
+          identifier: {each: PID-3, item: {object: {system: PID-3.4.1, value: PID-3.1}}}
+          birthDate: {date: PID-7}
+
+Such a mapping needs no store ``columns`` to load.
+
 Expressions are described in :mod:`engine.transforms.expressions`, conditions in
 :mod:`engine.transforms.conditions`, tables in :mod:`engine.transforms.tables`; what a run
 records as read, and what counts as unmapped, in :mod:`engine.transforms.report`.
@@ -63,6 +78,8 @@ from engine.records import Record
 from engine.transforms.build import Build
 from engine.transforms.conditions import compile_condition
 from engine.transforms.expressions import Compiler, Expr
+from engine.transforms.fhir_out import ELEMENT, check_fields, to_json
+from engine.transforms.fhir_out import TARGET as FHIR_TARGET
 from engine.transforms.reader import Reader
 from engine.transforms.report import RunReport
 from engine.transforms.tables import Tables
@@ -80,6 +97,9 @@ _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
 MERGE_FIELDS = ("mrn", "mrn_issuer", "old_mrn", "old_mrn_issuer")
 IDENTITY = ("mrn", "mrn_issuer")  # a patient is the pair (issuer, value), in every store
 WARNINGS_PER_RULE = 10
+SOURCE_CHARS = 120
+"""A warning about a FHIR element names at most this much of where its value is read from (a
+nested ``object`` describes every path it reads)."""
 """Skipped records a rule lists one by one per message; the rest are counted in one more line
 (a 16,000-OBX result whose every OBX fails keeps a short warning list)."""
 
@@ -111,6 +131,8 @@ class RecordRule:
         self.fields, self.when, self.for_each = fields, when, for_each
         self.skip = on_error == "skip"
         """``for_each`` holds segment names, or compiled FHIRPaths for a FHIR mapping."""
+        self.fhir = target.startswith("fhir.")
+        """A FHIR resource (:mod:`engine.transforms.fhir_out`): values as JSON, nulls left out."""
 
     def scopes(self, msg: Reader) -> Iterator[tuple[tuple, str]]:
         """Each (scopes, where) this rule runs in; ``where`` names the group for errors (``OBR 2/OBX 3``)."""
@@ -190,6 +212,12 @@ class RecordRule:
                     continue
             elif v is None and f.required:
                 raise _Unbuilt(f, 'required value is an HL7 null ("")')
+            if self.fhir:
+                v = to_json(v)
+                if v is MISSING:
+                    if f.required:
+                        raise _Unbuilt(f, "required value is missing")
+                    continue
             values[f.column] = v
             sources[f.column] = source
         for reason, cost in unread.items():
@@ -202,7 +230,9 @@ class RecordRule:
         only the first 80 characters. Paths and places only, never a value."""
         at = f" in {where}" if where else ""
         done = f"; {outcome}" if outcome else ""
-        place = f"mapping {self.mapping}, records[{self.index}], from {f.source}{at}"
+        long = self.fhir and len(f.source) > SOURCE_CHARS
+        source = f.source[: SOURCE_CHARS - 3] + "..." if long else f.source
+        place = f"mapping {self.mapping}, records[{self.index}], from {source}{at}"
         return f"{self.target}.{f.column}: {reason}{done} ({place})"
 
     def _error(self, f: _Field, reason: str, where: str) -> MappingError:
@@ -340,8 +370,11 @@ def _record(
         return None
     b.keys(spec, key, RECORD_KEYS, "a record")
     target = spec.get("target")
-    if not isinstance(target, str) or not _TARGET.match(target):
-        b.problem(key + ("target",), "target must be store.table, e.g. clinical.patient")
+    fhir = isinstance(target, str) and target.startswith("fhir.")
+    if not isinstance(target, str) or not (FHIR_TARGET.match(target) if fhir else _TARGET.match(target)):
+        b.problem(
+            key + ("target",), "target must be store.table (clinical.patient) or fhir.<ResourceType> (fhir.Patient)"
+        )
         target = None
     op = spec.get("op", "upsert")
     if op not in ("upsert", "merge"):
@@ -350,7 +383,11 @@ def _record(
     if not isinstance(fields_spec, dict) or not fields_spec:
         b.problem(key + ("fields",), "expected column: expression pairs")
         fields_spec = {}
-    if op == "merge":
+    if fhir:
+        keys = _fhir_key(spec, fields_spec, op, key, b)
+        if target is not None:
+            check_fields(b, target.split(".", 1)[1], fields_spec, key)
+    elif op == "merge":
         keys = tuple(spec.get("key", IDENTITY)) if isinstance(spec.get("key", []), list) else ()
         if set(keys) != set(IDENTITY) or len(keys) != 2:
             b.problem(key + ("key",), "a merge record's key is [mrn, mrn_issuer]")
@@ -395,16 +432,31 @@ def _record(
     fields = []
     for column, fspec in fields_spec.items():
         fkey = key + ("fields", column)
-        if not isinstance(column, str) or not _COLUMN.match(column):
-            b.problem(fkey, "a column name is lower_case_with_underscores")
+        if not isinstance(column, str) or not (ELEMENT if fhir else _COLUMN).match(column):
+            if not fhir:  # a FHIR element's name is checked against its resource (check_fields)
+                b.problem(fkey, "a column name is lower_case_with_underscores")
+            continue
+        if not fhir and (isinstance(fspec, list) or (isinstance(fspec, dict) and {"object", "each"} & set(fspec))):
+            b.problem(fkey, "object, each and lists build FHIR elements (target: fhir.<Type>), not a column")
             continue
         expr, default, required = c.field(fspec, fkey)
         fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
     return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 
+def _fhir_key(spec: dict, fields_spec: dict, op: str, key: Key, b: Build) -> tuple[str, ...]:
+    """A FHIR resource is upserted by its ``id`` (a PUT): ``key`` may be left out or be [id]."""
+    if op != "upsert":
+        b.problem(key + ("op",), "a FHIR resource is sent as a PUT of the whole resource: no op")
+    if spec.get("key", ["id"]) != ["id"]:
+        b.problem(key + ("key",), "a FHIR resource's key is its id: leave key out (or write [id])")
+    if "id" not in fields_spec:
+        b.problem(key + ("fields",), "a FHIR resource needs id: (e.g. {fhir_id: [Patient, {use: mrn}, ...]})")
+    return ("id",)
+
+
 def _check_target(target, op, fields_spec, key, b: Build, columns) -> None:
-    if columns is None or target is None:
+    if columns is None or target is None or target.startswith("fhir."):
         return
     store, table = target.split(".", 1)
     if store not in columns:

@@ -17,12 +17,27 @@ Test file shape::
         message: |
           ...
         error: {column: mrn, contains: required}     # a MappingError for this column
+      - name: an A01 as FHIR (a mapping whose targets are fhir.<ResourceType>)
+        message: |
+          ...
+        resources:                   # every resource of the Bundle, in order; only the elements
+          - resourceType: Patient    # listed are compared (exactly), the others are not
+            gender: female
+            identifier: [{system: SUNRISE_GH, value: MRN100001, type: {coding: [...]}}]
+          - resourceType: Encounter
+            status: in-progress
       - name: a self-pay IN1 without a member id is skipped (on_error: skip)
         message: |
           ...
         records: [...]               # the records that were built
         warnings:                    # one entry per warning, in order; each is contained in it
           - "pm.coverage.member_id: required value is missing; record skipped"
+
+A mapping whose targets are ``fhir.<ResourceType>`` (HL7 v2 -> FHIR) makes one transaction
+Bundle per message (:func:`engine.formats.fhir_bundle.transaction`): a case states its
+resources with ``resources:`` (or its records with ``records:``, values as JSON; an element
+expected absent as ``(absent)``), and fails when the Bundle does not validate as R4
+(fhir.resources.R4B), listing each element at fault.
 
 A case of a FHIR mapping (``format: fhir``) holds the resource's JSON (a Bundle included) in
 ``message:``; one of an X12 mapping the interchange, one segment per line.
@@ -33,12 +48,15 @@ Values compare as text: dates ISO (``1958-07-22``), date/times in UTC as
 diff of expected against actual records and warnings.
 
 ``engine try`` prints, per message, the records with the source of every value, the warnings,
-and the positions the mapping left unmapped (:mod:`engine.transforms.report`).
+and the positions the mapping left unmapped (:mod:`engine.transforms.report`); for fhir.*
+targets the sources of each resource's elements, then the Bundle as JSON and whether it is
+valid R4.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -47,14 +65,17 @@ from typing import Any
 
 from engine.errors import ConfigError, MappingError, ParseError
 from engine.formats import fhir, parse_text, x12
+from engine.formats.fhir_bundle import transaction
+from engine.formats.fhir_outcome import Refused, check_resource
 from engine.formats.hl7 import decode, split_batch
 from engine.records import Record
 from engine.transforms.build import Build
+from engine.transforms.fhir_out import binding_problems
 from engine.transforms.mapping import Mapping, load_mapping
 from engine.transforms.report import RunReport, unmapped
 from engine.yamlfile import load
 
-CASE_KEYS = ("name", "message", "records", "error", "warnings")
+CASE_KEYS = ("name", "message", "records", "resources", "error", "warnings")
 RECORD_KEYS = ("target", "op", "key", "values")
 ERROR_KEYS = ("column", "contains")
 
@@ -72,6 +93,7 @@ class TestCase:
     records: list[dict] | None = None
     error: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    resources: list[dict] | None = None
 
     @property
     def id(self) -> str:
@@ -124,8 +146,19 @@ def _cases(file: Path) -> list[TestCase]:
         if not isinstance(c.get("name"), str) or not isinstance(c.get("message"), str):
             b.problem(key, "a case needs name: and message: (the message as a block scalar)")
             continue
-        if ("records" in c) == ("error" in c):
-            b.problem(key, "a case states exactly one of records: (expected records) or error: (expected error)")
+        if [k in c for k in ("records", "resources", "error")].count(True) != 1:
+            b.problem(
+                key,
+                "a case states exactly one of records: (expected records), resources: (expected FHIR "
+                "resources) or error: (expected error)",
+            )
+            continue
+        resources = c.get("resources")
+        if resources is not None and (
+            not isinstance(resources, list)
+            or not all(isinstance(r, dict) and isinstance(r.get("resourceType"), str) for r in resources)
+        ):
+            b.problem(key + ("resources",), "expected a list of resources, each {resourceType: ..., <element>: ...}")
             continue
         records, error = c.get("records"), c.get("error")
         if records is not None:
@@ -147,7 +180,7 @@ def _cases(file: Path) -> list[TestCase]:
         elif warnings and error is not None:
             b.problem(key + ("warnings",), "warnings: go with records: (a failed message keeps no records)")
         line = src.line(key)
-        out.append(TestCase(file, i, line, c["name"], mapping_path, c["message"], records, error, warnings))
+        out.append(TestCase(file, i, line, c["name"], mapping_path, c["message"], records, error, warnings, resources))
     if b.problems:
         raise ConfigError(b.problems)
     return out
@@ -177,7 +210,22 @@ def render(value: Any) -> str:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _plain(value: Any) -> Any:
+    """Nested values as JSON compares them: dates as text, 2.0 as 2 (YAML and JSON agree)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (date, datetime)):
+        return render(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _lines(target: str, op: str, key: Any, values: dict) -> list[str]:
@@ -204,7 +252,18 @@ def run_case(case: TestCase) -> CaseResult:
     except (ConfigError, ParseError) as exc:
         return CaseResult(case, False, f"cannot run: {type(exc).__name__}: {exc}")
     actual = [f"error: column {outcome.field}: {outcome}"] if outcome else _actual_lines(records)
-    if case.error is not None:
+    bundle = _bundle(records)
+    if bundle is not None:
+        invalid = [f"invalid: {p}" for p in bundle_problems(bundle)]
+        if case.resources is not None:
+            actual = _resource_lines(bundle, case.resources)
+        actual += invalid
+    if case.resources is not None and outcome is None:
+        expected = [line for r in case.resources for line in _expected_resource(r)]
+        actual += [f"warning: {w}" for w in report.warnings]
+        expected += _expected_warnings(case.warnings, report.warnings)
+        passed = expected == actual
+    elif case.error is not None:
         want_col, want_text = case.error.get("column"), case.error.get("contains")
         passed = (
             outcome is not None
@@ -223,6 +282,41 @@ def run_case(case: TestCase) -> CaseResult:
         passed = outcome is None and expected == actual
     diff = "" if passed else "\n".join(difflib.unified_diff(expected, actual, "expected", "actual", lineterm="", n=2))
     return CaseResult(case, passed, diff, records, report.warnings)
+
+
+def _bundle(records: list[Record]) -> dict | None:
+    """The transaction Bundle of a run whose records are FHIR resources (None otherwise)."""
+    if not records or not all(r.target.startswith("fhir.") for r in records):
+        return None
+    return transaction(records)
+
+
+def bundle_problems(bundle: dict) -> list[str]:
+    """Each element of ``bundle`` at fault as R4: ``location: what``; [] when valid. Structure
+    and data types by fhir.resources.R4B, codes of required bindings by
+    :func:`engine.transforms.fhir_out.binding_problems` (which R4B's models do not enforce)."""
+    try:
+        check_resource(bundle)
+        problems = []
+    except Refused as exc:
+        problems = [f"{', '.join(i.expression) or 'Bundle'}: {i.diagnostics}" for i in exc.issues]
+    return problems + binding_problems(bundle)
+
+
+def _resource_lines(bundle: dict, wanted: list[dict]) -> list[str]:
+    """The Bundle's resources as lines: each one's type, then the elements the case names for
+    the resource at its place (others are not compared)."""
+    out = []
+    for n, entry in enumerate(bundle["entry"]):
+        res = entry["resource"]
+        out.append(res["resourceType"])
+        names = [k for k in wanted[n] if k != "resourceType"] if n < len(wanted) else []
+        out += [f"    {k}: {render(res[k]) if k in res else '(absent)'}" for k in names]
+    return out
+
+
+def _expected_resource(r: dict) -> list[str]:
+    return [r["resourceType"]] + [f"    {k}: {render(v)}" for k, v in r.items() if k != "resourceType"]
 
 
 def _expected_warnings(wanted: list[str], got: list[str]) -> list[str]:
@@ -302,11 +396,19 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
         else:
             if not records:
                 out.append("  no records")
+        bundle = _bundle(records)
         for i, r in enumerate(records, 1):
             out.append(f"  record {i}: {r.target} {r.op} key=[{', '.join(r.key)}]")
             width = max((len(c) for c in r.values), default=0)
             for col, value in r.values.items():
-                out.append(f"    {col.ljust(width)} = {render(value):<30} <- {r.sources.get(col, '?')}")
+                shown = "" if bundle is not None else f"= {render(value):<30} "  # values: in the Bundle
+                out.append(f"    {col.ljust(width)} {shown}<- {r.sources.get(col, '?')}")
+        if bundle is not None:
+            out.append("  bundle:")
+            out.extend("    " + line for line in json.dumps(bundle, indent=2, ensure_ascii=False).splitlines())
+            problems = bundle_problems(bundle)
+            out.append("  R4: valid (fhir.resources.R4B)" if not problems else "  R4: INVALID (fhir.resources.R4B)")
+            out.extend(f"    invalid: {p}" for p in problems)
         for check in mapping.checks if records else ():
             report.warnings.extend(check(msg, records, None))
         out.extend(f"  warning: {w}" for w in report.warnings)
