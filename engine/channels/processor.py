@@ -215,6 +215,14 @@ class Processor:
             else:
                 seq = r.seq if r.seq is not None else r.id
                 pending[d.name].append(Item(r.id, payload, r.content, r.ordering_key, seq))
+        if msg.format == "fhir" and any(x["status"] == ERROR for x in results):
+            # a FHIR request (a transaction Bundle, a resource) is all or nothing: what one
+            # destination could not map, no other destination applies in part
+            for d in dests:
+                if pending[d.name] and pending[d.name][-1].message_id == r.id:
+                    pending[d.name].pop()
+                    why = "not applied: another destination could not map this FHIR request (all or nothing)"
+                    results.append(_failed(d, r.deliveries.get(d.name), why))
         complete = not any(x["status"] == ERROR for x in results)  # a mapping that failed read only part
         left = unmapped(msg, [report]) if report.read and complete else None
         if retried:  # what the destinations done earlier noticed and read is in the stored lists
