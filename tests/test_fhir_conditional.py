@@ -152,3 +152,34 @@ def test_a_fhir_message_is_ordered_with_its_patients_other_messages(api):
     assert client.post("", json=bundle).status_code == 200
     keys = eng.query("messages", "SELECT ordering_key FROM messages WHERE channel = 'fhir-inbound' ORDER BY id")
     assert [k["ordering_key"] for k in keys] == ["NORTHCLINIC|MRN700006", "NORTHCLINIC|MRN700006"]
+
+
+def test_a_reference_to_a_patient_stored_here_names_that_patient(api):
+    eng, client = api
+    adt = (FIXTURES / "visit" / "2_adt_a04_arrival.hl7").read_bytes()  # MRN900101 and visit V900101, over HL7
+    send_and_settle(eng, int(eng.env["ENGINE_ADT_PORT"]), adt, "NC-ADT-0001")
+    pid, eid = resource_id("Patient", "MRN900101", "NORTHCLINIC"), resource_id("Encounter", "V900101")
+    condition = {
+        "resourceType": "Condition",
+        "identifier": [{"system": "https://northclinic.example.org/problem", "value": "PRB-1"}],
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"}]},
+        "subject": {"reference": f"Patient/{pid}"},  # as EHRs write it: the id alone
+        "encounter": {"reference": f"Encounter/{eid}"},
+    }  # fmt: skip
+    r = client.post("/Condition", json=condition)
+    assert r.status_code == 201, r.text
+    rows = eng.query("clinical", "SELECT mrn, mrn_issuer, visit_number FROM condition")
+    assert rows == [{"mrn": "MRN900101", "mrn_issuer": "NORTHCLINIC", "visit_number": "V900101"}]
+    diagnosis = eng.query("clinical", "SELECT mrn, visit_number, code FROM diagnosis WHERE code = 'E11.9'")
+    assert diagnosis == [{"mrn": "MRN900101", "visit_number": "V900101", "code": "E11.9"}]
+    # the stored request names the patient it was resolved to when it arrived
+    (stored,) = eng.query("messages", "SELECT content FROM messages WHERE message_type = 'Condition'")
+    assert f'"identifier":{{"system":"{SYSTEM}","value":"MRN900101"}}' in bytes(stored["content"]).decode()
+
+    nobody = dict(condition, identifier=[{"system": "https://northclinic.example.org/problem", "value": "PRB-2"}],
+                  subject={"reference": "Patient/not-here"})  # fmt: skip
+    r = client.post("/Condition", json=nobody)
+    assert r.status_code == 422, r.text  # an id this engine does not serve names no one: never a guess
+    assert len(eng.query("clinical", "SELECT id FROM condition")) == 1

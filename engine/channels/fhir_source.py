@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.channels import registry
+from engine.channels import fhir_references, registry
 from engine.channels.fhir_conditional import Finder, Found, criteria, etag, if_match
 from engine.channels.registry import ConnectorConfig
 from engine.errors import StoreUnavailable
@@ -128,7 +128,8 @@ class FhirSource:
         self.poll = getattr(receiver, "_poll", False)
         self.tokens = load_tokens(config)
         self._record_store = getattr(receiver, "record_store", None)
-        self.issuer_of = _issuers(getattr(receiver, "config", None))
+        self.issuer_of = _lookup(getattr(receiver, "config", None), "identifier_system")
+        self.system_of = _lookup(getattr(receiver, "config", None), "issuer_system")
         self.finder = Finder(self, self.issuer_of)
         cfg = getattr(receiver, "config", None)  # the read API's code tables (engine/channels/fhir_read.py)
         self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
@@ -315,6 +316,8 @@ class FhirSource:
             rid, stored = await asyncio.to_thread(self.new_id, data, who)
             data, ok = dict(data, id=rid), 200 if stored else ok
         rid = data.get("id") or uuid.uuid4().hex
+        if self.store("clinical") is not None:  # Patient/<id> of a patient stored here: its identifier beside it
+            await asyncio.to_thread(fhir_references.resolve, data, self.store("clinical"), self.system_of)
         item = Inbound(
             channel=self.channel.name,
             content=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
@@ -452,10 +455,10 @@ class FhirSource:
         }
 
 
-def _issuers(cfg) -> Callable[[str], str]:
-    """FHIR system -> the HL7 issuer (mappings/tables/identifier_system.yaml, as the FHIR
-    mappings read it); the system itself when the table is not there."""
-    path = None if cfg is None else Path(cfg.mappings_dir) / "tables" / "identifier_system.yaml"
+def _lookup(cfg, name: str) -> Callable[[str], str]:
+    """FHIR system -> the HL7 issuer (``identifier_system``, as the FHIR mappings read it), or
+    back (``issuer_system``): mappings/tables/<name>.yaml; the value itself without the table."""
+    path = None if cfg is None else Path(cfg.mappings_dir) / "tables" / f"{name}.yaml"
     if path is None or not path.exists():
         return lambda system: system
     table = load_table(path)
