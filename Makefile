@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The FHIR API's token (the sample's adt-to-fhir sends it there too): yours when set, else a new one
+run: export ENGINE_API_TOKEN ?= $(shell $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')
 run: $(STAMP)
 	$(BIN)/engine run --config config/channels.yaml
 

@@ -76,6 +76,11 @@ def ack_fields(ack: bytes) -> dict[str, list[str]]:
     return out
 
 
+SAMPLE_API_TOKEN = "sample-api-token-for-tests-3f9a1c"
+"""ENGINE_API_TOKEN of an engine on the sample config: its FHIR API's token, and the one its
+adt-to-fhir channel sends there (a test may give another)."""
+
+
 class EngineProcess:
     """``engine run`` in a subprocess, on the sample config unless told otherwise."""
 
@@ -91,6 +96,7 @@ class EngineProcess:
                 "ENGINE_CLINICAL_STORE_URL": f"sqlite:///{self.data}/clinical.db",
                 "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
                 "ENGINE_X12_DIR": str(self.data / "x12"),
+                "ENGINE_API_TOKEN": SAMPLE_API_TOKEN,  # the sample's adt-to-fhir sends it to fhir-inbound
                 "PYTHONUNBUFFERED": "1",
             }
         )
