@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -284,9 +285,15 @@ class FhirSource:
         return app
 
     async def body(self, request) -> bytes:
+        """The request body; Refused 413 beyond ``max_body_bytes``, told by Content-Length before
+        anything is read when the client sends it."""
+        too_big = Refused(413, [Issue("too-costly", f"the body is larger than {self.config.max_body_bytes} bytes")])
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            raise too_big
         body = await request.body()
         if len(body) > self.config.max_body_bytes:
-            raise Refused(413, [Issue("too-costly", f"the body is larger than {self.config.max_body_bytes} bytes")])
+            raise too_big
         return body
 
     def supported(self, rtype: Any, where: str = "") -> None:
@@ -349,7 +356,9 @@ class FhirSource:
                 202, outcome([Issue("informational", "stored; still processing", severity="information")])
             )
         if result.status == ERROR:
-            raise Refused(422, [Issue("processing", result.error or "processing failed")])
+            reason = result.error or "processing failed"
+            where = sorted(set(_AT.findall(reason)))  # the resources at fault, named by the mapping
+            raise Refused(422, [Issue("processing", reason, where)])
         if result.status == FILTERED:
             raise Refused(422, [Issue("not-supported", f"nothing in this engine takes {rtype}: {result.error or ''}")])
         if interaction == "transaction":
@@ -463,6 +472,10 @@ def _lookup(cfg, name: str) -> Callable[[str], str]:
         return lambda system: system
     table = load_table(path)
     return lambda system: str(table.lookup(system))
+
+
+_AT = re.compile(r"\((Bundle\.entry\[\d+\]\.resource)\)")
+"""A FHIR resource's place in a mapping's error text (engine.transforms.mapping: ``... (Bundle.entry[2].resource)``)."""
 
 
 def _stored_already() -> dict[str, Any]:

@@ -245,6 +245,18 @@ class FhirMessage:
         root, owner = self._root, self._node(self._owner(scope))
         return {"resource": root, "rootResource": root, "owner": owner, "parent": self._node(parent)}
 
+    def location(self, scope: int) -> str | None:
+        """Where the resource at ``scope`` stands in the request: ``Bundle.entry[2].resource``, or
+        the resource's type for the resource itself; None for a node inside a resource."""
+        data = self._nodes[scope][0].data
+        if data is self.resource:
+            return self.resource_type
+        if self.resource_type == "Bundle":
+            for n, entry in enumerate(self.resource.get("entry") or []):
+                if isinstance(entry, dict) and entry.get("resource") is data:
+                    return f"Bundle.entry[{n}].resource"
+        return None
+
     def scope_name(self, scope: int) -> str:
         """The ``for_each`` text that walked to ``scope`` (``component``)."""
         return self._nodes[scope][1]

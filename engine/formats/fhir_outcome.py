@@ -52,12 +52,46 @@ class Refused(Exception):
 
 
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON; Refused 400 (structure) when it is not JSON."""
+    """The request body as JSON; Refused 400 (structure) when it is not UTF-8 JSON (a byte order
+    mark is allowed: RFC 8259 lets a parser skip it; UTF-16 and Latin-1 are not FHIR JSON), nests
+    deeper than Python can read, or holds a null (FHIR JSON has none), located."""
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Refused(400, [Issue("structure", f"the body is not UTF-8 (byte {exc.start + 1})")]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f" at line {exc.lineno} column {exc.colno}"
         raise Refused(400, [Issue("structure", f"the body is not JSON{where}")]) from None
+    except RecursionError:
+        raise Refused(400, [Issue("structure", "the body nests deeper than any FHIR resource")]) from None
+    null = _first_null(data, str(data.get("resourceType", "")) if isinstance(data, dict) else "")
+    if null is not None:
+        raise Refused(400, [Issue("structure", "null is not a FHIR JSON value: leave the element out", [null])])
+    return data
+
+
+def _first_null(data: Any, at: str) -> str | None:
+    """The FHIRPath-like location of the first JSON null in ``data`` (None: there is none).
+    ``_x: [null, ...]`` (a primitive list's extension placeholders) is FHIR's one use of null."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if value is None:
+                return f"{at}.{key}" if at else key
+            if isinstance(value, (dict, list)) and not (key.startswith("_") and isinstance(value, list)):
+                found = _first_null(value, f"{at}.{key}" if at else key)
+                if found is not None:
+                    return found
+    elif isinstance(data, list):
+        for n, value in enumerate(data):
+            if value is None:
+                return f"{at}[{n}]"
+            if isinstance(value, (dict, list)):
+                found = _first_null(value, f"{at}[{n}]")
+                if found is not None:
+                    return found
+    return None
 
 
 def _location(resource_type: str, loc: tuple) -> str:

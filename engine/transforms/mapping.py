@@ -149,6 +149,8 @@ class RecordRule:
                 raise MappingError(text, mapping=self.mapping) from None
             for n, span in enumerate(found, 1):
                 here = f"{where}/{seg} {n}" if where else f"{seg} {n}"
+                at = msg.location(span)  # a FHIR resource: where it stands in the request
+                here = f"{here} ({at})" if at else here
                 if level + 1 == len(self.for_each):
                     yield scopes + (span,), here
                 else:

@@ -111,6 +111,11 @@ class Reader:
                 raise ValueProblem(str(exc)) from None
         return self.msg.groups(segment, within)
 
+    def location(self, span: Any) -> str | None:
+        """Where a FHIR scope stands in the request (``Bundle.entry[2].resource``), for the
+        texts of errors and warnings; None for HL7 and X12 (their groups are named by count)."""
+        return getattr(self.msg, "location")(span) if self._fhir else None  # noqa: B009  (FhirMessage only)
+
     def find_segments(self, path: Path, scopes: tuple[Span, ...] = ()) -> list[Segment]:
         if scopes and self._loops:
             return self.msg.find_segments(path, scopes)
