@@ -43,10 +43,13 @@ class MemoryQueue:
         self._ready: collections.deque[str] = collections.deque()  # channels waiting for a worker
         self._busy: set[str] = set()  # channels a worker holds (lingering or processing)
         self._urgent: set[str] = set()
+        self._last: dict[str, int] = {}  # channel -> the worker that took it last
+        self._working: dict[int, str | None] = {}  # worker -> the channel it holds now
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [
-            threading.Thread(target=self._run, name=f"engine-worker-{n}", daemon=True) for n in range(max(1, threads))
+            threading.Thread(target=self._run, args=(n,), name=f"engine-worker-{n}", daemon=True)
+            for n in range(max(1, threads))
         ]
 
     def start(self) -> None:
@@ -84,15 +87,30 @@ class MemoryQueue:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _pick(self, n: int) -> str | None:
+        """The next channel worker ``n`` takes: one that was its own last time, or whose worker
+        is busy with another channel, or nobody's yet. A channel stays with one worker while that
+        worker is free for it: its memory (the allocator's arena per thread, SQLite's cache per
+        connection) is not built up again by every worker in turn."""
+        for channel in self._ready:
+            owner = self._last.get(channel)
+            if owner is None or owner == n or self._working.get(owner) is not None or self._stopping:
+                self._ready.remove(channel)
+                return channel
+        return None
+
+    def _run(self, n: int) -> None:
         while True:
             with self._cond:
-                while not self._ready and not (self._stopping and not self._busy):
+                channel = self._pick(n)
+                while channel is None and not (self._stopping and not self._busy and not self._ready):
                     self._cond.wait()
-                if not self._ready:  # stopping, and nothing left that another worker will hand back
+                    channel = self._pick(n)
+                if channel is None:  # stopping, and nothing left that another worker will hand back
                     return
-                channel = self._ready.popleft()
                 self._busy.add(channel)
+                self._last[channel] = n
+                self._working[n] = channel
                 queue = self._queues[channel]
                 # linger until the batch is full or the time is up (a notify for each new id
                 # must not end the wait: batches of one or two cost several commits each)
@@ -112,6 +130,7 @@ class MemoryQueue:
             finally:
                 with self._cond:
                     self._busy.discard(channel)
+                    self._working[n] = None
                     if queue:
                         self._ready.append(channel)
                     self._cond.notify_all()

@@ -1,6 +1,6 @@
-"""The README's tour step 7 on the sample channels: a patient sent over MLLP comes back out over
-FHIR, read from the stores by any FHIR client, and the ADT goes on as a FHIR transaction Bundle
-(adt-to-fhir) into the engine's own FHIR API (fhir-inbound), exactly once."""
+"""The README's tour step 7 on the sample channels: an ADT sent over MLLP to adt-to-fhir goes on as
+one FHIR transaction Bundle into the engine's own FHIR API (fhir-inbound), exactly once, and the
+patient comes back out over FHIR, read from the stores with the lab's results."""
 
 from __future__ import annotations
 
@@ -22,7 +22,17 @@ def valid(resource: dict) -> dict:
 
 def test_a_patient_in_over_mllp_comes_back_out_over_fhir(fresh_engine):
     eng = fresh_engine(ENGINE_API_TOKEN=TOKEN)
-    send_and_settle(eng, int(eng.env["ENGINE_ADT_PORT"]), (VISIT / "2_adt_a04_arrival.hl7").read_bytes(), "NC-ADT-0001")
+    adt = (VISIT / "2_adt_a04_arrival.hl7").read_bytes()
+    send_and_settle(eng, int(eng.env["ENGINE_ADT_FHIR_PORT"]), adt, "NC-ADT-0001")
+    hop = eng.wait_for(  # HL7 in, FHIR out, into this engine's own FHIR API
+        "messages",
+        "select id, channel, status from messages where channel in ('adt-to-fhir', 'fhir-inbound') order by id",
+        lambda r: len(r) == 2 and all(m["status"] == "SENT" for m in r),
+        timeout=30,
+    )
+    assert [m["channel"] for m in hop] == ["adt-to-fhir", "fhir-inbound"]
+    (row,) = eng.query("clinical", "select last_message_id from patient where mrn = 'MRN900101'")
+    assert row["last_message_id"] == hop[1]["id"]  # the patient as the FHIR API took it
     send_and_settle(eng, int(eng.env["ENGINE_LAB_PORT"]), (VISIT / "4_oru_r01_result.hl7").read_bytes(), "NC-ORU-0001")
     base = f"http://127.0.0.1:{eng.env['ENGINE_FHIR_PORT']}/fhir"
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as fhir:
@@ -53,13 +63,5 @@ def test_a_patient_in_over_mllp_comes_back_out_over_fhir(fresh_engine):
             if e["search"]["mode"] == "match"
         )
 
-    # the ADT went on as FHIR, once, and was taken by this engine's own FHIR API
-    hop = eng.wait_for(
-        "messages",
-        "select channel, status from messages where channel in ('adt-to-fhir', 'fhir-inbound') order by id",
-        lambda r: len(r) == 2 and all(m["status"] == "SENT" for m in r),
-        timeout=30,
-    )
-    assert [m["channel"] for m in hop] == ["adt-to-fhir", "fhir-inbound"]
     audit = eng.query("clinical", "select accessed_by, action, patient_mrn from record_access where action = 'view'")
     assert {(a["accessed_by"], a["patient_mrn"]) for a in audit} == {("api", "MRN900101")}

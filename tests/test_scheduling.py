@@ -42,7 +42,7 @@ channels:
 """
     + CHANNEL
 )
-MANAGED = ("id", "updated_at", "last_message_id", "last_seq")
+MANAGED = ("id", "updated_at", "last_message_id", "last_seq", "fhir_id")
 A = {"filler_appointment_id": "SA-2024-0515-01", "filler_appointment_namespace": "PMSCHED"}
 D = {"filler_appointment_id": "SA-2024-0611-03", "filler_appointment_namespace": "2.16.840.1.113883.3.9999.20"}
 

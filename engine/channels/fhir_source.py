@@ -217,7 +217,8 @@ class FhirSource:
         @app.post("/fhir/{rtype}")
         async def create(rtype: str, request: Request) -> JSONResponse:
             who = self.authorise(request)
-            data = parse_json(await self.body(request))
+            raw = await self.body(request)
+            data = parse_json(raw)
             self.supported(rtype)
             check_resource(data, rtype)
             condition = request.headers.get("if-none-exist")
@@ -225,7 +226,7 @@ class FhirSource:
                 found = await self.lookup(rtype, *criteria(condition, rtype), who=who)
                 if found:
                     return self._answer(200, _stored_already(), _where(rtype, found))
-            return await self.apply(data, who, "create", 201)
+            return await self.apply(data, who, "create", 201, raw=raw)
 
         @app.put("/fhir/{rtype}")
         async def conditional_update(rtype: str, request: Request) -> JSONResponse:
@@ -246,19 +247,21 @@ class FhirSource:
         @app.put("/fhir/{rtype}/{rid}")
         async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
             who = self.authorise(request)
-            data = parse_json(await self.body(request))
+            raw = await self.body(request)
+            data = parse_json(raw)
             self.supported(rtype)
             check_resource(data, rtype)
             if data.get("id") != rid:
                 raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
             status, stored_as = await self.check_update(rtype, rid, data, request.headers.get("if-match"), who)
-            return await self.apply(data, who, "update", status, stored_as)
+            return await self.apply(data, who, "update", status, stored_as, raw=raw)
 
         @app.post("/fhir")
         @app.post("/fhir/")  # a client's base URL may end with a slash
         async def bundle(request: Request) -> JSONResponse:
             who = self.authorise(request)
-            data = parse_json(await self.body(request))
+            raw = await self.body(request)
+            data = parse_json(raw)
             shell = dict(data, entry=[{k: v for k, v in e.items() if k != "resource"} for e in data.get("entry") or []])
             check_resource(shell, "Bundle")  # the Bundle; its resources one by one below
             kind = data.get("type")
@@ -275,7 +278,7 @@ class FhirSource:
                     self.supported(e["resource"].get("resourceType"), where)
                     check_resource(e["resource"], where=where)
             if kind == "transaction":
-                return await self.apply(data, who, "transaction", 200)
+                return await self.apply(data, who, "transaction", 200, raw=raw)
             results = []
             for e in entries:
                 results.append(await self.batch_entry(e["resource"], who))
@@ -316,18 +319,31 @@ class FhirSource:
             {"WWW-Authenticate": 'Bearer realm="fhir"'},
         )
 
-    async def apply(self, data: dict[str, Any], who: str, interaction: str, ok: int, stored_as: str | None = None):
-        """Commit ``data`` as one message, wait for its outcome, answer."""
+    async def apply(
+        self,
+        data: dict[str, Any],
+        who: str,
+        interaction: str,
+        ok: int,
+        stored_as: str | None = None,
+        *,
+        raw: bytes | None = None,
+    ):
+        """Commit ``data`` as one message, wait for its outcome, answer. ``raw``: the body as
+        received, stored as it is unless the engine added to it (an id, a resolved reference)."""
         rtype = data["resourceType"]
         if interaction != "transaction" and not data.get("id"):  # a create: the id it is stored under
             rid, stored = await asyncio.to_thread(self.new_id, data, who)
-            data, ok = dict(data, id=rid), 200 if stored else ok
+            data, ok, raw = dict(data, id=rid), 200 if stored else ok, None
         rid = data.get("id") or uuid.uuid4().hex
-        if self.store("clinical") is not None:  # Patient/<id> of a patient stored here: its identifier beside it
-            await asyncio.to_thread(fhir_references.resolve, data, self.store("clinical"), self.system_of)
+        clinical = self.store("clinical")  # Patient/<id> of a patient stored here: its identifier beside it
+        resolved = 0
+        if clinical is not None:
+            resolved = await asyncio.to_thread(fhir_references.resolve, data, clinical, self.system_of)
+        raw = None if resolved else raw
         item = Inbound(
             channel=self.channel.name,
-            content=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+            content=raw.removeprefix(b"\xef\xbb\xbf") if raw is not None else _json(data),
             charset="utf-8",
             message_type=rtype[:20],
             trigger=interaction,
@@ -476,6 +492,10 @@ def _lookup(cfg, name: str) -> Callable[[str], str]:
 
 _AT = re.compile(r"\((Bundle\.entry\[\d+\]\.resource)\)")
 """A FHIR resource's place in a mapping's error text (engine.transforms.mapping: ``... (Bundle.entry[2].resource)``)."""
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _stored_already() -> dict[str, Any]:

@@ -64,6 +64,7 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from engine.errors import ParseError
+from engine.formats.fhirpath_fast import compile_fast
 
 MODEL = models["r4"]
 CONSTANTS = ("resource", "rootResource", "owner", "parent", "context", "ucum")
@@ -115,7 +116,7 @@ class FhirPath:
     ``many`` is always true: a FHIRPath gives a collection (``concat`` joins every item; write
     ``.first()`` for one)."""
 
-    __slots__ = ("ast", "fn", "nodes", "test", "text")
+    __slots__ = ("ast", "fast", "fn", "nodes", "test", "text")
     many = True
 
     def __init__(self, text: str, test: bool = False):
@@ -123,6 +124,7 @@ class FhirPath:
         self.fn = _fp_compile(text, MODEL)
         self.nodes = _fp_compile(text, MODEL, {"returnRawData": True})
         self.ast = _fp_parse(text)["children"][0]
+        self.fast = compile_fast(self.ast)  # the common paths, on the JSON itself (engine/formats/fhirpath_fast.py)
 
     def __str__(self) -> str:
         return self.text
@@ -257,6 +259,17 @@ class FhirMessage:
                     return f"Bundle.entry[{n}].resource"
         return None
 
+    def _raw_vars(self, scope: int | None) -> dict:
+        """:meth:`_vars` as JSON data, for the fast path."""
+        parent = None if scope is None else self._nodes[scope][2]
+        root = self.resource
+        return {
+            "resource": root,
+            "rootResource": root,
+            "owner": self._node(self._owner(scope)).data,
+            "parent": self._node(parent).data,
+        }
+
     def scope_name(self, scope: int) -> str:
         """The ``for_each`` text that walked to ``scope`` (``component``)."""
         return self._nodes[scope][1]
@@ -271,12 +284,7 @@ class FhirMessage:
         if found is None:
             kind = min(self._analyse(path, within)[0], default=self._type(within))
             found = []
-            for found_node in self._evaluate(path, path.nodes, within):
-                if isinstance(found_node, ResourceNode):
-                    n = found_node
-                    node = _Node(n.data, n.path, n._data, n.propName, n.index)
-                else:  # a value fhirpathpy made (a string, a number)
-                    node = _Node(found_node, None)
+            for node in self._resources(path, within) or self._found(path, within):
                 data = node.data
                 own = data.get("resourceType") if isinstance(data, dict) else None
                 self._nodes.append((node, path.text, within, own if isinstance(own, str) else kind))
@@ -285,6 +293,29 @@ class FhirMessage:
         return found
 
     spans = groups
+
+    def _resources(self, path: FhirPath, within: int | None) -> list[_Node] | None:
+        """The nodes ``path`` selects by the fast path, when they are all resources (each knows
+        its own type, so fhirpathpy reads them as it reads the root); else None."""
+        if path.fast is None:
+            return None
+        try:
+            items = path.fast([self._node(within).data], self._raw_vars(within))
+        except Exception:  # Fallback, or data the fast path did not foresee
+            return None
+        if not items or not all(isinstance(i, dict) and isinstance(i.get("resourceType"), str) for i in items):
+            return None
+        return [_Node(i, None) for i in items]
+
+    def _found(self, path: FhirPath, within: int | None) -> list[_Node]:
+        out = []
+        for found_node in self._evaluate(path, path.nodes, within):
+            if isinstance(found_node, ResourceNode):
+                n = found_node
+                out.append(_Node(n.data, n.path, n._data, n.propName, n.index))
+            else:  # a value fhirpathpy made (a string, a number)
+                out.append(_Node(found_node, None))
+        return out
 
     # -- values ---------------------------------------------------------------------------------
     def _evaluate(self, path: FhirPath, fn, scope: int | None) -> list:
@@ -301,7 +332,15 @@ class FhirMessage:
         key = (id(path), scope)
         out = self._values.get(key)
         if out is None:
-            out = [t for t in (_text(v, path) for v in self._evaluate(path, path.fn, scope)) if t != ""]
+            found = None
+            if path.fast is not None:
+                try:
+                    found = path.fast([self._node(scope).data], self._raw_vars(scope))
+                except Exception:  # Fallback, or data the fast path did not foresee: fhirpathpy decides
+                    found = None
+            if found is None:
+                found = self._evaluate(path, path.fn, scope)
+            out = [t for t in (_text(v, path) for v in found) if t != ""]
             self._values[key] = out
         return out
 
