@@ -26,7 +26,7 @@ Bundles/s, resources/s   Bundles (Observations) answered 200 / seconds from the 
                          the last answer; the Observation rows in the clinical store are counted
                          at the end and must be every one sent (warm-up included).
 latency p50 / p99        from writing a request to reading its whole answer, per Bundle.
-engine CPU               user + system CPU of the engine process over the timed part
+engine CPU               user + system CPU of the engine processes (listener, workers) over the timed part
                          (/proc/<pid>/stat), per Observation: stable on a shared machine where
                          wall-clock rates are not.
 client CPU               CPU of this process while it sends, per Observation.
@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from mllp_ingest import _proc_cpu, machine, pct  # noqa: E402
-from services import free_port  # noqa: E402
+from services import PrivateRedis, free_port  # noqa: E402
 
 from engine.channels.fhir_source import token_hash  # noqa: E402
 
@@ -105,7 +105,7 @@ CONFIG = """\
 stores:
   messages: {{url: "{url_messages}"}}
   clinical: {{url: "{url_clinical}"}}
-mappings_dir: {mappings}
+{queue}mappings_dir: {mappings}
 channels:
   - name: fhir-in
     source:
@@ -210,8 +210,10 @@ class Engine:
     """``engine run`` on a one-channel config in a temporary folder (SQLite there, or a fresh
     schema of ``store_url``)."""
 
-    def __init__(self, store_url: str | None):
+    def __init__(self, store_url: str | None, workers: int = 0):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-fhir-"))
+        self.redis = PrivateRedis().start() if workers else None  # an empty queue of its own
+        self.workers: list[subprocess.Popen] = []
         self.port = free_port()
         self.token = secrets.token_urlsafe(32)
         self.schema = None
@@ -232,6 +234,7 @@ class Engine:
                 mappings=ROOT / "mappings",
                 port=self.port,
                 digest=token_hash(self.token),
+                queue=f"queue: {{url: {json.dumps(self.redis.url)}}}\n" if self.redis else "",
             )
         )
         env = dict(os.environ, ENGINE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
@@ -247,11 +250,15 @@ class Engine:
         if not line.startswith(b"channel "):
             self.proc.wait(30)
             raise SystemExit((self.dir / "engine.log").read_text()[-3000:])
+        for _ in range(workers):  # scale-out: the listener answers, these map and store
+            worker = [*cli, "worker", "--config", str(self.config), "--threads", "2"]
+            self.workers.append(subprocess.Popen(worker, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log))
         self.clinical = create_engine(clinical)
         self.messages = create_engine(messages)
 
     def cpu_seconds(self) -> float:
-        return _proc_cpu(self.proc.pid)
+        """The listener's and the workers' CPU (not redis-server's)."""
+        return _proc_cpu(self.proc.pid) + sum(_proc_cpu(w.pid) for w in self.workers)
 
     def observation_rows(self) -> int:
         with self.clinical.connect() as c:
@@ -265,8 +272,12 @@ class Engine:
         return len((self.dir / "engine.log").read_bytes().splitlines())
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        for proc in (self.proc, *self.workers):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (self.proc, *self.workers):
+            proc.wait(60)
+        if self.redis is not None:
+            self.redis.close()
         self.log.close()
         self.clinical.dispose()
         self.messages.dispose()
@@ -280,7 +291,7 @@ class Engine:
 
 def run_once(args, warm: list[bytes], timed: list[bytes], py_spy: str | None = None) -> dict:
     """Warm-up, then the timed load on a fresh engine; with ``py_spy``, sampled over the timed part."""
-    eng = Engine(args.store_url)
+    eng = Engine(args.store_url, args.workers)
     spy = None
     try:
         asyncio.run(send_all(eng.port, [request_bytes(eng.port, eng.token, b) for b in warm], args.connections))
@@ -442,6 +453,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=None, help="patients the Bundles are drawn from (default N/2)")
     ap.add_argument("--warmup", type=int, default=200, help="untimed Bundles first (default 200)")
     ap.add_argument("--store-url", default=None, help="a PostgreSQL URL (a fresh schema there); default SQLite")
+    ap.add_argument("--workers", type=int, default=0, help="scale-out: N `engine worker` processes on Redis")
     ap.add_argument("--profile", action="store_true", help="then a second run, sampled by py-spy")
     ap.add_argument("--py-spy", default=None, help="the py-spy executable (default: on PATH or beside python)")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
@@ -455,7 +467,8 @@ def main() -> None:
     warm = make_bundles(args.warmup, args.observations, patients, start=0)
     timed = make_bundles(args.bundles, args.observations, patients, start=args.warmup)
     size = sum(map(len, timed)) / len(timed)
-    store = "PostgreSQL (a fresh schema)" if args.store_url else "SQLite (embedded default), in-process queue"
+    store = "PostgreSQL (a fresh schema)" if args.store_url else "SQLite"
+    store += f", {args.workers} engine worker(s) on Redis" if args.workers else ", in-process queue"
     print(f"{command}\n{date}, {machine()}")
     print(
         f"{args.bundles} transaction Bundles of {args.observations} Observations ({size / 1024:.1f} kB each) "

@@ -206,6 +206,8 @@ class FhirMessage:
         self._groups: dict[tuple[str, int | None], list[int]] = {}
         self._values: dict[tuple[int, int | None], list] = {}
         self._reads: dict[tuple[int, str, str, str], frozenset[str]] = {}
+        self._types: dict[int | None, tuple[str, str, str]] = {}
+        self._raw: dict[int | None, dict] = {}
 
     @classmethod
     def from_text(cls, text: str) -> FhirMessage:
@@ -260,15 +262,18 @@ class FhirMessage:
         return None
 
     def _raw_vars(self, scope: int | None) -> dict:
-        """:meth:`_vars` as JSON data, for the fast path."""
-        parent = None if scope is None else self._nodes[scope][2]
-        root = self.resource
-        return {
-            "resource": root,
-            "rootResource": root,
-            "owner": self._node(self._owner(scope)).data,
-            "parent": self._node(parent).data,
-        }
+        """:meth:`_vars` as JSON data, for the fast path (once per scope)."""
+        found = self._raw.get(scope)
+        if found is None:
+            parent = None if scope is None else self._nodes[scope][2]
+            root = self.resource
+            found = self._raw[scope] = {
+                "resource": root,
+                "rootResource": root,
+                "owner": self._node(self._owner(scope)).data,
+                "parent": self._node(parent).data,
+            }
+        return found
 
     def scope_name(self, scope: int) -> str:
         """The ``for_each`` text that walked to ``scope`` (``component``)."""
@@ -357,8 +362,11 @@ class FhirMessage:
     def reads(self, path: FhirPath, scopes: tuple = ()) -> frozenset[str]:
         """The element paths ``path`` reads in these scopes (an approximation: module docstring)."""
         scope = scopes[-1] if scopes else None
-        outer = None if scope is None else self._nodes[scope][2]
-        key = (id(path), self._type(scope), self._type(outer), self._type(self._owner(scope)))
+        types = self._types.get(scope)
+        if types is None:  # the types around the scope: the same for each Observation of a Bundle
+            outer = None if scope is None else self._nodes[scope][2]
+            types = self._types[scope] = (self._type(scope), self._type(outer), self._type(self._owner(scope)))
+        key = (id(path), *types)
         found = self._reads.get(key)
         if found is None:
             found = self._reads[key] = frozenset(self._analyse(path, scope)[1])

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from fhirpathpy.models import models
+
 Env = dict[str, Any]
 Fn = Callable[[list, Env], list]
 
@@ -87,6 +89,11 @@ TYPES = frozenset(
 
 
 _DATE = re.compile(r"^\d{4}(-\d\d)?(-\d\d)?(T|$)")
+
+
+CHOICES = frozenset(path.rsplit(".", 1)[-1] for path in models["r4"]["choiceTypePaths"])
+"""Names of R4's choice elements (``value``, ``effective``, ``onset`` ...): only these are looked
+for under a type suffix when the name itself is absent (from fhirpathpy's R4 model)."""
 
 
 class Fallback(Exception):
@@ -241,7 +248,7 @@ def _member(items: list, name: str) -> list:
             continue
         value = item.get(name)
         if value is None:
-            if name in item:
+            if name not in CHOICES or name in item:
                 continue
             for key, choice in item.items():  # a choice element by its name: value -> valueQuantity
                 if key.startswith(name) and key[len(name) :] in TYPES:
@@ -391,21 +398,12 @@ def _union(_node: dict, kids: list) -> Fn:
 
     def union(focus: list, env: Env) -> list:
         out: list = []
-        seen: set = set()
-        for item in (*a(focus, env), *b(focus, env)):
-            key = _key(item)
-            if key not in seen:
-                seen.add(key)
+        for item in (*a(focus, env), *b(focus, env)):  # a few items: equality, not hashing JSON
+            if not any(item is o or (type(item) is type(o) and item == o) for o in out):
                 out.append(item)
         return out
 
     return union
-
-
-def _key(item: Any) -> Any:
-    if isinstance(item, (dict, list)):
-        return json.dumps(item, sort_keys=True, default=str)
-    return (type(item).__name__, item)
 
 
 def _equality(node: dict, kids: list) -> Fn:
