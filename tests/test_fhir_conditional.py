@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from conftest import FIXTURES, send_and_settle
+from fhir.resources.R4B import get_fhir_model_class
 
 from engine.formats.fhir_bundle import resource_id
 
@@ -183,3 +184,14 @@ def test_a_reference_to_a_patient_stored_here_names_that_patient(api):
     r = client.post("/Condition", json=nobody)
     assert r.status_code == 422, r.text  # an id this engine does not serve names no one: never a guess
     assert len(eng.query("clinical", "SELECT id FROM condition")) == 1
+
+
+def test_the_capability_statement_says_which_types_take_conditional_writes_and_versions(api):
+    _eng, client = api
+    cap = client.get("/metadata").json()
+    get_fhir_model_class("CapabilityStatement").model_validate(cap)
+    types = {r["type"]: r for r in cap["rest"][0]["resource"]}
+    assert types["Patient"]["conditionalCreate"] and types["Patient"]["conditionalUpdate"]
+    assert types["Patient"]["versioning"] == "versioned-update"
+    assert "conditionalCreate" not in types["Encounter"]  # its identifier is not its key: no conditional writes
+    assert "SMART" not in str(cap["rest"][0]["security"])  # a bearer token, not SMART on FHIR

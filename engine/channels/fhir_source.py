@@ -458,6 +458,12 @@ class FhirSource:
         transaction and batch Bundles of them; read and search of what ``read_stores`` serve."""
         from engine.channels import fhir_read
 
+        resources = fhir_read.describe(self.config.resources, self.config.read_stores)
+        for entry in resources:
+            if entry["type"] in self.config.resources:
+                entry["updateCreate"] = True  # PUT <Type>/<id> of an id not stored yet creates it
+            if entry["type"] in self.config.resources and self.finder.available(entry["type"]):
+                entry.update(conditionalCreate=True, conditionalUpdate=True, versioning="versioned-update")
         return {
             "resourceType": "CapabilityStatement",
             "status": "active",
@@ -469,11 +475,10 @@ class FhirSource:
             "rest": [
                 {
                     "mode": "server",
-                    "security": {
-                        "service": [{"coding": [{"code": "SMART-on-FHIR"}], "text": "bearer token"}],
+                    "security": {  # not SMART on FHIR: a bearer token the engine's operator issues
                         "description": "Authorization: Bearer <token>; tokens are issued by the engine's operator",
                     },
-                    "resource": fhir_read.describe(self.config.resources, self.config.read_stores),
+                    "resource": resources,
                     "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 }
             ],
