@@ -1,10 +1,10 @@
 """The processing queue: message-store ids waiting for filter, mapping and delivery.
 
 Only ids travel through the queue, never content (it may be PHI, and a queue broker's logs
-print task arguments). The embedded default is :class:`MemoryQueue`: worker threads in the
-engine's process, each channel's ids taken by one of them at a time in the order they were
-committed, so updates for one patient apply in receive order. Nothing is lost if the process
-dies: the ids are re-read from the message store's RECEIVED/QUEUED rows at the next start.
+print task arguments). The embedded default is :class:`MemoryQueue`: one worker thread in the
+engine's process that takes ids in the order they were committed, so updates for one patient
+apply in receive order. Nothing is lost if the process dies: the ids are re-read from the
+message store's RECEIVED/QUEUED rows at the next start.
 """
 
 from __future__ import annotations
@@ -22,39 +22,23 @@ Handler = Callable[[str, list[int]], None]
 
 
 class MemoryQueue:
-    """In-process queue: ids per channel, in commit order, handed to ``threads`` worker threads.
+    """In-process FIFO with one worker thread that hands the handler batches per channel."""
 
-    A channel is processed by one thread at a time, in the order its ids were committed, so a
-    patient's updates apply in receive order; different channels run side by side (order is
-    promised within a channel, not across channels, as in every engine and as the Redis queue
-    does). Side by side matters when one channel's destination waits on another channel of
-    the same engine: the sample's ``adt-to-fhir`` posts to this engine's own FHIR API, whose
-    answer waits for ``fhir-inbound`` to be processed.
-    """
-
-    def __init__(self, handler: Handler, *, batch_size: int = 200, linger_seconds: float = 0.02, threads: int = 4):
-        """``linger_seconds``: how long a worker with fewer than ``batch_size`` ids of a channel
-        waits for more before it starts (each batch costs a few commits, so fuller batches go
-        faster). ``threads``: how many channels are processed at once."""
+    def __init__(self, handler: Handler, *, batch_size: int = 200, linger_seconds: float = 0.02):
+        """``linger_seconds``: how long a worker with fewer than ``batch_size`` ids waits for
+        more before it starts (each batch costs a few commits, so fuller batches go faster)."""
         self._handler = handler
         self._batch_size = batch_size
         self._linger = linger_seconds
-        self._queues: dict[str, collections.deque[int]] = {}
-        self._ready: collections.deque[str] = collections.deque()  # channels waiting for a worker
-        self._busy: set[str] = set()  # channels a worker holds (lingering or processing)
-        self._urgent: set[str] = set()
-        self._last: dict[str, int] = {}  # channel -> the worker that took it last
-        self._working: dict[int, str | None] = {}  # worker -> the channel it holds now
+        self._items: collections.deque[tuple[str, int]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._threads = [
-            threading.Thread(target=self._run, args=(n,), name=f"engine-worker-{n}", daemon=True)
-            for n in range(max(1, threads))
-        ]
+        self._busy = False
+        self._urgent = False
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
 
     def enqueue(self, channel: str, ids: list[int], *, urgent: bool = False) -> None:
         """``urgent``: a sender waits for these ids' outcome (an after_processing ACK), so the
@@ -62,78 +46,56 @@ class MemoryQueue:
         if not ids:
             return
         with self._cond:
-            self._queues.setdefault(channel, collections.deque()).extend(ids)
-            if urgent:
-                self._urgent.add(channel)
-            if channel not in self._busy and channel not in self._ready:
-                self._ready.append(channel)
-            self._cond.notify_all()  # the worker lingering on this channel, or an idle one
+            self._items.extend((channel, i) for i in ids)
+            self._urgent = self._urgent or urgent
+            self._cond.notify()
 
     def depth(self) -> int:
-        with self._cond:
-            return sum(len(q) for q in self._queues.values())
+        return len(self._items)
 
     def idle(self) -> bool:
         with self._cond:
-            return not self._busy and not any(self._queues.values())
+            return not self._items and not self._busy
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is queued (up to ``timeout`` seconds), then stop the workers."""
+        """Finish what is queued (up to ``timeout`` seconds), then stop the worker."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            if t.is_alive():
-                t.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
-    def _pick(self, n: int) -> str | None:
-        """The next channel worker ``n`` takes: one that was its own last time, or whose worker
-        is busy with another channel, or nobody's yet. A channel stays with one worker while that
-        worker is free for it: its memory (the allocator's arena per thread, SQLite's cache per
-        connection) is not built up again by every worker in turn."""
-        for channel in self._ready:
-            owner = self._last.get(channel)
-            if owner is None or owner == n or self._working.get(owner) is not None or self._stopping:
-                self._ready.remove(channel)
-                return channel
-        return None
-
-    def _run(self, n: int) -> None:
+    def _run(self) -> None:
         while True:
             with self._cond:
-                channel = self._pick(n)
-                while channel is None and not (self._stopping and not self._busy and not self._ready):
+                while not self._items and not self._stopping:
                     self._cond.wait()
-                    channel = self._pick(n)
-                if channel is None:  # stopping, and nothing left that another worker will hand back
+                if not self._items and self._stopping:
                     return
-                self._busy.add(channel)
-                self._last[channel] = n
-                self._working[n] = channel
-                queue = self._queues[channel]
                 # linger until the batch is full or the time is up (a notify for each new id
                 # must not end the wait: batches of one or two cost several commits each)
                 deadline = time.monotonic() + self._linger
-                while len(queue) < self._batch_size and not self._stopping and channel not in self._urgent:
+                while len(self._items) < self._batch_size and not self._stopping and not self._urgent:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                ids = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
-                self._urgent.discard(channel)
+                batch = [self._items.popleft() for _ in range(min(self._batch_size, len(self._items)))]
+                self._urgent = False
+                self._busy = True
             try:
-                if ids:
+                # one call per channel, each in its own receive order (channels are independent,
+                # as in every engine: order is promised within a channel, not across channels)
+                by_channel: dict[str, list[int]] = {}
+                for channel, mid in batch:
+                    by_channel.setdefault(channel, []).append(mid)
+                for channel, ids in by_channel.items():
                     self._handler(channel, ids)
             except Exception:  # the handler must not raise; if it does, the sweeper retries
                 log.exception("worker batch failed; messages stay pending for re-dispatch")
             finally:
                 with self._cond:
-                    self._busy.discard(channel)
-                    self._working[n] = None
-                    if queue:
-                        self._ready.append(channel)
-                    self._cond.notify_all()
+                    self._busy = False
 
 
 class RedisQueue:
@@ -223,7 +185,7 @@ def make_queue(
     if url.startswith("memory:"):
         if handler is None:
             raise ValueError("the in-process queue needs a handler: it processes in this process")
-        return MemoryQueue(handler, batch_size=batch_size, linger_seconds=linger_seconds, threads=threads)
+        return MemoryQueue(handler, batch_size=batch_size, linger_seconds=linger_seconds)
     if url.startswith(("redis:", "rediss:", "unix:")):
         return RedisQueue(url, handler, threads=threads)
     raise ValueError(f"unknown queue URL scheme in {url.split(':', 1)[0]!r} (memory:// or redis://)")

@@ -195,3 +195,13 @@ def test_the_capability_statement_says_which_types_take_conditional_writes_and_v
     assert types["Patient"]["versioning"] == "versioned-update"
     assert "conditionalCreate" not in types["Encounter"]  # its identifier is not its key: no conditional writes
     assert "SMART" not in str(cap["rest"][0]["security"])  # a bearer token, not SMART on FHIR
+
+
+def test_prefer_respond_async_is_answered_once_stored_and_applied_after(api):
+    eng, client = api
+    r = client.post("/Patient", json=patient("MRN700009", "541-555-0109"), headers={"Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    assert r.json()["issue"][0]["severity"] == "information"
+    rid = r.headers["location"].rsplit("/", 1)[1]
+    stored = "SELECT fhir_id FROM patient WHERE mrn = 'MRN700009'"
+    eng.wait_for("clinical", stored, lambda rows: rows == [{"fhir_id": rid}])

@@ -455,3 +455,20 @@ channels:
         a.stop()
         b.stop()
     assert TOKEN not in (a_dir / "engine.log").read_text()
+
+
+def test_respond_async_asks_the_server_to_answer_once_stored(down):
+    down.script = lambda n, _b: Answer(202, outcome("informational", "stored"))
+    dest = sender(down.url, respond_async=True)
+    try:
+        (res,) = dest.deliver([Item(1, bundle(1), b"")])
+    finally:
+        dest.close()
+    assert res is None  # 202: stored by the receiver, delivered for this destination
+    assert [r.headers.get("prefer") for r in down.requests] == ["respond-async"]
+    plain = sender(down.url)
+    try:
+        plain.deliver([Item(2, bundle(2), b"")])
+    finally:
+        plain.close()
+    assert down.requests[-1].headers.get("prefer") is None  # only when asked: a 202 hides the receiver's errors

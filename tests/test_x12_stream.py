@@ -293,7 +293,5 @@ def test_a_20_mb_837_is_posted_without_sitting_in_the_engines_memory(fresh_engin
     assert max(len(m["control_id"]) for m in messages) < 40
     n = pm_rows(eng, "SELECT count(*) AS n, count(DISTINCT patient_control_number) AS d FROM claim")[0]
     assert n == {"n": BIG_SUBSCRIBERS + 1, "d": BIG_SUBSCRIBERS + 1}  # with the warming claim: each once
-    # flat while three quarters of the file went through: a few MB, not the 15 MB that went (the other
-    # sample channels' worker threads, each with its own allocator arena, run beside this one)
-    assert late < size / 8
+    assert late < size / 10  # flat while three quarters of the file went through
     assert grew < 2 * size  # with every part queued at once (no waiting on processing) it took 18 times its size

@@ -88,6 +88,14 @@ class Destination(ABC):
         """
         return message
 
+    def sender_clock(self, message: Message) -> Any:
+        """The clock of ``message``'s sender, for date/times it sends without an offset: its
+        channel's ``timezone``/``timezones`` (HL7 only); None leaves each mapping's own."""
+        channel = self.context.channel
+        if channel is None or not (channel.timezone or channel.timezones) or message.format != "hl7v2":
+            return None
+        return channel.clock(message.header().sending_facility, message.delimiters.component)
+
     @abstractmethod
     def deliver(self, items: list[Item]) -> list[Exception | None]:
         """Deliver each item; one result per item: None when delivered, else the error."""

@@ -78,6 +78,11 @@ class FhirSenderConfig(DestinationConfig):
     the answer."""
     max_connections: int = Field(4, ge=1, le=64)
     """Most connections open at once to this server."""
+    respond_async: bool = False
+    """Send ``Prefer: respond-async``: the server answers 202 once it has stored the Bundle, before
+    it is applied. For this engine's own FHIR API (the sample's adt-to-fhir): its answer must not
+    wait for the processing this very destination holds up. An error of the receiver's processing
+    is then the receiver's to show, not this destination's."""
     tls: ClientTls | None = None
     """Whom to trust for an ``https`` base_url (``ca_file``; default: the system's CAs), and a
     client certificate if the server asks for one."""
@@ -173,10 +178,7 @@ class FhirSender(Destination):
         applying = [m for m in self.mappings if m.applies(message)]
         if not applying:
             return None
-        channel = self.context.channel
-        zone = None
-        if channel is not None and (channel.timezone or channel.timezones) and message.format == "hl7v2":
-            zone = channel.clock(message.header().sending_facility, message.delimiters.component)
+        zone = self.sender_clock(message)
         records = []
         for mapping in applying:  # a MappingError in any fails the message for this destination
             records.extend(mapping.run(message, report, zone))
@@ -194,7 +196,8 @@ class FhirSender(Destination):
     def _post(self, item: Item) -> Exception | None:
         body = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False).encode()
         try:
-            response = self.client.post(self.config.base_url, content=body)
+            headers = {"Prefer": "respond-async"} if self.config.respond_async else None
+            response = self.client.post(self.config.base_url, content=body, headers=headers)
         except httpx.RequestError as exc:  # connect, TLS, timeouts, a dropped connection, a garbled answer
             return DeliveryError(f"{self.where}: {type(exc).__name__}", retryable=True)
         status = response.status_code

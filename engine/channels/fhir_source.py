@@ -226,7 +226,7 @@ class FhirSource:
                 found = await self.lookup(rtype, *criteria(condition, rtype), who=who)
                 if found:
                     return self._answer(200, _stored_already(), _where(rtype, found))
-            return await self.apply(data, who, "create", 201, raw=raw)
+            return await self.apply(data, who, "create", 201, raw=raw, respond_async=_async(request))
 
         @app.put("/fhir/{rtype}")
         async def conditional_update(rtype: str, request: Request) -> JSONResponse:
@@ -238,11 +238,11 @@ class FhirSource:
                 raise Refused(405, [Issue("not-supported", "PUT needs an id (/fhir/<Type>/<id>) or a condition")])
             found = await self.lookup(rtype, *criteria(request.url.query, rtype), who=who)
             if found is None:  # no match: a create, under the client's id if it gave one
-                return await self.apply(data, who, "create", 201)
+                return await self.apply(data, who, "create", 201, respond_async=_async(request))
             if data.get("id") not in (None, found.fhir_id):
                 where = [f"{rtype}.id"]
                 raise Refused(400, [Issue("invalid", f"the resource's id is not that of the {rtype} found", where)])
-            return await self.apply(dict(data, id=found.fhir_id), who, "update", 200)
+            return await self.apply(dict(data, id=found.fhir_id), who, "update", 200, respond_async=_async(request))
 
         @app.put("/fhir/{rtype}/{rid}")
         async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
@@ -254,7 +254,7 @@ class FhirSource:
             if data.get("id") != rid:
                 raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
             status, stored_as = await self.check_update(rtype, rid, data, request.headers.get("if-match"), who)
-            return await self.apply(data, who, "update", status, stored_as, raw=raw)
+            return await self.apply(data, who, "update", status, stored_as, raw=raw, respond_async=_async(request))
 
         @app.post("/fhir")
         @app.post("/fhir/")  # a client's base URL may end with a slash
@@ -278,7 +278,7 @@ class FhirSource:
                     self.supported(e["resource"].get("resourceType"), where)
                     check_resource(e["resource"], where=where)
             if kind == "transaction":
-                return await self.apply(data, who, "transaction", 200, raw=raw)
+                return await self.apply(data, who, "transaction", 200, raw=raw, respond_async=_async(request))
             results = []
             for e in entries:
                 results.append(await self.batch_entry(e["resource"], who))
@@ -328,6 +328,7 @@ class FhirSource:
         stored_as: str | None = None,
         *,
         raw: bytes | None = None,
+        respond_async: bool = False,
     ):
         """Commit ``data`` as one message, wait for its outcome, answer. ``raw``: the body as
         received, stored as it is unless the engine added to it (an id, a resolved reference)."""
@@ -363,6 +364,11 @@ class FhirSource:
                 [Issue("transient", "the message store cannot commit now; nothing was stored")],
                 {"Retry-After": str(self.config.retry_after_seconds)},
             ) from None
+        if respond_async:  # Prefer: respond-async: stored is the answer; applied after it
+            text = "stored; it is applied in receive order after this answer (Prefer: respond-async)"
+            note = outcome([Issue("informational", text, severity="information")])
+            where = {"Location": f"/fhir/{rtype}/{rid}"} if interaction != "transaction" else None
+            return self._answer(202, note, where)
         if self.poll:
             processed = asyncio.ensure_future(self.committer.poll_outcome(stored.id))
         try:
@@ -497,6 +503,11 @@ def _lookup(cfg, name: str) -> Callable[[str], str]:
 
 _AT = re.compile(r"\((Bundle\.entry\[\d+\]\.resource)\)")
 """A FHIR resource's place in a mapping's error text (engine.transforms.mapping: ``... (Bundle.entry[2].resource)``)."""
+
+
+def _async(request: Request) -> bool:
+    """The client asked for FHIR's asynchronous pattern: 202 once stored (``Prefer: respond-async``)."""
+    return "respond-async" in request.headers.get("prefer", "").lower()
 
 
 def _json(data: Any) -> bytes:

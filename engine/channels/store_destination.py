@@ -83,10 +83,7 @@ class StoreDestination(Destination):
         applying = [m for m in self.mappings if m.applies(message)]
         if not applying:
             return None
-        channel = self.context.channel
-        zone = None
-        if channel is not None and (channel.timezone or channel.timezones) and message.format == "hl7v2":
-            zone = channel.clock(message.header().sending_facility, message.delimiters.component)
+        zone = self.sender_clock(message)
         records = []
         for mapping in applying:  # a MappingError in any fails the message for this destination: none is written
             built = mapping.run(message, report, zone)
