@@ -367,8 +367,8 @@ class FhirSource:
         if respond_async:  # Prefer: respond-async: stored is the answer; applied after it
             text = "stored; it is applied in receive order after this answer (Prefer: respond-async)"
             note = outcome([Issue("informational", text, severity="information")])
-            where = {"Location": f"/fhir/{rtype}/{rid}"} if interaction != "transaction" else None
-            return self._answer(202, note, where)
+            located = {"Location": f"/fhir/{rtype}/{rid}"} if interaction != "transaction" else None
+            return self._answer(202, note, located)
         if self.poll:
             processed = asyncio.ensure_future(self.committer.poll_outcome(stored.id))
         try:
