@@ -48,19 +48,12 @@ class Lookup:
     fixed: dict[str, Any] = field(default_factory=dict)
     issuer: bool = False
 
-    def key(self, system: str, value: str) -> tuple[Any, ...] | None:
-        """The row's natural key for this identifier, when the identifier is all of it."""
+    def key(self, system: str, value: str, natural: tuple[str, ...]) -> tuple[Any, ...]:
+        """The row's natural key (``natural``: its columns, from the store's schema) for this
+        identifier: the identifier is all of it, with ``fixed``."""
         parts = {self.value: value, self.namespace: system, **self.fixed}
-        return tuple(parts[k] for k in KEYS[(self.kind, self.table)])
+        return tuple(parts[k] for k in natural)
 
-
-KEYS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("clinical", "patient"): ("mrn", "mrn_issuer"),
-    ("clinical", "observation"): ("filler_order_number", "report_code", "report_occurrence", "specimen_seq", "seq"),
-    ("clinical", "condition"): ("condition_id", "condition_namespace"),
-    ("clinical", "procedure"): ("procedure_id", "procedure_namespace"),
-}
-"""Natural keys of the tables below (engine/stores/clinical.py)."""
 
 LOOKUPS = {
     "Patient": Lookup("clinical", "patient", "mrn", "mrn_issuer", issuer=True),
@@ -156,14 +149,14 @@ class Finder:
 
     def id_for(self, rtype: str, identifier: tuple[str, str]) -> tuple[Found | None, str]:
         """The resource this identifier names, if stored, and the id it has or would get."""
-        look = self._table(rtype)[0]
+        look, store, _t = self._table(rtype)
         system, value = identifier
         namespace = self.issuer_of(system) if look.issuer else system
         found = self.find(rtype, "identifier", f"{system}|{value}")
         if found:
             return found[0], found[0].fhir_id
-        key = look.key(namespace, value)
-        return None, str(row_id(look.kind, look.table, key or ()))
+        key = look.key(namespace, value, store.spec.keys[look.table])
+        return None, str(row_id(look.kind, look.table, key))
 
     def _rows(self, store, t, where: list) -> list[Found]:
         patient = [t.c.mrn, t.c.mrn_issuer] if "mrn" in t.c else []
