@@ -17,8 +17,7 @@
   or none. A batch Bundle's entries are messages of their own, each with its own answer.
 - Nothing is logged of a request's content; access lines (uvicorn's) are off: a URL carries ids.
 
-uvicorn runs in a thread of its own with its own event loop: in the main thread it would take
-over the engine's SIGTERM and SIGINT handling.
+uvicorn runs in a thread of its own (:mod:`engine.http_server`).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import json
 import logging
 import os
 import re
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +45,7 @@ from engine.channels.registry import ConnectorConfig
 from engine.errors import StoreUnavailable
 from engine.formats.fhir_outcome import FHIR_JSON, Issue, Refused, check_resource, outcome, parse_json
 from engine.formats.fhir_patient import ordering_key, resource_identifier
+from engine.http_server import ThreadedServer
 from engine.stores.message_store import ERROR, FILTERED, Inbound
 from engine.tls import ServerTls
 from engine.transforms.tables import load_table
@@ -134,8 +133,7 @@ class FhirSource:
         self.finder = Finder(self, self.issuer_of)
         cfg = getattr(receiver, "config", None)  # the read API's code tables (engine/channels/fhir_read.py)
         self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self.port = config.port
 
     def store(self, kind: str):
@@ -148,46 +146,16 @@ class FhirSource:
 
     # -- serving ----------------------------------------------------------------------------------
     async def start(self) -> str:
-        import uvicorn
-
-        app = self.app()
-        tls = self.config.tls.uvicorn_kwargs() if self.config.tls is not None else {}
-        cfg = uvicorn.Config(
-            app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False, **tls
+        self._server = ThreadedServer(
+            self.app(), host=self.config.host, port=self.config.port, name="engine-fhir", tls=self.config.tls
         )
-        self._server = uvicorn.Server(cfg)
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(started,), name="engine-fhir", daemon=True)
-        self._thread.start()
-        await asyncio.to_thread(started.wait, 30)
-        if not self._server.started:
-            raise RuntimeError(f"FHIR endpoint could not listen on {self.config.host}:{self.config.port}")
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        scheme = "https" if self.config.tls is not None else "http"
-        return f"fhir {scheme}://{self.config.host}:{self.port}/fhir"
-
-    def _serve(self, started: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-
-        async def run():
-            task = asyncio.create_task(self._server.serve())
-            while not self._server.started and not task.done():
-                await asyncio.sleep(0.01)
-            started.set()
-            await task
-
-        try:
-            loop.run_until_complete(run())
-        finally:
-            started.set()
-            loop.close()
+        await self._server.start()
+        self.port = self._server.port
+        return f"fhir {self._server.scheme}://{self.config.host}:{self.port}/fhir"
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
+            await self._server.stop()
 
     # -- the API ----------------------------------------------------------------------------------
     def app(self) -> FastAPI:
