@@ -28,6 +28,7 @@ from sqlalchemy import bindparam, inspect, text
 from engine.errors import DeliveryError
 from engine.records import Record
 from engine.stores import migrate
+from engine.stores.audit import os_user
 from engine.stores.db import UTCDateTime, write_transaction
 from engine.stores.patient_view import PatientView
 from engine.stores.records_store import RecordStore
@@ -530,7 +531,7 @@ def patient_env(tmp_path):
         )
     )
     _populate(urls["clinical"], urls["pm"])
-    env = {**os.environ, "ENGINE_USER": "dr.audit"}
+    env = {**os.environ, "ENGINE_USER": "dr.audit"}  # ignored: the audit names the OS account (os_user)
     return cfg, urls, env
 
 
@@ -610,7 +611,7 @@ def test_engine_patient_prints_the_visit_story_across_both_stores_and_records_th
     log = access_log(urls)
     for kind in ("clinical", "pm"):
         (entry,) = log[kind]
-        assert (entry["accessed_by"], entry["purpose"], entry["action"]) == ("dr.audit", "billing query 12", "view")
+        assert (entry["accessed_by"], entry["purpose"], entry["action"]) == (os_user(), "billing query 12", "view")
         assert (entry["patient_mrn_issuer"], entry["patient_mrn"]) == (NORTH, "M1")
         assert entry["accessed_at"].tzinfo is not None
     assert log["clinical"][0]["access_id"] == log["pm"][0]["access_id"]

@@ -16,7 +16,7 @@ from alembic import context
 METADATA_MODULES = {
     "clinical": "engine.stores.clinical",
     "pm": "engine.stores.pm",
-    "messages": "engine.stores.message_tables",
+    "messages": "engine.stores.console_tables",  # message_tables.metadata with the console's tables on it
 }
 
 config = context.config

@@ -8,6 +8,7 @@ the SQLAlchemy docs explains the pysqlite quirk this fixes).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
 
 
 class UTCDateTime(TypeDecorator):
@@ -66,8 +69,8 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
             given = " ".join(given) if isinstance(given, tuple) else given
             args = {"connect_args": {"options": " ".join(filter(None, [given, "-c synchronous_commit=off"]))}}
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **args)
-    if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    if u.database and u.database != ":memory:" and not u.query.get("uri"):
+        _owner_only(Path(u.database))
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection})
     sync = "FULL" if durable else "NORMAL"
 
@@ -95,6 +98,31 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     # event, though, costs its dispatch on every statement of the engine, ~20 us each.)
     engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
+
+
+def _owner_only(path: Path) -> None:
+    """Make the SQLite file at ``path`` readable and writable by its owner only (0600), before
+    SQLite opens it: the stores hold patient data. A new file's folder is made 0700 when this
+    creates it. An existing file (or its -wal/-shm) open to group or others is narrowed to 0600
+    with one warning naming the path. SQLite gives the -wal and -shm files it creates the mode
+    of the database file."""
+    if not path.exists():
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            loose = file.stat().st_mode & 0o077
+        except FileNotFoundError:
+            continue
+        if loose:
+            file.chmod(0o600)
+            if str(file) not in _NARROWED:
+                _NARROWED.add(str(file))
+                log.warning("%s was readable by group or others: now owner-only (0600)", file)
+
+
+_NARROWED: set[str] = set()  # files whose mode was narrowed (warned once per process)
 
 
 class _SQLiteConnection(sqlite3.Connection):
