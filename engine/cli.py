@@ -77,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--content", type=int, metavar="ID", help="print one message's content (audited)")
-    sp.add_argument("--purpose", default="", help="why the content is read (kept in the audit trail)")
+    sp.add_argument("--purpose", default="", help="why the content or identifiers are read (kept in the audit log)")
+    sp.add_argument(
+        "--identifiers",
+        action="store_true",
+        help="--json: add each message's patient identity (needs --purpose; audited)",
+    )
     sp = cmd("patient", cmd_patient, "one patient's visits across the clinical and PM stores (audited)")
     sp.add_argument("identifier", help="the patient identifier (MRN) value")
     sp.add_argument("--issuer", help="its assigning authority; needed when several issue the same value ('' for none)")
@@ -99,11 +104,51 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["build"])
     sp.add_argument("--dry-run", action="store_true", help="build and validate the file; commit and write nothing")
     sp.add_argument("--resend", metavar="ISA13", help="write the file of this interchange again from its stored claims")
+    sp = cmd("replay", cmd_replay, "run stored messages through a changed mapping: what would change (writes nothing)")
+    sp.add_argument("--mapping", required=True, help="the changed mapping file (YAML)")
+    sp.add_argument("--channel", required=True, help="the channel whose stored messages are replayed")
+    sp.add_argument("--since", type=_since, default="24h", help="received since: 24h, 7d, 30m or an ISO date/time")
+    sp.add_argument("--until", type=_since, help="received until (same forms; default now)")
+    sp.add_argument("--destination", help="the destination whose mapping it replaces (default: by file name)")
+    sp.add_argument("--limit", type=int, default=1000, help="most messages read (default %(default)s)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--purpose", default="", help="why message content is read (required; audited)")
     sp = cmd("db", cmd_db, "database schema: `engine db upgrade`")
     sp.add_argument("action", choices=["upgrade", "current"])
+    sp = cmd("audit", cmd_audit, "the audit log, newest first (reading it is recorded too)")
+    sp.add_argument("--actor")
+    sp.add_argument("--action", help="e.g. users.add, message.content, patient.read")
+    sp.add_argument("--since", type=_since, help="24h, 7d, 30m or an ISO date/time (UTC)")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true")
+    _users_parser(sub.add_parser("users", help=USERS_HELP, description=USERS_HELP))
     sp = cmd("fhir-token", cmd_fhir_token, "make a bearer token for the FHIR endpoint", config=False)
     sp.add_argument("name", help="who the token is for (the sender recorded with what it writes)")
     return p
+
+
+USERS_HELP = "operator console users: add, list, passwd, role, disable (each change is audited)"
+ROLES_HELP = "admin, analyst, operator or viewer"
+
+
+def _users_parser(p: argparse.ArgumentParser) -> None:
+    """``engine users ACTION``; ``--config`` on each action, so it may follow the action's arguments."""
+    actions = p.add_subparsers(dest="action", required=True)
+    asked = "; the password is asked twice on a terminal, else read as one line from stdin"
+
+    def action(name: str, help: str, *positionals: str) -> argparse.ArgumentParser:
+        sp = actions.add_parser(name, help=help, description=help)
+        for arg in positionals:
+            sp.add_argument(arg)
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="channels file (default %(default)s)")
+        sp.set_defaults(func=cmd_users)
+        return sp
+
+    action("add", "add a user" + asked, "name").add_argument("--role", required=True, help=ROLES_HELP)
+    action("list", "list the users: name, role, created, disabled")
+    action("passwd", "set a user's password (its sessions end)" + asked, "name")
+    action("role", f"change a user's role to {ROLES_HELP}", "name", "role")
+    action("disable", "disable a user: it can no longer log in and its sessions end", "name")
 
 
 def _load(args, check_mappings: bool = True):
@@ -271,11 +316,26 @@ def _message_store(args):
     return cfg, store
 
 
+def _audit(store, action: str, **fields) -> None:
+    """One audit_log row for what this command did: the actor is the OS account running it."""
+    import socket
+
+    from engine.stores.audit import AuditLog, os_user
+
+    AuditLog(store.engine).record(actor=os_user(), peer=f"cli@{socket.gethostname()}", action=action, **fields)
+
+
 def cmd_messages(args) -> int:
+    if args.identifiers and (not args.json or not args.purpose.strip()):
+        print("error: --identifiers goes with --json and a --purpose (the read is audited)", file=sys.stderr)
+        return 2
     _cfg, store = _message_store(args)
     if args.content is not None:
-        who = os.environ.get("ENGINE_USER") or getpass.getuser()
-        content = store.read_content(args.content, who=who, purpose=args.purpose)
+        from engine.stores.audit import os_user
+
+        content = store.read_content(args.content, who=os_user(), purpose=args.purpose)
+        outcome = "ok" if content is not None else "not-found"
+        _audit(store, "message.content", target=str(args.content), purpose=args.purpose, outcome=outcome)
         if content is None:
             print(f"no message {args.content}", file=sys.stderr)
             return 1
@@ -286,6 +346,8 @@ def cmd_messages(args) -> int:
         out = []
         for r in rows:
             d = dict(r._mapping)
+            if not args.identifiers:
+                del d["ordering_key"]  # the patient identity
             d["received_at"] = d["received_at"].isoformat()
             d["updated_at"] = d["updated_at"].isoformat()
             d["warnings"] = json.loads(d.get("warnings") or "[]")
@@ -295,6 +357,9 @@ def cmd_messages(args) -> int:
                 for x in store.deliveries_of(r.id)
             ]
             out.append(d)
+        if args.identifiers:
+            detail = {"count": len(out)}
+            _audit(store, "messages.identifiers", target=args.channel or "", purpose=args.purpose, detail=detail)
         print(json.dumps(out, indent=2))
         return 0
     print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':14} {'TYPE':8} {'CONTROL ID':20} {'STATUS':11} WARN  ERROR")
@@ -313,6 +378,7 @@ def cmd_patient(args) -> int:
 
     Exit 0 shown, 1 not found, 2 no purpose or an identifier several issuers use (candidates
     listed: choose with --issuer)."""
+    from engine.stores.audit import os_user
     from engine.stores.patient_view import MAX_PURPOSE, PatientView, render
     from engine.stores.records_store import RecordStore
 
@@ -324,7 +390,7 @@ def cmd_patient(args) -> int:
             file=sys.stderr,
         )
         return 2
-    cfg = _load(args, check_mappings=False)
+    cfg, messages = _message_store(args)
     stores: dict[str, RecordStore] = {}
     for name, s in cfg.stores.items():
         kind = cfg.store_kind(name)
@@ -339,11 +405,13 @@ def cmd_patient(args) -> int:
         return 2
     try:
         view = PatientView(stores.get("clinical"), stores.get("pm"))
-        who = os.environ.get("ENGINE_USER") or getpass.getuser()
-        reading = view.read(args.identifier, args.issuer, who=who, purpose=purpose)
+        reading = view.read(args.identifier, args.issuer, who=os_user(), purpose=purpose)
     finally:
         for store in stores.values():
             store.dispose()
+    outcome = "ambiguous" if reading.candidates else "not-found" if reading.story is None else "ok"
+    # the identifier stays in the stores' own record_access rows, which the access id names
+    _audit(messages, "patient.read", target=reading.access_id, purpose=purpose, outcome=outcome)
     if reading.candidates:
         if args.json:
             print(json.dumps({"candidates": reading.candidates}, indent=2))
@@ -396,6 +464,12 @@ def cmd_unmapped(args) -> int:
         if len(found) > args.limit:
             print(f"  ... {len(found) - args.limit} more position(s) (--limit)")
     return 0
+
+
+def cmd_replay(args) -> int:
+    from engine.replay import cmd_replay as replay
+
+    return replay(args)
 
 
 def _since(text: str):
@@ -521,6 +595,79 @@ def cmd_fhir_token(args) -> int:
     token = secrets.token_urlsafe(32)
     print(f"token (give it to {args.name}; it is not shown again): {token}")
     print(f"entry for ENGINE_FHIR_TOKENS (comma-separated): {args.name}:{token_hash(token)}")
+    return 0
+
+
+def _read_password() -> str | None:
+    """A new password: asked twice on a terminal (None when the two differ), else one line of
+    stdin (a script pipes it in). Never an argument: argv is visible to every local user."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        return first if getpass.getpass("password again: ") == first else None
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users(args) -> int:
+    """Change or list console users; each change is an audit_log row (users.add, users.passwd,
+    users.role, users.disable) naming the user. Exit 2 on an invalid name, role or password,
+    1 for an unknown user."""
+    from engine.stores.audit import ROLES
+    from engine.stores.users import Users
+
+    _cfg, store = _message_store(args)
+    users = Users(store.engine)
+    if args.action == "list":
+        print(f"{'NAME':24} {'ROLE':9} {'CREATED':19}  DISABLED")
+        for u in users.list():
+            off = f"{u['disabled_at']:%Y-%m-%d %H:%M:%S}" if u["disabled_at"] else "-"
+            print(f"{u['name']:24} {u['role']:9} {u['created_at']:%Y-%m-%d %H:%M:%S}  {off}")
+        return 0
+    role = getattr(args, "role", None)
+    if role is not None and role not in ROLES:
+        print(f"error: unknown role {role!r} (roles: {ROLES_HELP})", file=sys.stderr)
+        return 2
+    try:
+        if args.action in ("add", "passwd"):
+            password = _read_password()
+            if not password:
+                print("error: no password given (or the two entries differ)", file=sys.stderr)
+                return 2
+            if args.action == "add":
+                users.add(args.name, args.role, password)
+            else:
+                users.set_password(args.name, password)
+        elif args.action == "role":
+            users.set_role(args.name, args.role)
+        else:
+            users.disable(args.name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    _audit(store, f"users.{args.action}", target=args.name, detail={"role": role} if role else None)
+    print(f"user {args.name}: {args.action} done")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    """Print the audit log newest first; the read itself is recorded (audit.read) after it is taken."""
+    from engine.stores.audit import AuditLog
+
+    _cfg, store = _message_store(args)
+    rows = AuditLog(store.engine).search(actor=args.actor, action=args.action, since=args.since, limit=args.limit)
+    asked = {k: v for k, v in {"actor": args.actor, "action": args.action, "since": args.since}.items() if v}
+    _audit(store, "audit.read", detail={**asked, "count": len(rows)})
+    if args.json:
+        print(json.dumps([{**r, "at": r["at"].isoformat()} for r in rows], indent=2))
+        return 0
+    print(f"{'AT':19}  {'ACTOR':16} {'ROLE':9} {'PEER':21} {'ACTION':20} {'TARGET':24} {'OUTCOME':9} PURPOSE")
+    for r in rows:
+        print(
+            f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['actor'][:16]:16} {r['role'] or '-':9} {r['peer'][:21]:21} "
+            f"{r['action']:20} {r['target'][:24] or '-':24} {r['outcome']:9} {r['purpose']}".rstrip()
+        )
     return 0
 
 
