@@ -27,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
 
+from engine import metrics
 from engine.channels import registry
 from engine.channels.registry import ConnectorConfig
 from engine.errors import ParseError
@@ -290,10 +292,11 @@ class MllpListener:
                 if buf[:1] == mllp.CR:
                     del buf[:1]
                 in_frame = False
+                ended = time.perf_counter()  # the ACK's time runs from here (engine_ack_seconds)
                 if oversized or len(payload) > cfg.max_message_bytes:
-                    answers.append(self._refuse_oversized(head or payload[:_HEAD_KEEP]))
+                    answers.append(self._refuse_oversized(head or payload[:_HEAD_KEEP], ended))
                 else:
-                    answers.append(asyncio.ensure_future(self._answer(payload, peer)))
+                    answers.append(asyncio.ensure_future(self._answer(payload, peer, ended)))
             if answers:
                 conn.busy = True
                 for ack in answers:
@@ -307,7 +310,8 @@ class MllpListener:
                     frame_deadline = conn.idle_since + cfg.frame_timeout_seconds
             conn.busy = in_frame
 
-    async def _answer(self, payload: bytes, peer: str) -> str:
+    async def _answer(self, payload: bytes, peer: str, ended: float) -> str:
+        """The ACK for one frame; ``ended``: ``time.perf_counter()`` when its last byte came."""
         cfg = self.config
         result = await self.receiver.receive(
             self.channel,
@@ -317,9 +321,14 @@ class MllpListener:
             ack_mode=cfg.ack_mode,
             result_timeout=cfg.result_timeout_seconds,
         )
+        self._observe(result.text, result.code, ended)
         return result.text
 
-    def _refuse_oversized(self, head: bytes) -> str:
+    def _observe(self, ack: str, code: str, ended: float) -> None:
+        # the partner is read back from the ACK (its MSH-5/6): the header is not parsed twice
+        metrics.observe_ack(self.channel.name, metrics.ack_partner(ack), code, time.perf_counter() - ended)
+
+    def _refuse_oversized(self, head: bytes, ended: float) -> str:
         self._log.note("refused an oversized message", f"over {self.config.max_message_bytes} bytes")
         try:
             header = hl7.read_header(head)
@@ -330,4 +339,6 @@ class MllpListener:
             code=104 if header is None or header.version >= "2.6" else 207,
             reject=True,
         )
-        return hl7_ack.build_ack(header, hl7_ack.ACK_REJECT, error=err)
+        nack = hl7_ack.build_ack(header, hl7_ack.ACK_REJECT, error=err)
+        self._observe(nack, hl7_ack.ACK_REJECT, ended)
+        return nack

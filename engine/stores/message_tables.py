@@ -92,6 +92,26 @@ Index(
 """Only the messages still in work (see migration messages_0006): the claim and the hand-on
 read through it, so their cost does not grow with a patient's history. A query uses it only
 when its status condition is the index's own, written with literal values (:func:`_pending`)."""
+# The console's search (engine/stores/message_search.py, migration messages_0009): each filter
+# alone, newest first, reads only its own entries, in id order (SQLite appends the rowid to
+# every index, so ``control_id`` alone is in id order there; PostgreSQL sorts a value's few rows).
+# A patient is found through ix_messages_order, channel by channel: an index on ordering_key
+# alone would cost each insert most of all (its keys are random), for little gain here.
+# ``trigger`` comes after ``id`` in ix_messages_type: "ADT" alone is then in id order too, and
+# "ADT^A01" is checked inside the index, never in the table.
+Index("ix_messages_channel_id", messages.c.channel, messages.c.id)
+Index("ix_messages_status_id", messages.c.status, messages.c.id)
+Index("ix_messages_control_id", messages.c.control_id)
+Index("ix_messages_type", messages.c.message_type, messages.c.id, messages.c.trigger)
+Index("ix_messages_received_at", messages.c.received_at, postgresql_include=["id"])
+_WARNED_SQL = "warnings IS NOT NULL"
+Index(
+    "ix_messages_warnings",
+    messages.c.channel,
+    sqlite_where=text(_WARNED_SQL),
+    postgresql_where=text(_WARNED_SQL),
+)
+"""Only the messages with warnings, for their count per channel (none at insert: free there)."""
 
 deliveries = Table(
     "deliveries",
