@@ -6,6 +6,7 @@ Shape (see the sample ``config/channels.yaml``)::
     queue:         {type: memory}            the in-process queue (scale-out adds redis)
     billing:       {submitter, receiver, billing_provider, interchange, claims_outbox ...}
                    optional: who we are on the 837P claims `engine claims build` writes
+    console:       {host, port, first_admin_password, ...}   optional: the operator console
     mappings_dir:  ../mappings               relative to this file
     channels:      list of {name, source, filter?, validation?, ordering_key?, timezone?,
                    timezones?, retention_days?, error_retention_days?, destinations}
@@ -40,6 +41,7 @@ from engine.channels import registry
 from engine.errors import ConfigError, Problem
 from engine.formats.hl7 import parse_path
 from engine.formats.hl7_segments import unknown_segment
+from engine.tls import ServerTls
 from engine.transforms.identifiers import DEFAULT_TYPES, Identifier, IdentifierKey
 from engine.transforms.values import zone
 from engine.yamlfile import Located, load
@@ -220,10 +222,29 @@ class ChannelConfig(_Model):
         return zone(self.timezone) if self.timezone else None
 
 
+class ConsoleConfig(_Model):
+    """The operator console (:mod:`engine.console`): admin API, dashboard and /metrics on one port."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    session_idle_minutes: float = Field(30, gt=0)
+    session_absolute_hours: float = Field(12, gt=0)
+    first_admin: str = "admin"
+    first_admin_password: str | None = None
+    """Creates ``first_admin`` when the store has no user yet (the sample: ``ENGINE_ADMIN_PASSWORD``)."""
+    initial_password_file: str | None = None
+    """Without a first admin password and with no user yet: a new random password is written here
+    (owner-only), never printed (relative to the working directory, like the sample's SQLite files)."""
+    metrics_public: bool = True
+    """GET /metrics without signing in (Prometheus scrapes; it carries no patient data)."""
+    tls: ServerTls | None = None
+
+
 class _Top(_Model):
     stores: dict[str, StoreConfig]
     queue: QueueConfig = QueueConfig()
     billing: BillingConfig | None = None
+    console: ConsoleConfig | None = None
     mappings_dir: str = "../mappings"
     channels: list[dict[str, Any]] = Field(min_length=1)
 
@@ -253,6 +274,7 @@ class Config:
     channels: list[Channel]
     located: Located | None = field(default=None, repr=False)
     billing: BillingConfig | None = None
+    console: ConsoleConfig | None = None
 
     def store_kind(self, name: str) -> str:
         s = self.stores[name]
@@ -313,7 +335,11 @@ def load_config(path: str | Path, *, check_mappings: bool = True) -> Config:
             src.problem(("stores",), "no message store: add a store named 'messages' (or with kind: messages)")
         )
 
-    cfg = Config(path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src, top.billing)
+    cfg = Config(
+        path, dict(top.stores), top.queue, (path.parent / top.mappings_dir).resolve(), [], src, top.billing, top.console
+    )
+    if top.console is not None and top.console.tls is not None:
+        problems.extend(top.console.tls.check(src, ("console", "tls")))
     names: dict[str, int] = {}
     for i, raw in enumerate(top.channels):
         base = ("channels", i)

@@ -9,9 +9,11 @@ import logging
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from engine.channel_state import ChannelStates
 from engine.channels import registry
 from engine.channels.base import Context, Destination, Item
 from engine.channels.pipeline import Committer, Receiver, inbound, ordering_key
@@ -67,6 +69,7 @@ class Runtime:
             ]
             for ch in cfg.channels
         }
+        self.channel_states = ChannelStates(self.message_store.engine)
         self.processor = Processor(
             self.message_store,
             {ch.name: ch for ch in cfg.channels},
@@ -74,8 +77,10 @@ class Runtime:
             on_outcomes=self.committer.notify,
             dispatch=self._dispatch,
             lease_seconds=q.claim_seconds,
+            paused=self.channel_states.paused,
         )
         self.sources: list = []
+        self.console: Any = None
         self.processed = 0
         self._sweep_seconds = q.sweep_seconds
         self._stuck_after = timedelta(seconds=q.stuck_after_seconds)
@@ -233,6 +238,15 @@ class Runtime:
                         "retention: pruning failed (%s); next try in %.0f s", type(exc).__name__, retention.RETRY_AFTER
                     )
 
+    def hand_on(self, channel: str, ids: list[int]) -> None:
+        """Queue ``ids`` of ``channel`` for processing (reprocess from the console)."""
+        self._dispatch(channel, ids)
+
+    def hand_on_pending(self, channel: str) -> None:
+        """Queue what waits in ``channel`` (a resumed channel), oldest first."""
+        for ch, ids in _group(self.message_store.pending(channel=channel)):
+            self._dispatch(ch, ids)
+
     def process_now(self, channel: str, ids: list[int]) -> list[Outcome]:
         """Process synchronously in the caller's thread (``engine reprocess``)."""
         return self.processor.process(channel, ids)
@@ -277,10 +291,18 @@ class Runtime:
             self.sources.append(src)
             dests = ", ".join(getattr(d, "name", d.type) for d in ch.destinations)
             lines.append(f"channel {ch.name}: {where} -> {dests}")
+        if self.cfg.console is not None and self.role != WORKER:
+            from engine.console import Console
+
+            self.console = Console(self.cfg, self)
+            lines.append(await self.console.start())
         return lines
 
     async def stop_sources(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
+        stopping = [s.stop() for s in self.sources]
+        if self.console is not None:
+            stopping.append(self.console.stop())
+        await asyncio.gather(*stopping, return_exceptions=True)
         self.sources.clear()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

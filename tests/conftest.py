@@ -81,6 +81,10 @@ SAMPLE_API_TOKEN = "sample-api-token-for-tests-3f9a1c"
 adt-to-fhir channel sends there (a test may give another)."""
 
 
+SAMPLE_ADMIN_PASSWORD = "console-admin-secret-for-tests"
+"""ENGINE_ADMIN_PASSWORD of an engine on the sample config: its console's first admin ``admin``."""
+
+
 class EngineProcess:
     """``engine run`` in a subprocess, on the sample config unless told otherwise."""
 
@@ -97,6 +101,8 @@ class EngineProcess:
                 "ENGINE_PM_STORE_URL": f"sqlite:///{self.data}/pm.db",
                 "ENGINE_X12_DIR": str(self.data / "x12"),
                 "ENGINE_API_TOKEN": SAMPLE_API_TOKEN,  # the sample's adt-to-fhir sends it to fhir-inbound
+                "ENGINE_ADMIN_PASSWORD": SAMPLE_ADMIN_PASSWORD,  # the console's first admin
+                "ENGINE_CONSOLE_PASSWORD_FILE": str(self.data / "console-admin-password"),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -104,6 +110,8 @@ class EngineProcess:
         self.config = config or ROOT / "config" / "channels.yaml"
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
+        self.console_url: str | None = None
+        """``http://host:port/`` of the operator console, when the config has one."""
 
     def start(self) -> EngineProcess:
         self.log = open(self.workdir / "engine.log", "ab")
@@ -114,22 +122,26 @@ class EngineProcess:
             stdout=subprocess.PIPE,
             stderr=self.log,
         )
-        expected = self._channel_count()
+        expected, console = self._expected()
         deadline = time.monotonic() + 30
-        while len(self.lines) < expected:
+        while len(self.lines) < expected or (console and self.console_url is None):
             line = self.proc.stdout.readline().decode()
             if not line:
                 raise RuntimeError(f"engine exited: {(self.workdir / 'engine.log').read_text()[-3000:]}")
             if line.startswith("channel "):
                 self.lines.append(line.strip())
+            elif line.startswith("console "):
+                self.console_url = line.split()[1]
             if time.monotonic() > deadline:
                 raise RuntimeError("engine did not start in 30 s")
         return self
 
-    def _channel_count(self) -> int:
+    def _expected(self) -> tuple[int, bool]:
+        """How many channel lines the engine prints, and whether it prints a console line."""
         import yaml
 
-        return len(yaml.safe_load(Path(self.config).read_text())["channels"])
+        top = yaml.safe_load(Path(self.config).read_text())
+        return len(top["channels"]), bool(top.get("console"))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc and self.proc.poll() is None:

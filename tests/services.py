@@ -46,6 +46,7 @@ SAMPLE_PORTS = (
     "ENGINE_CHARGES_PORT",
     "ENGINE_FHIR_PORT",
     "ENGINE_ADT_FHIR_PORT",
+    "ENGINE_CONSOLE_PORT",
     "ENGINE_LAB_OUT_PORT",  # the sample's downstream lab and pharmacy: nobody listens there
     "ENGINE_PHARMACY_OUT_PORT",
 )

@@ -97,11 +97,14 @@ class Processor:
         on_outcomes: Callable[[list[Outcome]], None] = lambda o: None,
         dispatch: Callable[[str, list[int]], None] = lambda c, i: None,
         lease_seconds: float = 60.0,
+        paused: Callable[[str], bool] = lambda c: False,
     ):
         """``dispatch(channel, ids)`` hands on messages that waited for an earlier one of their
         ordering key; ``lease_seconds`` is how long a claim holds if this worker dies (renewed
-        while it lives)."""
+        while it lives); ``paused(channel)`` holds a paused channel's messages where they are
+        (``RECEIVED``, unclaimed: :mod:`engine.channel_state`)."""
         self._store = store
+        self._paused = paused
         self._channels = channels
         self._destinations = destinations
         self._on_outcomes = on_outcomes
@@ -111,6 +114,8 @@ class Processor:
 
     def process(self, channel_name: str, ids: list[int]) -> list[Outcome]:
         """Process ``ids`` (already committed) in order; returns the outcomes it recorded."""
+        if self._paused(channel_name):
+            return []
         lease, rows = self._store.claim(ids, lease_seconds=self._lease)
         if not lease.ids:
             return []
