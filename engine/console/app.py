@@ -134,6 +134,8 @@ def create_app(console: Console) -> FastAPI:
         )
         if request.url.path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"
+        elif request.url.path.startswith("/static/"):  # revalidated (ETag): an upgrade shows at once
+            response.headers["Cache-Control"] = "no-cache"
         return response
 
     @app.exception_handler(EngineError)
