@@ -364,7 +364,7 @@ def _target_stores(text: str) -> set[str]:
     """The stores a mapping's records target (``clinical`` of ``clinical.patient``); empty when unreadable."""
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # the loader says what is wrong with it
         return set()
     records = data.get("records") if isinstance(data, dict) else None
     targets = [r.get("target") for r in records if isinstance(r, dict)] if isinstance(records, list) else []

@@ -66,6 +66,13 @@ def load(path: str | Path, *, interpolate: bool = False) -> Located:
     except OSError as exc:
         raise ConfigError([Problem(file, None, "", f"cannot read file: {exc.strerror or exc}")]) from exc
     try:
+        return _parse(file, text, interpolate)
+    except RecursionError:  # PyYAML and the walk below recurse per level of nesting
+        raise ConfigError([Problem(file, None, "", "nested too deeply to read")]) from None
+
+
+def _parse(file: str, text: str, interpolate: bool) -> Located:
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -236,3 +236,14 @@ def test_replay_of_a_changed_mapping_from_the_api(console):
     assert broken.status_code == 400 and broken.json()["problems"]
     items = session(console, "admin").get("/api/audit", params={"action": "replay"}).json()["items"]
     assert items[0]["actor"] == "anna" and items[0]["purpose"] == "review before deploy"
+
+
+def test_bad_input_gets_a_clear_answer_without_its_value(console):
+    admin = session(console, "admin")
+    r = admin.post("/api/login", json={"name": "admin", "password": "p" * 5000})
+    assert r.status_code == 422 and "ppppp" not in r.text and r.json()["detail"][0]["loc"] == ["body", "password"]
+    assert admin.get(f"/api/messages/{2**63}").status_code == 422  # past what the store holds
+    assert admin.get("/api/messages", params={"since": "yesterday-ish"}).status_code == 400
+    deep = admin.post("/api/replay", json={"channel": "adt", "mapping": "[" * 50000, "purpose": "t"})
+    assert deep.status_code == 400 and "nested too deeply" in deep.text
+    assert admin.get("/api/me").status_code == 200

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as FastPath
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from engine.console import ROLE_CAN, Console
+from engine.console import ROLE_CAN, Console, log
 from engine.errors import ConfigError, EngineError
 from engine.stores.message_tables import messages
 
@@ -42,6 +44,8 @@ MAX_PURPOSE = 200
 LOGIN_WINDOW_SECONDS = 300.0
 LOGIN_FAILURES = 5  # per name; per address four times as many (an office may share one address)
 MAX_REPROCESS = 10_000
+Id = Annotated[int, FastPath(ge=1, le=2**63 - 1)]
+"""A message id: what a BIGINT holds (larger would not even reach the store)."""
 
 
 class Login(BaseModel):
@@ -124,7 +128,11 @@ def create_app(console: Console) -> FastAPI:
     async def guard(request: Request, call_next):
         if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
             return JSONResponse({"detail": f"missing header X-Requested-With: {CSRF_VALUE}"}, status_code=403)
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a bug must not answer with a trace, nor log one: it may quote values
+            log.error("console: %s on %s %s", type(exc).__name__, request.method, request.url.path)
+            response = JSONResponse({"detail": "internal error; the engine's log names it"}, status_code=500)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
@@ -137,6 +145,12 @@ def create_app(console: Console) -> FastAPI:
         elif request.url.path.startswith("/static/"):  # revalidated (ETag): an upgrade shows at once
             response.headers["Cache-Control"] = "no-cache"
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # where and what, never the value sent back (a password, an identifier)
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(EngineError)
     async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
@@ -342,7 +356,7 @@ def create_app(console: Console) -> FastAPI:
     def search_messages(
         me: Me,
         q: Annotated[Search, Depends()],
-        before: int | None = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict:
         """Message metadata, newest first; page with ``before`` = the last page's ``next_before``."""
@@ -365,7 +379,7 @@ def create_app(console: Console) -> FastAPI:
         return dict(row._mapping)
 
     @app.get("/api/messages/{mid}", tags=["messages"])
-    def message_detail(mid: int, me: Me) -> dict:
+    def message_detail(mid: Id, me: Me) -> dict:
         """One message's metadata, deliveries (attempts, responses), warnings and unmapped positions."""
         need(me, "messages")
         row = message_row(mid)
@@ -390,7 +404,7 @@ def create_app(console: Console) -> FastAPI:
         return out
 
     @app.get("/api/messages/{mid}/content", tags=["messages"])
-    def message_content(mid: int, me: Me, purpose: str = "") -> dict:
+    def message_content(mid: Id, me: Me, purpose: str = "") -> dict:
         """The message as received (audited: give ``purpose``)."""
         need(me, "content")
         why = purpose_of(purpose)
@@ -401,7 +415,7 @@ def create_app(console: Console) -> FastAPI:
         return {"id": mid, "content": text.replace("\r\n", "\n").replace("\r", "\n")}
 
     @app.get("/api/messages/{mid}/mapped", tags=["messages"])
-    def message_mapped(mid: int, me: Me, purpose: str = "") -> dict:
+    def message_mapped(mid: Id, me: Me, purpose: str = "") -> dict:
         """What each destination's mapping makes of the message now (nothing written; audited)."""
         from engine.replay import mapped
 
@@ -425,7 +439,7 @@ def create_app(console: Console) -> FastAPI:
         return {"count": len(reset)}
 
     @app.post("/api/messages/{mid}/reprocess", tags=["messages"])
-    def reprocess_one(mid: int, me: Me, purpose: str = "") -> dict:
+    def reprocess_one(mid: Id, me: Me, purpose: str = "") -> dict:
         """Process the message again (a row a newer message wrote is never rolled back)."""
         need(me, "reprocess")
         row = message_row(mid)
@@ -476,7 +490,7 @@ def create_app(console: Console) -> FastAPI:
         action: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        before: int | None = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict:
         """The audit log, newest first (reading it is recorded too)."""
