@@ -234,7 +234,7 @@ class ConsoleConfig(_Model):
     """Creates ``first_admin`` when the store has no user yet (the sample: ``ENGINE_ADMIN_PASSWORD``)."""
     initial_password_file: str | None = None
     """Without a first admin password and with no user yet: a new random password is written here
-    (owner-only), never printed (relative to the working directory, like the sample's SQLite files)."""
+    (owner-only), never printed; by default beside an SQLite message store."""
     metrics_public: bool = True
     """GET /metrics without signing in (Prometheus scrapes; it carries no patient data)."""
     tls: ServerTls | None = None

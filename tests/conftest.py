@@ -102,7 +102,6 @@ class EngineProcess:
                 "ENGINE_X12_DIR": str(self.data / "x12"),
                 "ENGINE_API_TOKEN": SAMPLE_API_TOKEN,  # the sample's adt-to-fhir sends it to fhir-inbound
                 "ENGINE_ADMIN_PASSWORD": SAMPLE_ADMIN_PASSWORD,  # the console's first admin
-                "ENGINE_CONSOLE_PASSWORD_FILE": str(self.data / "console-admin-password"),
                 "PYTHONUNBUFFERED": "1",
             }
         )

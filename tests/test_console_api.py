@@ -247,3 +247,14 @@ def test_bad_input_gets_a_clear_answer_without_its_value(console):
     deep = admin.post("/api/replay", json={"channel": "adt", "mapping": "[" * 50000, "purpose": "t"})
     assert deep.status_code == 400 and "nested too deeply" in deep.text
     assert admin.get("/api/me").status_code == 200
+
+
+def test_without_a_password_the_first_admin_gets_a_random_one_in_an_owner_only_file(fresh_engine):
+    eng = fresh_engine(ENGINE_ADMIN_PASSWORD="")
+    secret = eng.data / "console-admin-password"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    password = secret.read_text().strip()
+    assert len(password) >= 20
+    assert session(eng, "admin", password).get("/api/me").json()["role"] == "admin"
+    log = (eng.workdir / "engine.log").read_text()
+    assert str(secret) in log and password not in log

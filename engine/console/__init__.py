@@ -11,7 +11,7 @@ Who may do what (every endpoint checks it; the dashboard only hides what a role 
 
 Start-up creates the first admin when the store has no user yet: from ``first_admin_password``
 (the sample: ``ENGINE_ADMIN_PASSWORD``), else with a random password written, owner-only, to
-``initial_password_file`` (never printed). A changed configuration file is recorded in the
+``initial_password_file`` or beside an SQLite message store (never printed). A changed configuration file is recorded in the
 audit log when the console starts on it.
 """
 
@@ -23,6 +23,8 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from engine.config import Config, ConsoleConfig
 from engine.http_server import ThreadedServer
@@ -64,10 +66,10 @@ class Console:
             s = self.settings
             password = s.first_admin_password or None
             how = "first_admin_password"
-            if password is None and s.initial_password_file:
+            path = self._password_file()
+            if password is None and path is not None:
                 password = secrets.token_urlsafe(18)
                 how = "initial_password_file"
-                path = Path(s.initial_password_file)
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
@@ -89,6 +91,16 @@ class Console:
                 target=str(self.cfg.file),
                 detail={"sha256": digest, "previous": before},
             )
+
+    def _password_file(self) -> Path | None:
+        """Where a first admin's random password goes: ``initial_password_file``, else beside an
+        SQLite message store (the embedded default: ``data/console-admin-password``)."""
+        if self.settings.initial_password_file:
+            return Path(self.settings.initial_password_file)
+        url = make_url(self.cfg.message_store_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return Path(url.database).parent / "console-admin-password"
+        return None
 
     async def start(self) -> str:
         from engine.console.app import create_app
