@@ -190,6 +190,13 @@ def test_users_made_and_disabled_by_an_admin(console):
     assert admin.post("/api/users", json={"name": "bad", "role": "root", "password": "x" * 12}).status_code == 400
     temp = session(console, "temp.viewer", "temporary-pass-1")
     assert temp.get("/api/channels").status_code == 200
+    assert admin.post("/api/users/temp.viewer/role", json={"role": "operator"}).json()["role"] == "operator"
+    assert temp.get("/api/messages").status_code == 200  # the new role at the next request
+    assert admin.post("/api/users/temp.viewer/password", json={"password": "short"}).status_code == 400
+    assert admin.post("/api/users/admin/role", json={"role": "viewer"}).status_code == 400  # not on yourself
+    assert admin.post("/api/users/temp.viewer/password", json={"password": "another-pass-22"}).status_code == 200
+    assert temp.get("/api/channels").status_code == 401  # a new password ends the old sessions
+    temp = session(console, "temp.viewer", "another-pass-22")
     assert admin.post("/api/users/temp.viewer/disable").status_code == 200
     assert temp.get("/api/channels").status_code == 401  # its session ends with it
     names = {u["name"]: u for u in admin.get("/api/users").json()}

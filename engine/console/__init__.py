@@ -11,8 +11,8 @@ Who may do what (every endpoint checks it; the dashboard only hides what a role 
 
 Start-up creates the first admin when the store has no user yet: from ``first_admin_password``
 (the sample: ``ENGINE_ADMIN_PASSWORD``), else with a random password written, owner-only, to
-``initial_password_file`` or beside an SQLite message store (never printed). A changed configuration file is recorded in the
-audit log when the console starts on it.
+``initial_password_file`` or beside an SQLite message store (never printed). A changed
+configuration file is recorded in the audit log when the console starts on it.
 """
 
 from __future__ import annotations

@@ -59,6 +59,14 @@ class NewUser(BaseModel):
     password: str = Field(min_length=1, max_length=1000)
 
 
+class RoleChange(BaseModel):
+    role: str
+
+
+class PasswordChange(BaseModel):
+    password: str = Field(min_length=1, max_length=1000)
+
+
 class Search(BaseModel):
     channel: str | None = None
     status: str | None = None
@@ -525,16 +533,42 @@ def create_app(console: Console) -> FastAPI:
         record(me, "users.add", body.name, role_given=body.role)
         return {"name": body.name, "role": body.role}
 
-    @app.post("/api/users/{name}/disable", tags=["administration"])
-    def disable_user(name: str, me: Me) -> dict:
+    def other_user(name: str, me: dict) -> None:
         need(me, "users")
         if name == me["name"]:
-            raise HTTPException(400, "you cannot disable yourself")
+            raise HTTPException(400, "not on yourself: another admin does that (no admin locks the last one out)")
         if not any(u["name"] == name for u in console.users.list()):
             raise HTTPException(404, f"no user {name!r}")
+
+    @app.post("/api/users/{name}/disable", tags=["administration"])
+    def disable_user(name: str, me: Me) -> dict:
+        """Disable a user; their sessions end."""
+        other_user(name, me)
         console.users.disable(name)
         record(me, "users.disable", name)
         return {"name": name, "disabled": True}
+
+    @app.post("/api/users/{name}/role", tags=["administration"])
+    def set_role(name: str, body: RoleChange, me: Me) -> dict:
+        """Change a user's role; their open sessions have it at their next request."""
+        other_user(name, me)
+        try:
+            console.users.set_role(name, body.role)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        record(me, "users.role", name, role_given=body.role)
+        return {"name": name, "role": body.role}
+
+    @app.post("/api/users/{name}/password", tags=["administration"])
+    def set_password(name: str, body: PasswordChange, me: Me) -> dict:
+        """Give a user a new password; their sessions end."""
+        other_user(name, me)
+        try:
+            console.users.set_password(name, body.password)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        record(me, "users.passwd", name)
+        return {"name": name}
 
     # -- metrics, docs, dashboard ---------------------------------------------------------------------
     @app.get("/metrics", tags=["metrics"], include_in_schema=False)
