@@ -34,7 +34,8 @@ from sqlalchemy import select
 
 from engine.console import ROLE_CAN, Console, log
 from engine.errors import ConfigError, EngineError
-from engine.stores.message_tables import messages
+from engine.stores.db import aware
+from engine.stores.message_tables import PENDING, messages
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "engine_session"
@@ -281,10 +282,10 @@ def create_app(console: Console) -> FastAPI:
                     "total": s.get("total", 0),
                     "warnings": s.get("warnings", 0),
                     "errors": counts.get("ERROR", 0),
-                    "queued": sum(counts.get(k, 0) for k in ("RECEIVED", "TRANSFORMED", "QUEUED")),
+                    "queued": sum(counts.get(k, 0) for k in PENDING),
                     "last_minute": s.get("last_minute") or {"received": 0, "errors": 0},
                     "ack_latency_ms": metrics.ack_latency(ch.name),
-                    "oldest_queued_seconds": (now - _aware(oldest)).total_seconds() if oldest else None,
+                    "oldest_queued_seconds": (now - aware(oldest)).total_seconds() if oldest else None,
                 }
             )
         return out
@@ -295,24 +296,24 @@ def create_app(console: Console) -> FastAPI:
         need(me, "stats")
         return channel_entries()
 
+    def hold(name: str, me: dict, purpose: str, paused: bool) -> dict:
+        need(me, "pause")
+        channel_of(name)
+        if console.states.set(name, paused, me["name"]):
+            record(me, "channel.pause" if paused else "channel.resume", name, purpose)
+            if not paused:
+                console.runtime.hand_on_pending(name)
+        return channel_entries([name])[0]
+
     @app.post("/api/channels/{name}/pause", tags=["channels"])
     def pause(name: str, me: Me, purpose: str = "") -> dict:
         """Hold the channel's processing: it keeps receiving and acknowledging; messages wait."""
-        need(me, "pause")
-        channel_of(name)
-        if console.states.set(name, True, me["name"]):
-            record(me, "channel.pause", name, purpose)
-        return channel_entries([name])[0]
+        return hold(name, me, purpose, True)
 
     @app.post("/api/channels/{name}/resume", tags=["channels"])
     def resume(name: str, me: Me, purpose: str = "") -> dict:
         """Process again; what waited is handed on in receive order."""
-        need(me, "pause")
-        channel_of(name)
-        if console.states.set(name, False, me["name"]):
-            record(me, "channel.resume", name, purpose)
-            console.runtime.hand_on_pending(name)
-        return channel_entries([name])[0]
+        return hold(name, me, purpose, False)
 
     @app.get("/api/stats/series", tags=["channels"])
     def stats_series(me: Me, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict:
@@ -533,41 +534,36 @@ def create_app(console: Console) -> FastAPI:
         record(me, "users.add", body.name, role_given=body.role)
         return {"name": body.name, "role": body.role}
 
-    def other_user(name: str, me: dict) -> None:
+    def change_user(name: str, me: dict, action: str, change, **detail: Any) -> None:
+        """Apply ``change()`` to another user (an admin never changes their own account here, so
+        no admin locks the last one out); a bad role or password is a 400."""
         need(me, "users")
         if name == me["name"]:
             raise HTTPException(400, "not on yourself: another admin does that (no admin locks the last one out)")
         if not any(u["name"] == name for u in console.users.list()):
             raise HTTPException(404, f"no user {name!r}")
+        try:
+            change()
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        record(me, action, name, **detail)
 
     @app.post("/api/users/{name}/disable", tags=["administration"])
     def disable_user(name: str, me: Me) -> dict:
         """Disable a user; their sessions end."""
-        other_user(name, me)
-        console.users.disable(name)
-        record(me, "users.disable", name)
+        change_user(name, me, "users.disable", lambda: console.users.disable(name))
         return {"name": name, "disabled": True}
 
     @app.post("/api/users/{name}/role", tags=["administration"])
     def set_role(name: str, body: RoleChange, me: Me) -> dict:
         """Change a user's role; their open sessions have it at their next request."""
-        other_user(name, me)
-        try:
-            console.users.set_role(name, body.role)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        record(me, "users.role", name, role_given=body.role)
+        change_user(name, me, "users.role", lambda: console.users.set_role(name, body.role), role_given=body.role)
         return {"name": name, "role": body.role}
 
     @app.post("/api/users/{name}/password", tags=["administration"])
     def set_password(name: str, body: PasswordChange, me: Me) -> dict:
         """Give a user a new password; their sessions end."""
-        other_user(name, me)
-        try:
-            console.users.set_password(name, body.password)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        record(me, "users.passwd", name)
+        change_user(name, me, "users.passwd", lambda: console.users.set_password(name, body.password))
         return {"name": name}
 
     # -- metrics, docs, dashboard ---------------------------------------------------------------------
@@ -595,11 +591,7 @@ def create_app(console: Console) -> FastAPI:
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
-    return _aware(value).isoformat() if isinstance(value, datetime) else str(value)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware(value).isoformat() if isinstance(value, datetime) else str(value)
 
 
 _AGO = re.compile(r"(\d+)\s*([mhd])")

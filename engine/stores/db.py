@@ -177,3 +177,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             raw.writing = False  # type: ignore[union-attr]
+
+
+def aware(value):
+    """A stored time as an aware UTC datetime (SQLite gives naive ones, or text); None stays None."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value

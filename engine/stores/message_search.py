@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, literal, select
 from sqlalchemy.engine import Connection, Engine
 
+from engine.stores.db import aware
 from engine.stores.message_tables import ERROR, PENDING, messages, now
 
 _m = messages.c
@@ -186,7 +187,7 @@ def channel_stats(engine: Engine) -> dict[str, dict[str, Any]]:
             last["errors"] += status == ERROR
         oldest = select(_m.channel, func.min(_m.received_at)).where(_pending()).group_by(_m.channel)
         for channel, at in conn.execute(oldest):
-            entry(channel)["oldest_queued_at"] = _aware(at)
+            entry(channel)["oldest_queued_at"] = aware(at)
     return out
 
 
@@ -260,7 +261,7 @@ def pending_by_partner(engine: Engine) -> dict[tuple[str, str], datetime]:
     with engine.connect() as conn:
         for channel, app, facility, at in conn.execute(q):
             key = (channel, partner(app, facility))
-            at = _aware(at)
+            at = aware(at)
             if key not in out or at < out[key]:
                 out[key] = at
     return out
@@ -271,9 +272,3 @@ def partner(app: str | None, facility: str | None) -> str:
     "" when both are empty."""
     a, f = (app or "").split("^", 1)[0], (facility or "").split("^", 1)[0]
     return f"{a}/{f}"[:_PARTNER_CHARS] if a or f else ""
-
-
-def _aware(value):
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value

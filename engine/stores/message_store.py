@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from engine.stores.claims import WAITING, Claims, Lease, Outcome  # noqa: F401 - the store's public names
-from engine.stores.db import UTCDateTime, make_engine, write_transaction
+from engine.stores.db import UTCDateTime, aware, make_engine, write_transaction
 from engine.stores.message_tables import (  # noqa: F401 - the store's public names
     ERROR,
     FILTERED,
@@ -276,7 +276,7 @@ class MessageStore(Claims):
             (r.channel, r.sending_facility, r.control_id): (
                 r.id,
                 r.content_hash,
-                _aware(r.received_at),
+                aware(r.received_at),
                 r.status,
                 r.seq,
             )
@@ -427,7 +427,7 @@ class MessageStore(Claims):
                 .where(messages.c.status.in_(PENDING))
                 .group_by(messages.c.channel)
             ).all()
-        return {r[0]: _aware(r[1]) for r in rows}
+        return {r[0]: aware(r[1]) for r in rows}
 
     def warning_counts(self) -> dict[str, int]:
         """channel -> messages whose mappings left a warning."""
@@ -492,9 +492,3 @@ def _lock_control_ids(conn, items: list[Inbound]) -> None:
             text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) s"),
             {"keys": keys},
         )
-
-
-def _aware(value):
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
