@@ -166,7 +166,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from engine.runtime import Runtime
+    from engine.runtime import Runtime, settle
 
     cfg = _load(args)
     rt = Runtime(cfg)
@@ -176,6 +176,7 @@ def cmd_run(args) -> int:
     async def serve() -> None:
         for line in await rt.start_sources():
             print(line, flush=True)
+        settle()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,7 +197,7 @@ def cmd_worker(args) -> int:
     import subprocess
     import threading
 
-    from engine.runtime import WORKER, Runtime
+    from engine.runtime import WORKER, Runtime, settle
 
     cfg = _load(args)
     if cfg.queue.url.startswith("memory:"):
@@ -239,6 +240,7 @@ def cmd_worker(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     rt.start()
+    settle()
     print(f"worker {os.getpid()}: {args.threads} thread(s) on the queue", flush=True)
     stop.wait()
     print(f"worker {os.getpid()}: stopping after the messages in hand", flush=True)
