@@ -180,12 +180,15 @@ def free_port() -> int:
 
 
 def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` from /proc/<pid>/stat (0 elsewhere)."""
+    """CPU seconds (user + system) of process ``pid`` and its children, live or ended and waited
+    for (the engine's FHIR check processes, say), from /proc (0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return own + sum(_proc_cpu(c) for c in children)
 
 
 class Engine:
