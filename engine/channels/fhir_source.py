@@ -43,7 +43,8 @@ from engine.channels import fhir_references, registry
 from engine.channels.fhir_conditional import Finder, Found, criteria, etag, if_match
 from engine.channels.registry import ConnectorConfig
 from engine.errors import StoreUnavailable
-from engine.formats.fhir_outcome import FHIR_JSON, Issue, Refused, check_resource, outcome, parse_json
+from engine.formats.fhir_checker import Checker, not_taken, warm
+from engine.formats.fhir_outcome import FHIR_JSON, Issue, Refused, check_resource, outcome, parse_json, read_json
 from engine.formats.fhir_patient import ordering_key, resource_identifier
 from engine.http_server import ThreadedServer
 from engine.stores.message_store import ERROR, FILTERED, Inbound
@@ -77,6 +78,9 @@ class FhirSourceConfig(ConnectorConfig):
     """The resource types this endpoint takes (what its mappings map); another type gets 404."""
     tls: ServerTls | None = None
     """Serve HTTPS with this certificate (and client certificates, for mutual TLS)."""
+    check_processes: int = Field(1, ge=0, le=64)
+    """Child processes that check a transaction Bundle's resources against R4, beside the one
+    that serves HTTP, maps and writes (0: all in that one; :mod:`engine.formats.fhir_checker`)."""
     read_stores: dict[str, str] = Field(default_factory=dict)
     """The stores the read API serves, by kind (``{clinical: clinical, pm: pm}``: store names
     under ``stores:``); empty: this endpoint takes writes only (:mod:`engine.channels.fhir_read`)."""
@@ -135,6 +139,7 @@ class FhirSource:
         self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
         self._server: ThreadedServer | None = None
         self.port = config.port
+        self.checker = Checker(config.check_processes, config.resources)
 
     def store(self, kind: str):
         """The record store the API reads for ``kind`` (``clinical``, ``pm``: ``read_stores``);
@@ -146,6 +151,7 @@ class FhirSource:
 
     # -- serving ----------------------------------------------------------------------------------
     async def start(self) -> str:
+        warm(self.config.resources)
         self._server = ThreadedServer(
             self.app(), host=self.config.host, port=self.config.port, name="engine-fhir", tls=self.config.tls
         )
@@ -156,6 +162,7 @@ class FhirSource:
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
+        self.checker.stop()
 
     # -- the API ----------------------------------------------------------------------------------
     def app(self) -> FastAPI:
@@ -229,24 +236,11 @@ class FhirSource:
         async def bundle(request: Request) -> JSONResponse:
             who = self.authorise(request)
             raw = await self.body(request)
-            data = parse_json(raw)
-            shell = dict(data, entry=[{k: v for k, v in e.items() if k != "resource"} for e in data.get("entry") or []])
-            check_resource(shell, "Bundle")  # the Bundle; its resources one by one below
-            kind = data.get("type")
-            if kind not in ("transaction", "batch"):
-                raise Refused(
-                    400, [Issue("invalid", "POST /fhir takes a transaction or batch Bundle", ["Bundle.type"])]
-                )
-            entries = data.get("entry") or []
-            for n, e in enumerate(entries):
-                if not isinstance(e.get("resource"), dict):
-                    raise Refused(400, [Issue("required", "each entry needs a resource", [f"Bundle.entry[{n}]"])])
-                if kind == "transaction":  # all or nothing: every resource is checked before anything is stored
-                    where = f"Bundle.entry[{n}].resource"
-                    self.supported(e["resource"].get("resourceType"), where)
-                    check_resource(e["resource"], where=where)
-            if kind == "transaction":
+            data = read_json(raw)
+            await self.checker.bundle(raw, data, self.config.resources)
+            if data["type"] == "transaction":  # all or nothing: every resource was checked above
                 return await self.apply(data, who, "transaction", 200, raw=raw, respond_async=_async(request))
+            entries = data.get("entry") or []
             results = []
             for e in entries:
                 results.append(await self.batch_entry(e["resource"], who))
@@ -268,9 +262,7 @@ class FhirSource:
         return body
 
     def supported(self, rtype: Any, where: str = "") -> None:
-        if rtype not in self.config.resources:
-            where_ = [where] if where else []
-            raise Refused(404, [Issue("not-supported", f"this endpoint does not take {rtype}", where_)])
+        not_taken(rtype, self.config.resources, where)
 
     def authorise(self, request) -> str:
         """The token's name; Refused 401 without a known bearer token (compared in constant time)."""

@@ -55,6 +55,13 @@ def parse_json(body: bytes) -> Any:
     """The request body as JSON; Refused 400 (structure) when it is not UTF-8 JSON (a byte order
     mark is allowed: RFC 8259 lets a parser skip it; UTF-16 and Latin-1 are not FHIR JSON), nests
     deeper than Python can read, or holds a null (FHIR JSON has none), located."""
+    data = read_json(body)
+    check_nulls(data)
+    return data
+
+
+def read_json(body: bytes) -> Any:
+    """:func:`parse_json` without looking for nulls (:func:`check_nulls`)."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -66,10 +73,14 @@ def parse_json(body: bytes) -> Any:
         raise Refused(400, [Issue("structure", f"the body is not JSON{where}")]) from None
     except RecursionError:
         raise Refused(400, [Issue("structure", "the body nests deeper than any FHIR resource")]) from None
+    return data
+
+
+def check_nulls(data: Any) -> None:
+    """Refused 400 (structure) at the first JSON null in ``data``: FHIR JSON has none."""
     null = _first_null(data, str(data.get("resourceType", "")) if isinstance(data, dict) else "")
     if null is not None:
         raise Refused(400, [Issue("structure", "null is not a FHIR JSON value: leave the element out", [null])])
-    return data
 
 
 def _first_null(data: Any, at: str) -> str | None:
