@@ -64,6 +64,7 @@ channels:
       port: ${{ENGINE_FHIR_PORT}}
       tokens: "ehr-north:{token_hash(TOKEN)}"
       resources: [{TYPES}]
+      read_stores: {{clinical: clinical, pm: pm}}  # the Patient entry's ifNoneExist is looked up
     destinations:
       - {{name: clinical, type: store, store: clinical, mapping: [{", ".join(CLINICAL)}]}}
       - {{name: pm, type: store, store: pm, mapping: [{", ".join(PM)}]}}

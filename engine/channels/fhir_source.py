@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.channels import fhir_references, registry
+from engine.channels import fhir_entries, fhir_references, registry
 from engine.channels.fhir_conditional import Finder, Found, criteria, etag, if_match
 from engine.channels.registry import ConnectorConfig
 from engine.errors import StoreUnavailable
@@ -197,11 +197,7 @@ class FhirSource:
             self.supported(rtype)
             check_resource(data, rtype)
             condition = request.headers.get("if-none-exist")
-            if condition:  # conditional create: nothing stored when the resource exists
-                found = await self.lookup(rtype, *criteria(condition, rtype), who=who)
-                if found:
-                    return self._answer(200, _stored_already(), _where(rtype, found))
-            return await self.apply(data, who, "create", 201, raw=raw, respond_async=_async(request))
+            return await self.create_one(rtype, data, who, condition, raw=raw, respond_async=_async(request))
 
         @app.put("/fhir/{rtype}")
         async def conditional_update(rtype: str, request: Request) -> JSONResponse:
@@ -211,13 +207,7 @@ class FhirSource:
             check_resource(data, rtype)
             if not request.url.query:
                 raise Refused(405, [Issue("not-supported", "PUT needs an id (/fhir/<Type>/<id>) or a condition")])
-            found = await self.lookup(rtype, *criteria(request.url.query, rtype), who=who)
-            if found is None:  # no match: a create, under the client's id if it gave one
-                return await self.apply(data, who, "create", 201, respond_async=_async(request))
-            if data.get("id") not in (None, found.fhir_id):
-                where = [f"{rtype}.id"]
-                raise Refused(400, [Issue("invalid", f"the resource's id is not that of the {rtype} found", where)])
-            return await self.apply(dict(data, id=found.fhir_id), who, "update", 200, respond_async=_async(request))
+            return await self.update_conditional(rtype, request.url.query, data, who, respond_async=_async(request))
 
         @app.put("/fhir/{rtype}/{rid}")
         async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
@@ -226,10 +216,8 @@ class FhirSource:
             data = parse_json(raw)
             self.supported(rtype)
             check_resource(data, rtype)
-            if data.get("id") != rid:
-                raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
-            status, stored_as = await self.check_update(rtype, rid, data, request.headers.get("if-match"), who)
-            return await self.apply(data, who, "update", status, stored_as, raw=raw, respond_async=_async(request))
+            match = request.headers.get("if-match")
+            return await self.update_one(rtype, rid, data, who, match, raw=raw, respond_async=_async(request))
 
         @app.post("/fhir")
         @app.post("/fhir/")  # a client's base URL may end with a slash
@@ -238,12 +226,26 @@ class FhirSource:
             raw = await self.body(request)
             data = read_json(raw)
             await self.checker.bundle(raw, data, self.config.resources)
-            if data["type"] == "transaction":  # all or nothing: every resource was checked above
-                return await self.apply(data, who, "transaction", 200, raw=raw, respond_async=_async(request))
             entries = data.get("entry") or []
+            if data["type"] == "transaction":  # all or nothing: every resource was checked above
+                planned = await fhir_entries.plan(self, entries, who)  # every entry's request, before storing
+                responses = [{"response": {"status": p.status, "location": p.location}} for p in planned]
+                kept = fhir_entries.repoint(entries, planned)
+                if not kept:  # every entry was a conditional create of a resource stored already
+                    return answer(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": responses})
+                as_sent = len(kept) == len(entries) and not any(p.given_id for p in planned)
+                return await self.apply(
+                    data if as_sent else dict(data, entry=kept),
+                    who,
+                    "transaction",
+                    200,
+                    raw=raw if as_sent else None,
+                    respond_async=_async(request),
+                    responses=responses,
+                )
             results = []
-            for e in entries:
-                results.append(await self.batch_entry(e["resource"], who))
+            for n, e in enumerate(entries):
+                results.append(await self.batch_entry(e, n, who))
             return answer(200, {"resourceType": "Bundle", "type": "batch-response", "entry": results})
 
         self._answer = answer
@@ -289,6 +291,7 @@ class FhirSource:
         *,
         raw: bytes | None = None,
         respond_async: bool = False,
+        responses: list[dict[str, Any]] | None = None,
     ):
         """Commit ``data`` as one message, wait for its outcome, answer. ``raw``: the body as
         received, stored as it is unless the engine added to it (an id, a resolved reference)."""
@@ -343,12 +346,8 @@ class FhirSource:
             raise Refused(422, [Issue("processing", reason, where)])
         if result.status == FILTERED:
             raise Refused(422, [Issue("not-supported", f"nothing in this engine takes {rtype}: {result.error or ''}")])
-        if interaction == "transaction":
-            entries = [
-                {"response": {"status": "201 Created", "location": _location(e["resource"])}}
-                for e in data.get("entry", [])
-            ]
-            return self._answer(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+        if interaction == "transaction":  # responses: one per entry the request held (fhir_entries.plan)
+            return self._answer(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": responses})
         if stored_as is not None and stored_as != rid:  # the resource was known here under another id
             text = f"stored as {rtype}/{stored_as}: this {rtype} was known here under that id, which never changes"
             note = outcome([Issue("informational", text, severity="information")])
@@ -409,15 +408,56 @@ class FhirSource:
 
         return await asyncio.to_thread(check)
 
-    async def batch_entry(self, resource: dict[str, Any], who: str) -> dict[str, Any]:
-        """One entry of a batch: applied on its own; its response (or OperationOutcome) in the entry."""
+    async def batch_entry(self, entry: dict[str, Any], n: int, who: str) -> dict[str, Any]:
+        """One entry of a batch: applied on its own, as its ``request`` asks
+        (:mod:`engine.channels.fhir_entries`); its response (or OperationOutcome) in the entry."""
+        resource = entry["resource"]
+        rtype = str(resource.get("resourceType"))
         try:
-            self.supported(resource.get("resourceType"))
-            check_resource(resource)
-            answer = await self.apply(resource, who, "create", 201)
+            try:
+                self.supported(rtype)
+                check_resource(resource)
+                req = fhir_entries.request_of(entry, n)
+            except Refused as exc:
+                raise fhir_entries.located(exc, n, rtype) from None
+            if req.method == "POST":
+                answer = await self.create_one(rtype, resource, who, req.condition)
+            elif req.condition:
+                answer = await self.update_conditional(rtype, req.condition, resource, who)
+            else:
+                answer = await self.update_one(rtype, str(req.rid), resource, who, req.if_match)
             return {"response": {"status": f"{answer.status_code}", "location": answer.headers.get("location", "")}}
         except Refused as exc:
             return {"response": {"status": str(exc.status), "outcome": outcome(exc.issues)}}
+
+    # -- the interactions, for the endpoints and a batch's entries ---------------------------------
+    async def create_one(
+        self, rtype: str, data: dict, who: str, condition: str | None, *, raw: bytes | None = None, respond_async=False
+    ) -> JSONResponse:
+        if condition:  # conditional create: nothing stored when the resource exists
+            found = await self.lookup(rtype, *criteria(condition, rtype), who=who)
+            if found:
+                return self._answer(200, _stored_already(), _where(rtype, found))
+        return await self.apply(data, who, "create", 201, raw=raw, respond_async=respond_async)
+
+    async def update_conditional(
+        self, rtype: str, query: str, data: dict, who: str, *, respond_async=False
+    ) -> JSONResponse:
+        found = await self.lookup(rtype, *criteria(query, rtype), who=who)
+        if found is None:  # no match: a create, under the client's id if it gave one
+            return await self.apply(data, who, "create", 201, respond_async=respond_async)
+        if data.get("id") not in (None, found.fhir_id):
+            where = [f"{rtype}.id"]
+            raise Refused(400, [Issue("invalid", f"the resource's id is not that of the {rtype} found", where)])
+        return await self.apply(dict(data, id=found.fhir_id), who, "update", 200, respond_async=respond_async)
+
+    async def update_one(
+        self, rtype: str, rid: str, data: dict, who: str, match: str | None, *, raw=None, respond_async=False
+    ) -> JSONResponse:
+        if data.get("id") != rid:
+            raise Refused(400, [Issue("invalid", "the resource's id must be the id in the URL", [f"{rtype}.id"])])
+        status, stored_as = await self.check_update(rtype, rid, data, match, who)
+        return await self.apply(data, who, "update", status, stored_as, raw=raw, respond_async=respond_async)
 
     def capability(self) -> dict[str, Any]:
         """What this endpoint does, truthfully: create and update of the ``resources`` it takes,
@@ -480,8 +520,3 @@ def _stored_already() -> dict[str, Any]:
 
 def _where(rtype: str, found: Found) -> dict[str, str]:
     return {"Location": f"/fhir/{rtype}/{found.fhir_id}", "ETag": etag(found.version)}
-
-
-def _location(resource: dict[str, Any]) -> str:
-    rid = resource.get("id")
-    return f"{resource.get('resourceType')}/{rid}" if rid else str(resource.get("resourceType"))
