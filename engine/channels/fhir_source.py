@@ -302,7 +302,7 @@ class FhirSource:
         rid = data.get("id") or uuid.uuid4().hex
         clinical = self.store("clinical")  # Patient/<id> of a patient stored here: its identifier beside it
         resolved = 0
-        if clinical is not None:
+        if clinical is not None and next(fhir_references.references(data), None) is not None:  # a read, off the loop
             resolved = await asyncio.to_thread(fhir_references.resolve, data, clinical, self.system_of)
         raw = None if resolved else raw
         item = Inbound(
