@@ -412,6 +412,45 @@ def test_a_resource_without_its_id_fails_or_is_skipped_with_a_warning(tmp_path):
     ]
 
 
+def test_a_reference_to_a_skipped_resource_is_left_out_of_the_bundle_with_a_warning(tmp_path):
+    m = _mapping(
+        tmp_path,
+        """\
+        records:
+          - target: fhir.DiagnosticReport
+            fields:
+              id: {fhir_id: [DiagnosticReport, MSH-10]}
+              status: {literal: final}
+              code: {object: {text: {literal: panel}}}
+              result: [{each: OBX, item: {reference: [Observation, OBX-3.1]}}]
+              specimen: [{each: OBX, item: {reference: [Observation, OBX-3.1]}}]
+          - target: fhir.Observation
+            for_each: OBX
+            on_error: skip
+            fields:
+              id: {fhir_id: [Observation, OBX-3.1]}
+              status: {literal: final}
+              code: {object: {text: OBX-3.2}}
+              valueString: {path: OBX-5, required: true}
+        """,
+    )
+    msg = MSG.replace("OBX|2|NM|B^b||2", "OBX|2|NM|B^b||")  # the second OBX has no value: skipped
+    report = RunReport()
+    bundle = transaction(m.run(parse_text(msg), report), report.left_out, report.warnings)
+    (kept,) = resources(bundle, "Observation")
+    (dr,) = resources(bundle, "DiagnosticReport")
+    assert [r["reference"] for r in dr["result"]] == [f"Observation/{kept['id']}"]
+    assert report.left_out == {f"Observation/{resource_id('Observation', 'B')}"}
+    assert report.warnings[1:] == [
+        "DiagnosticReport.result: a reference to a resource the mapping skipped is left out",
+        "DiagnosticReport.specimen: a reference to a resource the mapping skipped is left out",
+    ]
+    assert report.warnings[0].startswith("fhir.Observation.valueString: required value is missing; record skipped")
+    assert transaction(m.run(parse_text(MSG), RunReport()))["entry"][0]["resource"]["result"][1]["reference"] == (
+        f"Observation/{resource_id('Observation', 'B')}"
+    )  # nothing skipped: both references stay
+
+
 def test_in_a_fhir_mapping_each_walks_the_nodes_a_fhirpath_selects(tmp_path):
     m = _mapping(
         tmp_path,

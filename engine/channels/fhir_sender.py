@@ -185,7 +185,9 @@ class FhirSender(Destination):
         if not records:
             return None
         try:
-            return transaction(records)
+            if report is None:
+                return transaction(records)
+            return transaction(records, report.left_out, report.warnings)
         except ValueError as exc:  # a record without an id: the mapping's fault, named without values
             raise MappingError(str(exc)) from None
 

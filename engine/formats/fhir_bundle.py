@@ -24,7 +24,7 @@ receiver creates or updates each by its id, all or nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from engine.records import Record
@@ -77,12 +77,17 @@ def resource(record: Record) -> dict[str, Any]:
     return {"resourceType": rtype, **record.values}
 
 
-def transaction(records: Iterable[Record]) -> dict[str, Any]:
+def transaction(
+    records: Iterable[Record], left_out: Collection[str] = (), warnings: list[str] | None = None
+) -> dict[str, Any]:
     """One transaction Bundle: each record a ``PUT <Type>/<id>`` entry, in order.
 
     Two records of the same resource (same type and id) are one entry: the later one's elements
     over the earlier one's (a message that names its patient in PID and again in a later
-    segment gives one Patient)."""
+    segment gives one Patient). ``left_out``: resources the mapping skipped (``RunReport.left_out``);
+    a reference to one (a DiagnosticReport's result naming an OBX that could not be built) would
+    name nothing a receiver has, so it is taken out, and ``warnings`` gets one line per element
+    it was taken from (no value)."""
     entries: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
         res = resource(record)
@@ -91,6 +96,13 @@ def transaction(records: Iterable[Record]) -> dict[str, Any]:
             raise ValueError(f"{record.target} has no id: a resource sent by PUT needs one")
         at = (res["resourceType"], rid)
         entries[at] = {**entries[at], **res} if at in entries else res
+    gone = set(left_out) - {f"{t}/{i}" for t, i in entries}
+    if gone:
+        dropped: dict[str, None] = {}
+        for (rtype, _rid), res in entries.items():
+            _drop_references(res, gone, rtype, dropped)
+        if warnings is not None:
+            warnings.extend(f"{where}: a reference to a resource the mapping skipped is left out" for where in dropped)
     return {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -103,6 +115,30 @@ def transaction(records: Iterable[Record]) -> dict[str, Any]:
             for (rtype, rid), res in entries.items()
         ],
     }
+
+
+def _drop_references(data: Any, gone: set[str], at: str, dropped: dict[str, None]) -> None:
+    """Take every Reference to one of ``gone`` out of ``data`` (in place); each element it was
+    in (``DiagnosticReport.result``) goes to ``dropped``."""
+    for key, value in list(data.items()):
+        where = f"{at}.{key}"
+        if isinstance(value, list):
+            kept = [v for v in value if not (isinstance(v, dict) and v.get("reference") in gone)]
+            if len(kept) != len(value):
+                dropped[where] = None
+            for v in kept:
+                if isinstance(v, dict):
+                    _drop_references(v, gone, where, dropped)
+            if kept:
+                data[key] = kept
+            else:
+                del data[key]
+        elif isinstance(value, dict):
+            if value.get("reference") in gone:
+                dropped[where] = None
+                del data[key]
+            else:
+                _drop_references(value, gone, where, dropped)
 
 
 def _is_uuid(text: str) -> bool:

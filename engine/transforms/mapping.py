@@ -161,10 +161,12 @@ class RecordRule:
             else:
                 yield from self._walk(msg, level + 1, span, scopes + (span,), here)
 
-    def emit(self, msg: Reader, out: list[Record], warnings: list[str]) -> None:
+    def emit(self, msg: Reader, out: list[Record], report: RunReport) -> None:
         """Append this rule's records to ``out``; a record skipped under ``on_error: skip``
-        adds one line to ``warnings`` instead (at most WARNINGS_PER_RULE, then one line counting
-        the rest). Raises MappingError (``on_error: fail``)."""
+        adds one line to ``report.warnings`` instead (at most WARNINGS_PER_RULE, then one line
+        counting the rest), and a FHIR resource skipped whose id was built goes to
+        ``report.left_out``. Raises MappingError (``on_error: fail``)."""
+        warnings = report.warnings
         skipped = 0
         left: list[str] = []  # values left out of otherwise good records
         for scopes, where in self.scopes(msg):
@@ -181,6 +183,8 @@ class RecordRule:
                 if not self.skip:
                     raise self._error(exc.field, exc.reason, where) from None
                 skipped += 1
+                if self.fhir and isinstance(exc.values.get("id"), str):
+                    report.left_out.add(f"{self.target.split('.', 1)[1]}/{exc.values['id']}")
                 if skipped <= WARNINGS_PER_RULE:
                     warnings.append(self._text(exc.field, exc.reason, where, "record skipped"))
         warnings.extend(left[:WARNINGS_PER_RULE])
@@ -204,7 +208,7 @@ class RecordRule:
                 v = f.fn(msg, scopes)
             except ValueProblem as exc:
                 if f.required or f.column in self.key or left is None or not exc.unreadable:
-                    raise _Unbuilt(f, exc.reason) from None
+                    raise _Unbuilt(f, exc.reason, values) from None
                 unread.setdefault(exc.reason, []).append(f)
                 continue
             source = f.source
@@ -212,16 +216,16 @@ class RecordRule:
                 if f.default is not MISSING:
                     v, source = f.default, "default"
                 elif f.required:
-                    raise _Unbuilt(f, "required value is missing")
+                    raise _Unbuilt(f, "required value is missing", values)
                 else:
                     continue
             elif v is None and f.required:
-                raise _Unbuilt(f, 'required value is an HL7 null ("")')
+                raise _Unbuilt(f, 'required value is an HL7 null ("")', values)
             if self.fhir:
                 v = to_json(v)
                 if v is MISSING:
                     if f.required:
-                        raise _Unbuilt(f, "required value is missing")
+                        raise _Unbuilt(f, "required value is missing", values)
                     continue
             values[f.column] = v
             sources[f.column] = source
@@ -245,11 +249,12 @@ class RecordRule:
 
 
 class _Unbuilt(Exception):
-    """A record of one scope could not be built: which field, and why (no value in it)."""
+    """A record of one scope could not be built: which field, and why (no value in it); the
+    values built before it (a FHIR resource's id, when it came first)."""
 
-    def __init__(self, f: _Field, reason: str):
+    def __init__(self, f: _Field, reason: str, values: dict[str, Any]):
         super().__init__(reason)
-        self.field, self.reason = f, reason
+        self.field, self.reason, self.values = f, reason, values
 
 
 class Mapping:
@@ -300,7 +305,7 @@ class Mapping:
             report = RunReport()
         reader = Reader(msg, report.read, zone)
         for rule in self.rules:
-            rule.emit(reader, out, report.warnings)
+            rule.emit(reader, out, report)
         return out
 
     def __repr__(self) -> str:

@@ -50,6 +50,9 @@ class RunReport:
 
     warnings: list[str] = field(default_factory=list)
     """One line per thing the mapping let go (``store.table.column: reason ...``); never a value."""
+    left_out: set[str] = field(default_factory=set)
+    """FHIR resources (``Observation/<id>``) a rule skipped under ``on_error: skip``: references
+    to them are taken out of the Bundle (:func:`engine.formats.fhir_bundle.transaction`)."""
     read: set[str] = field(default_factory=set)
     """Positions a rule read: ``SEG`` (a whole segment), ``SEG-f`` (a whole field) or ``SEG-f.c``."""
 

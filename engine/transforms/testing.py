@@ -252,7 +252,7 @@ def run_case(case: TestCase) -> CaseResult:
     except (ConfigError, ParseError) as exc:
         return CaseResult(case, False, f"cannot run: {type(exc).__name__}: {exc}")
     actual = [f"error: column {outcome.field}: {outcome}"] if outcome else _actual_lines(records)
-    bundle = _bundle(records)
+    bundle = _bundle(records, report)
     if bundle is not None:
         invalid = [f"invalid: {p}" for p in bundle_problems(bundle)]
         if case.resources is not None:
@@ -284,11 +284,12 @@ def run_case(case: TestCase) -> CaseResult:
     return CaseResult(case, passed, diff, records, report.warnings)
 
 
-def _bundle(records: list[Record]) -> dict | None:
-    """The transaction Bundle of a run whose records are FHIR resources (None otherwise)."""
+def _bundle(records: list[Record], report: RunReport) -> dict | None:
+    """The transaction Bundle of a run whose records are FHIR resources (None otherwise), as the
+    ``fhir`` destination builds it (its warnings go to ``report``)."""
     if not records or not all(r.target.startswith("fhir.") for r in records):
         return None
-    return transaction(records)
+    return transaction(records, report.left_out, report.warnings)
 
 
 def bundle_problems(bundle: dict) -> list[str]:
@@ -396,7 +397,7 @@ def try_mapping(mapping_path: str | Path, message_path: str | Path) -> str:
         else:
             if not records:
                 out.append("  no records")
-        bundle = _bundle(records)
+        bundle = _bundle(records, report)
         for i, r in enumerate(records, 1):
             out.append(f"  record {i}: {r.target} {r.op} key=[{', '.join(r.key)}]")
             width = max((len(c) for c in r.values), default=0)
