@@ -78,9 +78,10 @@ class FhirSourceConfig(ConnectorConfig):
     """The resource types this endpoint takes (what its mappings map); another type gets 404."""
     tls: ServerTls | None = None
     """Serve HTTPS with this certificate (and client certificates, for mutual TLS)."""
-    check_processes: int = Field(1, ge=0, le=64)
-    """Child processes that check a transaction Bundle's resources against R4, beside the one
-    that serves HTTP, maps and writes (0: all in that one; :mod:`engine.formats.fhir_checker`)."""
+    check_processes: int | None = Field(None, ge=0, le=64)
+    """Child processes that check a Bundle against R4, beside the one that serves HTTP, maps and
+    writes (0: all in that one; :mod:`engine.formats.fhir_checker`). Unset: 1 when this process
+    may run on two cores or more, else 0 (a second process on one core only adds its cost)."""
     read_stores: dict[str, str] = Field(default_factory=dict)
     """The stores the read API serves, by kind (``{clinical: clinical, pm: pm}``: store names
     under ``stores:``); empty: this endpoint takes writes only (:mod:`engine.channels.fhir_read`)."""
@@ -96,6 +97,13 @@ class FhirSourceConfig(ConnectorConfig):
             elif cfg.store_kind(name) != kind:
                 problems.append(src.problem(at, f"store {name!r} is a {cfg.store_kind(name)} store, not {kind}"))
         return problems
+
+
+def _check_processes(configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores >= 2 else 0
 
 
 def token_hash(token: str) -> str:
@@ -139,7 +147,7 @@ class FhirSource:
         self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
         self._server: ThreadedServer | None = None
         self.port = config.port
-        self.checker = Checker(config.check_processes, config.resources)
+        self.checker = Checker(_check_processes(config.check_processes), config.resources)
 
     def store(self, kind: str):
         """The record store the API reads for ``kind`` (``clinical``, ``pm``: ``read_stores``);
