@@ -30,6 +30,30 @@ def config_file(tmp_path: Path, text: str, name: str = "channels.yaml") -> Path:
     return path
 
 
+def fhir_config(token: str, *, name: str = "ehr-test", source: str = "") -> str:
+    """The text of a channels.yaml with one `fhir` channel like the sample's: Patient and
+    Observation into the clinical store by the sample mappings, ``token`` allowed under ``name``;
+    ``source``: more keys of the source block, one per line (``check_processes: 0``)."""
+    from engine.channels.fhir_source import token_hash
+
+    more = "".join(f"\n      {line}" for line in source.splitlines() if line.strip())
+    return f"""
+stores:
+  messages: {{url: "${{ENGINE_MESSAGE_STORE_URL}}"}}
+  clinical: {{url: "${{ENGINE_CLINICAL_STORE_URL}}"}}
+mappings_dir: MAPPINGS
+channels:
+  - name: fhir-in
+    source:
+      type: fhir
+      port: ${{ENGINE_FHIR_PORT}}
+      tokens: "{name}:{token_hash(token)}"
+      resources: [Patient, Observation]{more}
+    destinations:
+      - {{name: clinical, type: store, store: clinical, mapping: [fhir_patient_clinical, fhir_observation_clinical]}}
+"""
+
+
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 

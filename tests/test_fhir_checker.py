@@ -19,28 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EngineProcess, config_file
-
-from engine.channels.fhir_source import token_hash
+from conftest import EngineProcess, config_file, fhir_config
 
 TOKEN = "checker-fhir-test-token-51a9e0c4"
 SYSTEM = "https://northclinic.example.org/mrn"
-CONFIG = """
-stores:
-  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
-  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
-mappings_dir: MAPPINGS
-channels:
-  - name: fhir-in
-    source:
-      type: fhir
-      port: ${ENGINE_FHIR_PORT}
-      tokens: "ehr-test:HASH"
-      resources: [Patient, Observation]
-      check_processes: PROCESSES
-    destinations:
-      - {name: clinical, type: store, store: clinical, mapping: [fhir_patient_clinical, fhir_observation_clinical]}
-"""
 
 
 def observation(mrn: str, n: int) -> dict:
@@ -134,7 +116,7 @@ def wait_for(condition, seconds: float = 30.0, what: str = ""):
 
 
 def engine(tmp: Path, processes: int) -> Api:
-    text = CONFIG.replace("HASH", token_hash(TOKEN)).replace("PROCESSES", str(processes))
+    text = fhir_config(TOKEN, source=f"check_processes: {processes}")
     return Api(EngineProcess(tmp, config=config_file(tmp, text)).start())
 
 

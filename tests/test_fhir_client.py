@@ -7,29 +7,12 @@ sample's: Patient and Observation into the clinical store by the sample mappings
 from __future__ import annotations
 
 import pytest
-from conftest import EngineProcess, config_file
+from conftest import EngineProcess, config_file, fhir_config
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import AuthorizationError, OperationOutcome, ResourceNotFound
 
-from engine.channels.fhir_source import token_hash
-
 TOKEN = "fhirpy-client-test-token-41d8a0c3"
 SYSTEM = "https://northclinic.example.org/mrn"  # NORTHCLINIC (mappings/tables/identifier_system.yaml)
-CONFIG = """
-stores:
-  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
-  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
-mappings_dir: MAPPINGS
-channels:
-  - name: fhir-in
-    source:
-      type: fhir
-      port: ${ENGINE_FHIR_PORT}
-      tokens: "ehr-client:HASH"
-      resources: [Patient, Observation]
-    destinations:
-      - {name: clinical, type: store, store: clinical, mapping: [fhir_patient_clinical, fhir_observation_clinical]}
-"""
 
 
 def patient_fields(mrn: str) -> dict:
@@ -44,7 +27,7 @@ def patient_fields(mrn: str) -> dict:
 @pytest.fixture(scope="module")
 def fhir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fhir-client")
-    eng = EngineProcess(tmp, config=config_file(tmp, CONFIG.replace("HASH", token_hash(TOKEN)))).start()
+    eng = EngineProcess(tmp, config=config_file(tmp, fhir_config(TOKEN, name="ehr-client"))).start()
     base = f"http://127.0.0.1:{eng.env['ENGINE_FHIR_PORT']}/fhir"
     client = SyncFHIRClient(base, authorization=f"Bearer {TOKEN}", requests_config={"timeout": 60})
     yield eng, client, base

@@ -8,29 +8,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import EngineProcess, config_file
-
-from engine.channels.fhir_source import token_hash
+from conftest import EngineProcess, config_file, fhir_config
 
 TOKEN = "entries-fhir-test-token-3b7d10a2"
 MRN = "https://northclinic.example.org/mrn"
 OBS = "https://northclinic.example.org/obs"
-CONFIG = """
-stores:
-  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
-  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
-mappings_dir: MAPPINGS
-channels:
-  - name: fhir-in
-    source:
-      type: fhir
-      port: ${ENGINE_FHIR_PORT}
-      tokens: "ehr-test:HASH"
-      resources: [Patient, Observation]
-      read_stores: {clinical: clinical}
-    destinations:
-      - {name: clinical, type: store, store: clinical, mapping: [fhir_patient_clinical, fhir_observation_clinical]}
-"""
 
 
 class Api:
@@ -59,7 +41,8 @@ class Api:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fhir-entries")
-    eng = EngineProcess(tmp, config=config_file(tmp, CONFIG.replace("HASH", token_hash(TOKEN)))).start()
+    config = config_file(tmp, fhir_config(TOKEN, source="read_stores: {clinical: clinical}"))
+    eng = EngineProcess(tmp, config=config).start()
     yield Api(eng)
     eng.stop()
 

@@ -11,9 +11,7 @@ import json
 
 import httpx
 import pytest
-from conftest import ROOT, EngineProcess, config_file
-
-from engine.channels.fhir_source import token_hash
+from conftest import ROOT, EngineProcess, config_file, fhir_config
 
 MALFORMED = ROOT / "tests" / "fixtures" / "fhir" / "malformed"
 TOKEN = "malformed-fhir-test-token-7c02e9b1"
@@ -25,21 +23,6 @@ CANARY = {
     "name": [{"family": "Canary", "given": ["Still"]}],
 }
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
-CONFIG = """
-stores:
-  messages: {url: "${ENGINE_MESSAGE_STORE_URL}"}
-  clinical: {url: "${ENGINE_CLINICAL_STORE_URL}"}
-mappings_dir: MAPPINGS
-channels:
-  - name: fhir-in
-    source:
-      type: fhir
-      port: ${ENGINE_FHIR_PORT}
-      tokens: "ehr-test:HASH"
-      resources: [Patient, Observation]
-    destinations:
-      - {name: clinical, type: store, store: clinical, mapping: [fhir_patient_clinical, fhir_observation_clinical]}
-"""
 
 
 class Api:
@@ -81,7 +64,7 @@ class Api:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fhir-malformed")
-    eng = EngineProcess(tmp, config=config_file(tmp, CONFIG.replace("HASH", token_hash(TOKEN)))).start()
+    eng = EngineProcess(tmp, config=config_file(tmp, fhir_config(TOKEN))).start()
     yield Api(eng)
     eng.stop()
 
