@@ -99,13 +99,6 @@ class FhirSourceConfig(ConnectorConfig):
         return problems
 
 
-def _check_processes(configured: int | None) -> int:
-    if configured is not None:
-        return configured
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if cores >= 2 else 0
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -147,7 +140,7 @@ class FhirSource:
         self.tables_dir = Path(cfg.mappings_dir) / "tables" if cfg is not None else None
         self._server: ThreadedServer | None = None
         self.port = config.port
-        self.checker = Checker(_check_processes(config.check_processes), config.resources)
+        self.checker = Checker(config.check_processes, config.resources)
 
     def store(self, kind: str):
         """The record store the API reads for ``kind`` (``clinical``, ``pm``: ``read_stores``);
@@ -233,7 +226,7 @@ class FhirSource:
             who = self.authorise(request)
             raw = await self.body(request)
             data = read_json(raw)
-            await self.checker.bundle(raw, data, self.config.resources)
+            await self.checker.bundle(raw, data)
             entries = data.get("entry") or []
             if data["type"] == "transaction":  # all or nothing: every resource was checked above
                 planned = await fhir_entries.plan(self, entries, who)  # every entry's request, before storing

@@ -124,30 +124,34 @@ def _ready() -> None:
 
 
 class Checker:
-    """Checks Bundles' entries in up to ``processes`` child processes (0: in-process only)."""
+    """Checks Bundles for an endpoint that takes ``types``, in up to ``processes`` child
+    processes (0: in-process only; None: 1 when this process may run on two cores or more,
+    else 0, since a second process on one core only adds its cost)."""
 
-    def __init__(self, processes: int, types: list[str]):
+    def __init__(self, processes: int | None, types: list[str]):
+        if processes is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            processes = 1 if cores >= 2 else 0
         self.processes = processes
         self.types = types
-        self._pool: ProcessPoolExecutor | None = None
-        self._ready = False
+        self._pool: ProcessPoolExecutor | None = None  # set once its children answer
         self._starting: asyncio.Task | None = None
 
-    async def bundle(self, body: bytes, data: Any, types: list[str]) -> None:
+    async def bundle(self, body: bytes, data: Any) -> None:
         """:func:`check_bundle` on ``data``, read from ``body``: here, or in the child."""
         entries = data.get("entry") if isinstance(data, dict) else None
         if self.processes and isinstance(entries, list) and len(entries) >= MIN_ENTRIES:
-            if self._ready and self._pool is not None:
+            if self._pool is not None:
                 pool = self._pool
                 try:
-                    fault = await asyncio.get_running_loop().run_in_executor(pool, _in_child, body, types)
+                    fault = await asyncio.get_running_loop().run_in_executor(pool, _in_child, body, self.types)
                     return raise_fault(fault)
                 except BrokenProcessPool:
                     log.warning("the FHIR check process stopped; checking here and starting another")
                     self._discard(pool)
             elif self._starting is None:
                 self._starting = asyncio.ensure_future(self._start())
-        check_bundle(data, types)
+        check_bundle(data, self.types)
 
     async def _start(self) -> None:
         pool = ProcessPoolExecutor(
@@ -163,11 +167,11 @@ class Checker:
             log.warning("the FHIR check process did not start (%s); checking in-process", type(exc).__name__)
             pool.shutdown(wait=False, cancel_futures=True)
             return  # _starting stays set: not tried again
-        self._pool, self._ready, self._starting = pool, True, None
+        self._pool, self._starting = pool, None
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         if self._pool is pool:
-            self._pool, self._ready = None, False
+            self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
@@ -175,4 +179,4 @@ class Checker:
             self._starting.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool, self._ready = None, False
+            self._pool = None
