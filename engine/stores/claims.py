@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from engine.stores.db import UTCDateTime, write_transaction
 from engine.stores.message_tables import PENDING, QUEUED, deliveries, expanding, messages, now
+from engine.stores.prepared import prepared
 
 _ids = expanding
 
@@ -122,7 +123,7 @@ _DELIVERY_UPSERT = {
             index_elements=[deliveries.c.message_id, deliveries.c.destination],
             set_={k: ins.excluded[k] for k in _DELIVERY_VALUES},
         )
-    )(insert(deliveries))
+    )(insert(deliveries).values({c: bindparam(c) for c in ("message_id", "destination", *_DELIVERY_VALUES)}))
     for name, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }
 """One INSERT ... ON CONFLICT (message_id, destination) DO UPDATE per dialect: a delivery row
@@ -304,7 +305,7 @@ class Claims:
                 for o in outcomes
             ]
             if rows:  # one statement, executed for each message (executemany)
-                conn.execute(_RECORD, rows)
+                prepared(_RECORD, conn.dialect).run(conn, rows)
             self._write_deliveries(conn, [(o.message_id, d) for o in outcomes for d in o.deliveries or ()], stamp)
             after = self.next_in_line(hand_on[0], hand_on[1], conn) if hand_on else []
         return outcomes, after
@@ -326,7 +327,7 @@ class Claims:
             )
             for mid, d in rows
         ]
-        conn.execute(_DELIVERY_UPSERT[conn.dialect.name], values)
+        prepared(_DELIVERY_UPSERT[conn.dialect.name], conn.dialect).run(conn, values)
 
 
 class _Loaded:

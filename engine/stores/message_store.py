@@ -57,6 +57,7 @@ from engine.stores.message_tables import (  # noqa: F401 - the store's public na
     now,
     workers,
 )
+from engine.stores.prepared import prepared
 
 _PRIOR = (
     select(
@@ -80,7 +81,12 @@ _PRIOR = (
     # no ORDER BY: SQLite would walk the (channel, id) index to skip sorting, every message of
     # the channel, instead of the control ids' few rows; the rows are put in order in Python
 )
-_INSERT = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
+_RECEIVED_COLUMNS = (
+    *("channel", "received_at", "content", "charset", "content_hash", "message_type", "trigger", "control_id"),
+    *("sending_app", "sending_facility", "version", "ordering_key", "status", "error", "duplicate_of", "flags"),
+    *("peer", "source_message_id", "updated_at", "claim_until", "seq"),
+)
+_INSERT = messages.insert().values({c: bindparam(c) for c in _RECEIVED_COLUMNS}).returning(messages.c.id)
 
 
 @dataclass
@@ -235,7 +241,7 @@ class MessageStore(Claims):
                 if status == RECEIVED and item.control_id and dup is None:
                     # a later copy in this same batch is a duplicate of this one: its id comes below
                     prior[key] = (None, digest, stamp, RECEIVED, None)
-            ids = [r[0] for r in conn.execute(_INSERT, rows)]
+            ids = [r[0] for r in prepared(_INSERT, conn.dialect).returning(conn, rows)]
             out: list[Stored] = []
             first_in_batch: dict[tuple, int] = {}
             for row_id, (status, dup, flags, key, _digest) in zip(ids, out_meta):

@@ -33,6 +33,7 @@ from engine.stores import migrate
 from engine.stores.columns import StoreSpec
 from engine.stores.db import make_engine, write_transaction
 from engine.stores.merge import Patient, apply_merge, load_resolution
+from engine.stores.prepared import prepared
 from engine.stores.schema import MANAGED as NOT_MAPPABLE
 from engine.stores.upsert import Planner, Upsert
 
@@ -364,7 +365,7 @@ class RecordStore:
 
     def _flush(self, conn, shape, group: list[dict[str, Any]]) -> None:
         if group:
-            conn.execute(self._planner.statement(shape), group)
+            prepared(self._planner.statement(shape), conn.dialect).run(conn, group)
 
     def _wrap(self, exc: Exception, message_id: int) -> Exception:
         """A message's failure as a DeliveryError whose text carries no patient values."""
