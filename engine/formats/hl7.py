@@ -29,6 +29,7 @@ import codecs
 import re
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Any
 
 from engine.errors import ParseError
 
@@ -324,7 +325,17 @@ class Message:
     scope's length) and kept, so walking every group of a message costs O(n) in all.
     """
 
-    __slots__ = ("_members", "_names", "_outside", "_positions", "_spans", "delimiters", "segments", "text")
+    __slots__ = (
+        "_members",
+        "_names",
+        "_outside",
+        "_positions",
+        "_spans",
+        "delimiters",
+        "read_cache",
+        "segments",
+        "text",
+    )
     format = "hl7v2"
 
     def __init__(self, text: str):
@@ -340,6 +351,9 @@ class Message:
         self._spans: dict[tuple[str, Span | None], list[Span]] = {}
         self._outside: dict[tuple[str, str, int, int], list[int]] = {}
         self._members: dict[tuple[str, Span], list[int]] = {}
+        self.read_cache: dict[Any, list[str | None]] = {}
+        """Value lists the mappings' readers (engine.transforms.reader) computed for this message,
+        kept with it so that every mapping of one message shares them (a message is never changed)."""
         for i, seg in enumerate(self.segments):
             if not _SEGMENT_NAME.match(seg.name) or (len(seg.text) > 3 and seg.text[3] != d.field):
                 raise ParseError(

@@ -61,7 +61,11 @@ class Reader:
         self.memo: dict[Any, Any] = {}
         """Per-message results of expressions that look beyond their own group (``ordinal``)."""
         self.delimiters = msg.delimiters
-        self._cache: dict[int, list] = {}
+        # message-level value lists by id(path), and a group anchor's own by (id(path), its
+        # position): kept on an HL7 message, so its other mappings read them too (paths are
+        # parsed once per text, engine.formats.hl7.parse_path, so one text is one id)
+        cache = getattr(msg, "read_cache", None)
+        self._cache: dict[Any, list] = {} if cache is None else cache
         self._outside: dict[tuple[str, str], bool] = {}
         self._loops = getattr(msg, "format", "") == "x12"
         """X12 loops read their own segments first (engine.formats.x12): scoped reads go there."""
@@ -154,9 +158,14 @@ class Reader:
             if scopes:
                 return values_in(self.msg.find_segments(path, scopes), path, self.delimiters)
         if scopes:
-            own = self._own(path, scopes)
-            if own is not None:
-                return values_in(own, path, self.delimiters)
+            anchor = self._anchor(path, scopes)
+            if anchor is not None:
+                key = (id(path), anchor)
+                cached = self._cache.get(key)
+                if cached is None:
+                    own = [self.msg.segments[anchor]] if path.occurrence in (None, 0, 1) else []
+                    cached = self._cache[key] = values_in(own, path, self.delimiters)
+                return cached
             if not self._message_level(path.segment, scopes):
                 return self.msg.values(path, scopes)
         cached = self._cache.get(id(path))
@@ -165,12 +174,22 @@ class Reader:
         return cached
 
     def _own(self, path: Path, scopes: tuple[Span, ...]) -> list[Segment] | None:
-        """The innermost group's own anchor (``AL1-3`` inside the AL1 loop), else None.
-
-        A span holds exactly one segment of its anchor's kind, at its start, so the scope
-        walk would find just that one.
-        """
-        seg = self.msg.segments[scopes[-1][0]]
-        if seg.name != path.segment:
+        """The segment of the group whose anchor ``path`` names (``AL1-3`` inside the AL1 loop,
+        ``OBR-2`` inside an OBR's OBX loop), else None; see :meth:`_anchor`."""
+        anchor = self._anchor(path, scopes)
+        if anchor is None:
             return None
-        return [seg] if (path.occurrence or 1) == 1 or path.occurrence == 0 else []
+        return [self.msg.segments[anchor]] if path.occurrence in (None, 0, 1) else []
+
+    def _anchor(self, path: Path, scopes: tuple[Span, ...]) -> int | None:
+        """The position of the innermost scope anchored on ``path``'s segment, else None.
+
+        A span holds exactly one segment of its anchor's kind, at its start, and the scopes
+        inside it lie after that start: the scope walk would find no such segment in them, and
+        then just that one (for occurrence 1 or all; none for a later occurrence).
+        """
+        segments = self.msg.segments
+        for lo, _hi in reversed(scopes):
+            if segments[lo].name == path.segment:
+                return lo
+        return None
