@@ -285,7 +285,6 @@ PATHS = [
 )
 def test_reader_equals_message(fixture):
     msg = Message((FIXTURES / fixture).read_text(encoding="latin-1"))
-    reader = Reader(msg)
     scopes_list = [()]
     for a in msg.spans("OBR"):
         scopes_list.append((a,))
@@ -295,7 +294,7 @@ def test_reader_equals_message(fixture):
     scopes_list.extend((s,) for name in ("AL1", "IN1", "DG1") for s in msg.spans(name))
     # twice: the second pass reads what the first kept on the message, by a new reader (as the
     # message's next mapping does), and must still give what Message gives
-    for reader in (reader, Reader(msg)):
+    for reader in (Reader(msg), Reader(msg)):
         for scopes in scopes_list:
             for text in PATHS:
                 p = parse_path(text)
