@@ -3,11 +3,11 @@
 Why by hand: for each execution SQLAlchemy looks its compiled form up in its cache, builds every
 row's parameters again (``construct_params``), runs each value through its type's bind
 processor with the generic machinery, and sets up a result object. On the write path that
-overhead cost more CPU than SQLite itself: an upsert batch spent about three quarters of its
-statement time in it, and a one-message receive commit 0.50 ms of CPU against 0.19 ms for the
-same statements on the bare driver (``bench/stages.py``). No library does "compile once, run
+overhead cost more CPU than SQLite itself: a batch of upserts spent about three quarters of its
+statement time in it (``bench/stages.py`` under cProfile). No library does "compile once, run
 many on the DBAPI cursor" for Core statements; SQLAlchemy's own compiler still writes the SQL
 and its types still convert the values, so both dialects and the column types stay theirs.
+Transactions, savepoints and the reads stay SQLAlchemy's.
 
 The statements run on the DBAPI connection under a SQLAlchemy :class:`Connection`, inside the
 transaction (and SAVEPOINT) that connection began, so they commit or roll back with it.

@@ -163,8 +163,7 @@ class Reader:
                 key = (id(path), anchor)
                 cached = self._cache.get(key)
                 if cached is None:
-                    own = [self.msg.segments[anchor]] if path.occurrence in (None, 0, 1) else []
-                    cached = self._cache[key] = values_in(own, path, self.delimiters)
+                    cached = self._cache[key] = values_in(self._anchored(anchor, path), path, self.delimiters)
                 return cached
             if not self._message_level(path.segment, scopes):
                 return self.msg.values(path, scopes)
@@ -177,8 +176,11 @@ class Reader:
         """The segment of the group whose anchor ``path`` names (``AL1-3`` inside the AL1 loop,
         ``OBR-2`` inside an OBR's OBX loop), else None; see :meth:`_anchor`."""
         anchor = self._anchor(path, scopes)
-        if anchor is None:
-            return None
+        return None if anchor is None else self._anchored(anchor, path)
+
+    def _anchored(self, anchor: int, path: Path) -> list[Segment]:
+        """What ``path`` finds in the group anchored at ``anchor``: its anchor (for occurrence 1
+        or all), never a later occurrence (the group has no other segment of that kind)."""
         return [self.msg.segments[anchor]] if path.occurrence in (None, 0, 1) else []
 
     def _anchor(self, path: Path, scopes: tuple[Span, ...]) -> int | None:
