@@ -459,3 +459,37 @@ def test_a_pooled_connection_left_idle_across_a_server_restart_is_replaced(priva
         assert pings == [1]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_header_field_the_store_refuses_costs_only_its_own_message(kind, tmp_path, request):
+    """The receive insert runs on the driver's cursor (engine/stores/prepared.py); the driver's
+    refusal must still reach the retry as SQLAlchemy's error class: the refused message is kept
+    raw as ERROR (no header fields), the others of its batch are committed as received."""
+    from engine.stores.message_store import ERROR, RECEIVED, Inbound, MessageStore
+
+    url = f"sqlite:///{tmp_path}/m.db" if kind == "sqlite" else request.getfixturevalue("pg_url")
+    store = MessageStore(url)
+    store.upgrade()
+    # PostgreSQL refuses a NUL in text; SQLite takes any text, so there a trigger refuses it as
+    # a server would (a CHECK the operator added, say)
+    if kind == "sqlite":
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_nul BEFORE INSERT ON messages WHEN instr(NEW.control_id, char(0)) > 0 "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+    items = [
+        Inbound("adt", b"MSH|^~\\&|A|F|||||ADT^A01|C1|P|2.5", control_id="C1", sending_facility="F"),
+        Inbound("adt", b"MSH|^~\\&|A|F|||||ADT^A01|C\x002|P|2.5", control_id="C\x002", sending_facility="F"),
+        Inbound("adt", b"MSH|^~\\&|A|F|||||ADT^A01|C3|P|2.5", control_id="C3", sending_facility="F"),
+    ]
+    try:
+        stored = store.insert_received(items)
+        assert [s.status for s in stored] == [RECEIVED, ERROR, RECEIVED]
+        assert stored[1].error and "refused" in stored[1].error
+        assert store.status_of(stored[1].id)[0] == ERROR
+        assert [store.status_of(s.id)[0] for s in (stored[0], stored[2])] == [RECEIVED, RECEIVED]
+    finally:
+        store.engine.dispose()
+        store.status_engine.dispose()
