@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -11,7 +10,6 @@ from sqlalchemy import create_engine
 from engine.errors import DeliveryError
 from engine.records import Record
 from engine.stores import migrate
-from engine.stores.db import make_engine
 from engine.stores.migrate import SchemaOutOfDate
 from engine.stores.records_store import RecordStore
 
@@ -433,32 +431,6 @@ def test_a_message_after_a_failed_one_of_its_ordering_key_is_deferred_not_applie
     assert isinstance(results[1], Deferred) and results[1].blocker == 1
     assert results[2] is None
     assert [r["mrn"] for r in clinical.rows("patient")] == ["M2"]
-
-
-def test_a_pooled_connection_left_idle_across_a_server_restart_is_replaced(private_postgres, monkeypatch):
-    """PostgreSQL pools ping a connection only when it sat unused (engine/stores/db.py): one
-    that the server dropped while it waited is replaced at checkout, unseen by the caller; one
-    in use is not pinged (no round trip per transaction)."""
-    from engine.stores import db as dbmod
-
-    engine = make_engine(private_postgres.url, durable=True)
-    pings = []
-    real = engine.dialect.do_ping
-    monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(1) or real(c))
-    monkeypatch.setattr(dbmod, "PING_AFTER_IDLE_SECONDS", 0.3)
-    try:
-        for _ in range(20):  # back to work at once: never pinged
-            with engine.connect() as conn:
-                assert conn.exec_driver_sql("select 1").scalar() == 1
-        assert pings == []
-        private_postgres.stop("fast")  # ends the pooled connection's session
-        private_postgres.start()
-        time.sleep(0.4)
-        with engine.connect() as conn:  # pinged, found dead, replaced
-            assert conn.exec_driver_sql("select 1").scalar() == 1
-        assert pings == [1]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -12,7 +12,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from pathlib import Path
 
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
@@ -70,9 +68,7 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
             given = u.query.get("options")
             given = " ".join(given) if isinstance(given, tuple) else given
             args = {"connect_args": {"options": " ".join(filter(None, [given, "-c synchronous_commit=off"]))}}
-        engine = create_engine(url, pool_size=10, max_overflow=20, **args)
-        _ping_when_idle(engine)
-        return engine
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **args)
     if u.database and u.database != ":memory:" and not u.query.get("uri"):
         _owner_only(Path(u.database))
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection})
@@ -102,38 +98,6 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     # event, though, costs its dispatch on every statement of the engine, ~20 us each.)
     engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
-
-
-PING_AFTER_IDLE_SECONDS = 1.0
-"""A pooled server connection unused this long is pinged before it is handed out."""
-
-
-def _ping_when_idle(engine: Engine) -> None:
-    """Ping a pooled connection at checkout only when it has sat unused for a while.
-
-    ``pool_pre_ping`` pings at every checkout: one more round trip per transaction, which in
-    the scale-out benchmark was about a tenth of a worker's CPU (a worker writes a delivery row
-    per message). Under load a connection goes back to work within milliseconds, and a
-    connection that failed in use is invalidated by SQLAlchemy with the rest of its pool (its
-    transaction fails: AE to the sender, or the message stays pending and is retried). The
-    ping is for the connection that waited, where a server restart or an idle timeout can
-    have closed it: a failed ping raises DisconnectionError, and the pool replaces the
-    connection and tries again (SQLAlchemy's documented way for a checkout listener).
-    """
-
-    @event.listens_for(engine, "checkin")
-    def _checkin(_dbapi_conn, record) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_conn, record, _proxy) -> None:
-        since = record.info.pop("idle_since", None)
-        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:  # whatever the driver raised: this connection is not to be used
-            raise DisconnectionError(f"pooled connection failed its ping ({type(exc).__name__})") from exc
 
 
 def _owner_only(path: Path) -> None:
