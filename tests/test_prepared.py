@@ -9,6 +9,7 @@ savepoints, with SQLAlchemy's exception classes and no parameter value in their 
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -30,7 +31,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from engine.stores.db import UTCDateTime, make_engine, write_transaction
 from engine.stores.prepared import Prepared, prepared
@@ -177,3 +178,29 @@ def test_a_parameter_never_silently_null(db):
         prepared(_insert(engine, fast), conn.dialect).run(conn, _rows(1))
         prepared(fixed, conn.dialect).run(conn, [{"b_k": "K0", "b_note": "n"}])
     assert _read(engine, fast)[0][1] is None and _read(engine, fast)[0][-1] == "n"
+
+
+def test_a_lost_connection_is_invalidated_not_pooled_again(pg_url):
+    """As SQLAlchemy does for its own statements: a prepared statement that finds its
+    connection gone invalidates it, so the pool never hands the dead one out again."""
+    engine = make_engine(pg_url, durable=True)
+    meta, (fast, _slow) = _tables()
+    meta.create_all(engine)
+    stmt = prepared(_insert(engine, fast), engine.dialect)
+    seen: list = []
+    try:
+        with contextlib.suppress(DBAPIError), write_transaction(engine) as conn:
+            pid = conn.exec_driver_sql("select pg_backend_pid()").scalar()
+            with engine.connect() as other:
+                other.exec_driver_sql(f"select pg_terminate_backend({int(pid)})")
+            try:
+                stmt.run(conn, _rows(1))
+            except DBAPIError as exc:
+                seen.append((exc.connection_invalidated, conn.invalidated))
+                raise
+        assert seen == [(True, True)]  # asserted outside: the failed rollback would mask it
+        with write_transaction(engine) as conn:  # the next transaction gets a live connection
+            stmt.run(conn, _rows(1))
+        assert len(_read(engine, fast)) == 1
+    finally:
+        engine.dispose()

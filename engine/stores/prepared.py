@@ -81,7 +81,7 @@ class Prepared:
             else:
                 cur.executemany(self.sql, params)
         except self._dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc) from None
+            raise self._wrapped(exc, conn, cur) from None
         finally:
             cur.close()
 
@@ -104,15 +104,26 @@ class Prepared:
                     cur.execute(self.sql, p)
                     out.append(tuple(cur.fetchone()))
         except self._dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc) from None
+            raise self._wrapped(exc, conn, cur) from None
         finally:
             cur.close()
         return out
 
-    def _wrapped(self, exc: Exception) -> Exception:
-        """The driver's error as SQLAlchemy's class for it, its parameters hidden."""
+    def _wrapped(self, exc: Exception, conn: Connection, cur: Any) -> Exception:
+        """The driver's error as SQLAlchemy's class for it, its parameters hidden. A lost
+        connection is invalidated, as SQLAlchemy does for its own statements: otherwise it
+        would go back to the pool and fail the next transaction that takes it."""
+        gone = self._dialect.is_disconnect(cast(Any, exc), conn.connection.dbapi_connection, cur)
+        if gone:
+            conn.invalidate(exc)
         err = DBAPIError.instance(
-            self.sql, None, exc, self._dialect.loaded_dbapi.Error, hide_parameters=True, dialect=self._dialect
+            self.sql,
+            None,
+            exc,
+            self._dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=gone,
+            dialect=self._dialect,
         )
         err.__cause__ = exc
         return err
