@@ -2,6 +2,7 @@
 beside same-run anchors that say what the absolute figures are worth on this machine.
 
     python bench/mllp_ingest.py [-n 5000] [--connections 1 8] [--patients many one] [--no-anchors] [--quick]
+                                [--worker-process]
 
 Each engine run starts a fresh ``engine run`` on the repo's config/channels.yaml (the ``adt``
 and ``lab-results`` MLLP channels) with its three SQLite stores in a temporary folder and the
@@ -14,6 +15,10 @@ the matrix connections x patients:
   message wait for another;
 - ``one`` patient: every message has the same MRN, so processing is serialised per patient
   (updates for one patient apply in receive order).
+
+``--worker-process`` runs processing in one ``engine worker`` process instead of the engine's
+own thread, on a redis-server of its own (the stores stay SQLite): what the listener alone does,
+and what a second interpreter buys and costs.
 
 Figures of an engine run:
 
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import random
 import shlex
@@ -69,7 +75,7 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from services import sample_ports  # noqa: E402
+from services import PrivateRedis, sample_ports  # noqa: E402
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 FINAL = "('SENT','FILTERED','ERROR')"
@@ -509,7 +515,15 @@ def main() -> None:
     ap.add_argument("--patients", nargs="+", choices=["many", "one"], default=["many", "one"], help="default: both")
     ap.add_argument("--no-anchors", action="store_true", help="skip the fsync, bare-server and parse anchors")
     ap.add_argument("--quick", action="store_true", help="a smoke run: -n 1000, 1 s fsync loop, 100 parsed messages")
+    ap.add_argument(
+        "--worker-process", action="store_true", help="processing in an `engine worker` process (private redis-server)"
+    )
     args = ap.parse_args()
+    redis = PrivateRedis().start() if args.worker_process else None
+    if redis:
+        atexit.register(redis.close)
+    queue = {"ENGINE_QUEUE_URL": redis.url} if redis else None
+    engine = "engine + 1 worker process" if redis else "engine"
     n = args.n or (1000 if args.quick else 5000)
     command = shlex.join(["python", "bench/mllp_ingest.py", *sys.argv[1:]])
     date = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
@@ -540,9 +554,9 @@ def main() -> None:
     results = []
     for who in args.patients:
         for conns in args.connections:
-            r = run_once(sets[who], conns)
+            r = run_once(sets[who], conns, queue, workers=1 if redis else 0)
             results.append((who, conns, r))
-            print(f"\nengine, {conns} connection(s), {who} patient(s):")
+            print(f"\n{engine}, {conns} connection(s), {who} patient(s):")
             print(f"  ACKed (durable)   {r['acked']:8.0f} msg/s   ({r['bad']} not AA)")
             print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (all SENT/FILTERED/ERROR; {r['errors']} ERROR)")
             print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
@@ -576,7 +590,8 @@ def main() -> None:
         vs_fsync = f"{100 * r['acked'] / fsync:.0f}%" if fsync else "-"
         vs_bare = f"{100 * r['acked'] / bare[conns]['acked']:.0f}%" if conns in bare else "-"
         print(
-            f"| engine, {conns} conn, {who} patient{'s' if who == 'many' else ''} | {r['acked']:.0f} | {r['e2e']:.0f} "
+            f"| {engine}, {conns} conn, {who} patient{'s' if who == 'many' else ''} "
+            f"| {r['acked']:.0f} | {r['e2e']:.0f} "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} "
             f"| {vs_fsync} | {vs_bare} |"
         )
