@@ -29,6 +29,8 @@ from sqlalchemy import (
     Text,
     bindparam,
     select,
+    text,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -170,14 +172,59 @@ def test_a_parameter_never_silently_null(db):
     partial = fast.insert().values({c: bindparam(c) for c in COLUMNS if c != "note"})
     with pytest.raises(ValueError, match="defaults"):
         Prepared(partial, engine.dialect)
-    with pytest.raises(ValueError, match="expanding"):
-        Prepared(select(fast.c.id).where(fast.c.k.in_(bindparam("ks", expanding=True))), engine.dialect)
+    with pytest.raises(ValueError, match="literal_execute"):  # a caller's value written into the SQL
+        Prepared(select(fast.c.id).where(fast.c.k == bindparam("k", literal_execute=True)), engine.dialect)
+    with pytest.raises(ValueError, match="tuple IN"):
+        Prepared(select(fast.c.id).where(tuple_(fast.c.k, fast.c.name).in_(bindparam("kn", expanding=True))), engine.dialect)
+    with pytest.raises(KeyError), write_transaction(engine) as conn:  # a list missing, too
+        prepared(select(fast.c.id).where(fast.c.k.in_(bindparam("ks", expanding=True))), conn.dialect).all(conn, {})
     # a value the statement fixes itself needs no parameter
     fixed = fast.update().where(fast.c.k == bindparam("b_k")).values(name=None, note=bindparam("b_note"))
     with write_transaction(engine) as conn:
         prepared(_insert(engine, fast), conn.dialect).run(conn, _rows(1))
         prepared(fixed, conn.dialect).run(conn, [{"b_k": "K0", "b_note": "n"}])
     assert _read(engine, fast)[0][1] is None and _read(engine, fast)[0][-1] == "n"
+
+
+def test_reads_as_sqlalchemy_reads_them(db):
+    """IN lists of any length (their elements through the column's bind processor: aware
+    datetimes in other zones), an IN list the statement fixes, and the rows' values through
+    the result processors: the same rows ``Connection.execute`` gives, read by name or place."""
+    engine, fast, _slow = db
+    rows = _rows(40)
+    with write_transaction(engine) as conn:
+        conn.execute(_insert(engine, fast), rows)
+    stmt = (
+        select(fast)
+        .where(
+            fast.c.k.in_(bindparam("ks", expanding=True)),
+            fast.c.at.not_in(bindparam("ats", expanding=True)),
+            fast.c.note.in_(["", "unused"]),
+        )
+        .order_by(fast.c.k)
+    )
+    fast_read = prepared(stmt, engine.dialect)
+    for n, skip in ((0, 0), (1, 0), (3, 1), (40, 7), (3, 0)):
+        params = {"ks": [r["k"] for r in rows[:n]], "ats": [r["at"] for r in rows[:skip]]}
+        with engine.connect() as conn:
+            got = fast_read.all(conn, params)
+            want = conn.execute(stmt, params).all()
+        assert [tuple(r) for r in got] == [tuple(r) for r in want]
+        assert len(got) == n - skip  # the skipped datetimes matched their rows: converted like the stored ones
+        for g, w in zip(got, want, strict=True):
+            assert (g.k, g.at, g.doc, g.raw, g.amount, g.flag) == (w.k, w.at, w.doc, w.raw, w.amount, w.flag)
+            assert g.at.tzinfo is not None and isinstance(g.raw, bytes)
+    # an UPDATE ... RETURNING over a list, and run() with lists of different lengths at once
+    change = fast.update().where(fast.c.k.in_(bindparam("ks", expanding=True))).values(name=bindparam("new"))
+    with write_transaction(engine) as conn:
+        back = prepared(change.returning(fast.c.k, fast.c.name), conn.dialect).all(conn, {"ks": ["K1", "K2"], "new": "a"})
+        prepared(change, conn.dialect).run(conn, [{"ks": ["K3"], "new": "b"}, {"ks": ["K4", "K5", "K6"], "new": "c"}])
+    assert sorted((r.k, r.name) for r in back) == [("K1", "a"), ("K2", "a")]
+    names = {r[0]: r[1] for r in _read(engine, fast)}
+    assert [names[f"K{i}"] for i in range(1, 8)] == ["a", "a", "b", "c", "c", "c", "name 7"]
+    with engine.connect() as conn:  # a text() statement: its columns named by the cursor
+        found = prepared(text("SELECT k, name FROM fast WHERE k = :k"), conn.dialect).all(conn, {"k": "K3"})
+    assert [(r.k, r.name) for r in found] == [("K3", "b")]
 
 
 def test_a_lost_connection_is_invalidated_not_pooled_again(pg_url):

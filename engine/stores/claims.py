@@ -128,6 +128,7 @@ _DELIVERY_UPSERT = {
 }
 """One INSERT ... ON CONFLICT (message_id, destination) DO UPDATE per dialect: a delivery row
 is written in one statement whether or not an earlier attempt left one."""
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _CLAIM_LOCK = int.from_bytes(hashlib.sha256(b"engine.claims").digest()[:8], "big", signed=True)
 _SAFE = 0.8
 """Share of a lease a worker relies on: it stops delivering once 80% of the lease has passed
@@ -198,10 +199,10 @@ class Claims:
         params = {"ids": ids, "stamp": stamp, "until": stamp + timedelta(seconds=lease_seconds), "token": token}
         with write_transaction(self.status_engine) as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
-            claimed = sorted(r[0] for r in conn.execute(_CLAIM, params))
+                prepared(_LOCK, conn.dialect).run(conn, [{"k": _CLAIM_LOCK}])
+            claimed = sorted(r[0] for r in prepared(_CLAIM, conn.dialect).all(conn, params))
             if len(claimed) < len(ids):  # the others wait for an earlier one: its worker hands them on
-                conn.execute(_PASSED_OVER, {"ids": ids, "claimed": claimed or [0], "stamp": stamp})
+                prepared(_PASSED_OVER, conn.dialect).run(conn, [{"ids": ids, "claimed": claimed or [0], "stamp": stamp}])
             rows = self._load(conn, claimed) if claimed else []
         return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE), rows
 
@@ -228,7 +229,7 @@ class Claims:
     def _owned(self, conn, lease: Lease, ids: list[int]) -> set[int]:
         """Those of ``ids`` whose claim ``lease`` still holds, locked until the transaction ends
         (PostgreSQL: FOR UPDATE; SQLite: the write transaction already excludes other writers)."""
-        return {r[0] for r in conn.execute(_OWNED, {"ids": ids, "token": lease.token})}
+        return {r[0] for r in prepared(_OWNED, conn.dialect).all(conn, {"ids": ids, "token": lease.token})}
 
     def record_deliveries(self, lease: Lease, results: list[tuple[int, dict[str, Any]]]) -> set[int]:
         """Write (message_id, delivery) rows at once, before the rest of the batch is done
@@ -255,7 +256,7 @@ class Claims:
         if conn is None:
             with self.engine.connect() as own:
                 return self.next_in_line(channel, done, own)
-        rows = conn.execute(_NEXT, {"channel": channel, "keys": list(done), "stamp": now()})
+        rows = prepared(_NEXT, conn.dialect).all(conn, {"channel": channel, "keys": list(done), "stamp": now()})
         return sorted(mid for key, mid in rows if mid > done[key])
 
     def load(self, ids: Iterable[int]) -> list[Any]:
@@ -267,9 +268,9 @@ class Claims:
             return self._load(conn, ids)
 
     def _load(self, conn, ids: list[int]) -> list[Any]:
-        rows = conn.execute(_LOAD, {"ids": ids}).all()
+        rows = prepared(_LOAD, conn.dialect).all(conn, {"ids": ids})
         by_msg: dict[int, dict[str, Any]] = {}
-        for d in conn.execute(_LOAD_DELIVERIES, {"ids": ids}):
+        for d in prepared(_LOAD_DELIVERIES, conn.dialect).all(conn, {"ids": ids}):
             by_msg.setdefault(d.message_id, {})[d.destination] = d
         return [_Loaded(r, by_msg.get(r.id, {})) for r in rows]
 
@@ -289,7 +290,7 @@ class Claims:
             if hand_on and hand_on[1] and conn.dialect.name == "postgresql":
                 # in turn with claims: a claim that passes a message over (in its own transaction)
                 # is then either seen here, or sees this one's messages done and takes it itself
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
+                prepared(_LOCK, conn.dialect).run(conn, [{"k": _CLAIM_LOCK}])
             if lease is not None and outcomes:
                 owned = self._owned(conn, lease, [o.message_id for o in outcomes])
                 outcomes = [o for o in outcomes if o.message_id in owned]

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, bindparam, case, delete, exists, insert
 
 from engine.formats.fhir_bundle import row_id
 from engine.stores.columns import MANAGED, StoreSpec
+from engine.stores.prepared import prepared
 
 Patient = tuple[str, str]
 """(issuer, mrn): the issuer is '' where none is known."""
@@ -69,7 +70,7 @@ def load_resolution(conn: Connection, spec: StoreSpec, patients: set[Patient]) -
         ).where(ident.c.mrn.in_(bindparam("mrns", expanding=True)), ident.c.merged_into.is_not(None))
     out: dict[Patient, Patient] = {}
     for i in range(0, len(mrns), 500):
-        for r in conn.execute(q, {"mrns": mrns[i : i + 500]}):
+        for r in prepared(q, conn.dialect).all(conn, {"mrns": mrns[i : i + 500]}):
             if (r[0] or "", r[1]) in wanted:
                 out[(r[0] or "", r[1])] = (r[2] or "", r[3])
     return out

@@ -272,8 +272,8 @@ class MessageStore(Claims):
         rows = [
             r
             for (channel, facility), control_ids in groups.items()
-            for r in conn.execute(
-                _PRIOR,
+            for r in prepared(_PRIOR, conn.dialect).all(
+                conn,
                 {"channel": channel, "facility": facility, "control_ids": list(control_ids), "since": stamp - window},
             )
         ]

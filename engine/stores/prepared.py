@@ -7,7 +7,11 @@ overhead cost more CPU than SQLite itself: a batch of upserts spent about three 
 statement time in it (``bench/stages.py`` under cProfile). No library does "compile once, run
 many on the DBAPI cursor" for Core statements; SQLAlchemy's own compiler still writes the SQL
 and its types still convert the values, so both dialects and the column types stay theirs.
-Transactions, savepoints and the reads stay SQLAlchemy's.
+The reads of a batch's bookkeeping (claim, load, hand-on, the stores' owner and merge checks:
+about ten a message when messages come one at a time) run here too, for the same reason: in
+``bench/stages.py`` at batches of 1, SQLAlchemy's per-execution work (compiled-cache lookup,
+expanding the IN lists, setting up the result) took about seven times the database's own time
+for them. Transactions, savepoints and every other statement stay SQLAlchemy's.
 
 The statements run on the DBAPI connection under a SQLAlchemy :class:`Connection`, inside the
 transaction (and SAVEPOINT) that connection began, so they commit or roll back with it.
@@ -17,6 +21,7 @@ Driver errors come back as SQLAlchemy's own exception classes (``IntegrityError`
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
@@ -26,82 +31,176 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
+class _Form:
+    """One SQL text of a statement: for an expanding IN, the text for one length of its list."""
+
+    __slots__ = ("names", "procs", "sources", "sql")
+
+    def __init__(self, sql: str, names: list[str], sources: list[tuple[str, int]], procs: list):
+        self.sql = sql
+        self.names = tuple(names)
+        """The driver's parameter names (psycopg) in the statement's order (SQLite's ``?``)."""
+        self.sources = tuple(sources)
+        """For each of ``names``: the caller's parameter and, for a list's element, its index (else -1)."""
+        self.procs = tuple((i, proc) for i, proc in enumerate(procs) if proc is not None)
+
+
 class Prepared:
     """``stmt`` compiled for ``dialect``: its SQL text, its parameters' order (positional
     drivers, SQLite's ``?``) or names (psycopg's ``%(name)s``), and one bind processor per
     parameter. Parameters are given as mappings by bind name, as to ``Connection.execute``;
-    each must name every parameter but those the statement fixes itself (``.values(x=None)``);
-    a missing one is a KeyError, never a silent NULL. A statement whose columns take
-    Python-side defaults is refused (SQLAlchemy would compute them at execution; here nothing
-    would): name those columns in its ``values``.
+    each must name every parameter but those the statement fixes itself (``.values(x=None)``,
+    ``status.in_(PENDING)``); a missing one is a KeyError, never a silent NULL. A statement
+    whose columns take Python-side defaults is refused (SQLAlchemy would compute them at
+    execution; here nothing would): name those columns in its ``values``.
+
+    An expanding IN (``bindparam("ids", expanding=True)``) takes a list; SQLAlchemy's compiler
+    writes the text for each length of it (``construct_expanded_state``), kept here by length
+    (up to ``FORMS`` of them, then started afresh). Rows a statement returns (:meth:`all`) go
+    through their columns' result processors, as SQLAlchemy's own results do.
     """
 
-    __slots__ = ("_dialect", "_fixed", "_names", "_positional", "_procs", "sql")
+    FORMS = 256
+
+    __slots__ = ("_columns", "_compiled", "_dialect", "_expanding", "_fixed", "_forms", "_positional", "_results", "sql")
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect):
         # for_executemany: without it PostgreSQL's compiler adds an implicit RETURNING of the
         # primary key to an INSERT (rows nobody reads); a RETURNING the statement asks for stays
         compiled = cast(SQLCompiler, stmt.compile(dialect=dialect, for_executemany=True))
         for bind in compiled.binds.values():
-            if bind.expanding or bind.literal_execute:
-                raise ValueError("a prepared statement takes plain parameters only (no expanding IN)")
+            if bind.literal_execute and bind.required:
+                raise ValueError("a prepared statement cannot render a caller's value into its SQL (literal_execute)")
+            if bind.expanding and bind.type._is_tuple_type:
+                raise ValueError("a prepared statement takes an IN over one column only (no tuple IN)")
         if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
             raise ValueError("a prepared statement cannot fill Python-side column defaults: give those columns")
         self.sql = compiled.string
+        self._compiled = compiled
         self._dialect = dialect
         self._positional = bool(dialect.positional)
-        names = list(compiled.positiontup or ()) if self._positional else list(compiled.bind_names.values())
-        self._names = tuple(names)
-        by_name = {n: b for b, n in compiled.bind_names.items()}
-        procs: list[tuple[int, Callable[[Any], Any]]] = []
-        for i, name in enumerate(names):
-            proc = by_name[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if proc is not None:
-                procs.append((i, proc))
-        self._procs = tuple(procs)
         self._fixed = {n: b.effective_value for b, n in compiled.bind_names.items() if not b.required}
+        self._expanding = tuple(n for b, n in compiled.bind_names.items() if b.expanding and b.required)
+        self._forms: dict[tuple[int, ...], _Form] = {}
+        # the rows' field names and types (None: a text() statement; names from the cursor)
+        exported = getattr(stmt, "exported_columns", None)
+        self._columns = None if exported is None else (tuple(exported.keys()), tuple(c.type for c in exported))
+        self._results: dict[tuple, tuple] = {}
+        self._form(())  # every statement is compiled whole now, a list's lengths at first use
+        if self._expanding:
+            self._forms.clear()
 
-    def _row(self, params: Mapping[str, Any]) -> tuple | dict:
+    def _form(self, lengths: tuple[int, ...]) -> _Form:
+        form = self._forms.get(lengths)
+        if form is not None:
+            return form
+        compiled, dialect = self._compiled, self._dialect
+        # placeholders of the right lengths; the compiler needs a value for every required bind
+        dummy: dict[str, Any] = {n: None for b, n in compiled.bind_names.items() if b.required}
+        dummy.update({n: [None] * k for n, k in zip(self._expanding, lengths, strict=True)} if lengths else {})
+        state = compiled.construct_expanded_state(dummy, escape_names=False)
+        names = list(state.positiontup or ()) if self._positional else list(state.parameters)
+        element = {e: (n, i) for n, expanded in state.parameter_expansion.items() for i, e in enumerate(expanded)}
+        by_name = {n: b for b, n in compiled.bind_names.items()}
+        sources, procs = [], []
+        for name in names:
+            source, index = element.get(name, (name, -1))
+            sources.append((source, index))
+            procs.append(by_name[source].type.dialect_impl(dialect).bind_processor(dialect))
+        if len(self._forms) >= self.FORMS:
+            self._forms.clear()
+        form = self._forms[lengths] = _Form(state.statement, names, sources, procs)
+        return form
+
+    def _bound(self, params: Mapping[str, Any]) -> tuple[_Form, tuple | dict]:
+        """The SQL text for ``params`` and the driver's parameters for it."""
+        form = self._form(tuple(len(params[n]) for n in self._expanding)) if self._expanding else self._form(())
         fixed = self._fixed
-        values = [params[n] if n not in fixed else fixed[n] for n in self._names]
-        for i, proc in self._procs:
+        values = []
+        for name, index in form.sources:
+            v = fixed[name] if name in fixed else params[name]
+            values.append(v if index < 0 else v[index])
+        for i, proc in form.procs:
             if values[i] is not None:
                 values[i] = proc(values[i])
-        return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
+        return form, tuple(values) if self._positional else dict(zip(form.names, values, strict=True))
 
     def run(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Execute for each of ``rows`` (one executemany); nothing is returned."""
-        params = [self._row(r) for r in rows]
-        if not params:
+        """Execute for each of ``rows`` (one executemany where they share a text); nothing is returned."""
+        bound = [self._bound(r) for r in rows]
+        if not bound:
             return
         cur = _cursor(conn)
         try:
-            if len(params) == 1:
-                cur.execute(self.sql, params[0])
-            else:
-                cur.executemany(self.sql, params)
+            if len(bound) == 1:
+                cur.execute(bound[0][0].sql, bound[0][1])
+            elif all(form is bound[0][0] for form, _p in bound):
+                cur.executemany(bound[0][0].sql, [p for _f, p in bound])
+            else:  # lists of different lengths: a text each
+                for form, p in bound:
+                    cur.execute(form.sql, p)
         except self._dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, conn, cur) from None
         finally:
             cur.close()
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Execute once and return every row it gives (a SELECT, a RETURNING), each a named
+        tuple of its columns (by their keys: ``r.id``, ``r[0]``), converted as SQLAlchemy
+        converts them (aware datetimes, JSON, bytes)."""
+        form, p = self._bound(params)
+        cur = _cursor(conn)
+        try:
+            cur.execute(form.sql, p)
+            found = cur.fetchall()
+            description = cur.description
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, conn, cur) from None
+        finally:
+            cur.close()
+        make, procs = self._result(description)
+        out = []
+        for r in found:
+            values = list(r)
+            for i, proc in procs:
+                values[i] = proc(values[i])
+            out.append(make(values))
+        return out
+
+    def _result(self, description: Any) -> tuple[Callable[[list], Any], tuple]:
+        """A row maker and the columns' result processors, for the cursor's column types."""
+        codes = tuple(d[1] for d in description)
+        known = self._results.get(codes)
+        if known is None:
+            dialect = self._dialect
+            if self._columns is None:
+                names, procs = tuple(d[0] for d in description), ()
+            else:
+                names, types = self._columns
+                found = (t.dialect_impl(dialect).result_processor(dialect, c) for t, c in zip(types, codes, strict=True))
+                procs = tuple((i, p) for i, p in enumerate(found) if p is not None)
+            row = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # field names known only here
+            known = self._results[codes] = (row._make, procs)
+        return known
+
     def returning(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> list[tuple]:
         """Execute for each of ``rows`` and return each one's RETURNING row, in ``rows``' order."""
-        params = [self._row(r) for r in rows]
+        bound = [self._bound(r) for r in rows]
         out: list[tuple] = []
-        if not params:
+        if not bound:
             return out
         cur = _cursor(conn)
         try:
-            if self._dialect.driver == "psycopg":  # one round trip, results per parameter set
-                cur.executemany(self.sql, params, returning=True)
+            same = all(form is bound[0][0] for form, _p in bound)
+            if self._dialect.driver == "psycopg" and same:  # one round trip, results per parameter set
+                cur.executemany(bound[0][0].sql, [p for _f, p in bound], returning=True)
                 while True:
                     out.append(tuple(cur.fetchone()))
                     if not cur.nextset():
                         break
             else:  # sqlite3 cannot return rows from executemany; a statement each is cheap in-process
-                for p in params:
-                    cur.execute(self.sql, p)
+                for form, p in bound:
+                    cur.execute(form.sql, p)
                     out.append(tuple(cur.fetchone()))
         except self._dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, conn, cur) from None

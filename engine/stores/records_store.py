@@ -257,7 +257,7 @@ class RecordStore:
             owners: dict[tuple, Patient] = {}
             firsts = sorted({k[0] for k in by_key}, key=str)
             for k in range(0, len(firsts), 500):
-                for r in conn.execute(q, {"first": firsts[k : k + 500]}):
+                for r in prepared(q, conn.dialect).all(conn, {"first": firsts[k : k + 500]}):
                     if tuple(r[:n]) in by_key and r[n + 1] is not None:
                         owners[tuple(r[:n])] = (r[n] or "", r[n + 1])
             for key, claims in by_key.items():
