@@ -112,6 +112,9 @@ def _read(engine, table) -> list[tuple]:
 def test_rows_written_as_sqlalchemy_writes_them(db):
     engine, fast, slow = db
     rows = _rows(40)
+    shared = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))
+    for r in rows[::3]:  # one stamp object in many rows, other times between them: each converted right
+        r["at"] = shared
     with write_transaction(engine) as conn:
         ids = prepared(_insert(engine, fast).returning(fast.c.id, fast.c.k), conn.dialect).returning(conn, rows)
         got = conn.execute(_insert(engine, slow).returning(slow.c.id, slow.c.k), rows).all()

@@ -23,26 +23,41 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Any, cast
 
+from sqlalchemy import Date, DateTime
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
+_STAMPS = (Date, DateTime)
+"""Types whose values are immutable and often one object across a batch's rows."""
+
+
 class _Form:
     """One SQL text of a statement: for an expanding IN, the text for one length of its list."""
 
-    __slots__ = ("names", "procs", "sources", "sql")
+    __slots__ = ("get", "last", "names", "procs", "sources", "sql")
 
-    def __init__(self, sql: str, names: list[str], sources: list[tuple[str, int]], procs: list):
+    def __init__(self, sql: str, names: list[str], sources: list[tuple[str, int]], procs: list, fixed: Mapping):
         self.sql = sql
         self.names = tuple(names)
         """The driver's parameter names (psycopg) in the statement's order (SQLite's ``?``)."""
         self.sources = tuple(sources)
         """For each of ``names``: the caller's parameter and, for a list's element, its index (else -1)."""
-        self.procs = tuple((i, proc) for i, proc in enumerate(procs) if proc is not None)
+        self.procs = tuple((i, proc, stamp) for i, (proc, stamp) in enumerate(procs) if proc is not None)
+        """(place, bind processor, whether the value is a date or time: see ``last``)."""
+        plain = len(sources) > 1 and all(i < 0 and n not in fixed for n, i in sources)
+        self.get = itemgetter(*(n for n, _i in sources)) if plain else None
+        """Every value straight from the caller's mapping, in order, in one call."""
+        self.last: list[tuple[Any, Any]] = [(None, None)] * len(names)
+        """Per place, the last date or time converted and its result: a batch's rows share one
+        stamp object (``updated_at``), converted once. Dates and times are immutable, so the
+        same object gives the same result; one tuple per slot, so threads sharing a statement
+        never see half of another's pair."""
 
 
 class Prepared:
@@ -106,23 +121,38 @@ class Prepared:
         for name in names:
             source, index = element.get(name, (name, -1))
             sources.append((source, index))
-            procs.append(by_name[source].type.dialect_impl(dialect).bind_processor(dialect))
+            type_ = by_name[source].type
+            procs.append((type_.dialect_impl(dialect).bind_processor(dialect), type_._type_affinity in _STAMPS))
         if len(self._forms) >= self.FORMS:
             self._forms.clear()
-        form = self._forms[lengths] = _Form(state.statement, names, sources, procs)
+        form = self._forms[lengths] = _Form(state.statement, names, sources, procs, self._fixed)
         return form
 
     def _bound(self, params: Mapping[str, Any]) -> tuple[_Form, tuple | dict]:
         """The SQL text for ``params`` and the driver's parameters for it."""
         form = self._form(tuple(len(params[n]) for n in self._expanding)) if self._expanding else self._form(())
-        fixed = self._fixed
-        values = []
-        for name, index in form.sources:
-            v = fixed[name] if name in fixed else params[name]
-            values.append(v if index < 0 else v[index])
-        for i, proc in form.procs:
-            if values[i] is not None:
-                values[i] = proc(values[i])
+        if form.get is not None:
+            values = list(form.get(params))
+        else:
+            fixed = self._fixed
+            values = []
+            for name, index in form.sources:
+                v = fixed[name] if name in fixed else params[name]
+                values.append(v if index < 0 else v[index])
+        last = form.last
+        for i, proc, stamp in form.procs:
+            v = values[i]
+            if v is None:
+                continue
+            if stamp:
+                seen = last[i]
+                if seen[0] is v:
+                    values[i] = seen[1]
+                    continue
+                values[i] = out = proc(v)
+                last[i] = (v, out)
+            else:
+                values[i] = proc(v)
         return form, tuple(values) if self._positional else dict(zip(form.names, values, strict=True))
 
     def run(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
