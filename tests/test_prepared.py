@@ -178,7 +178,9 @@ def test_a_parameter_never_silently_null(db):
     with pytest.raises(ValueError, match="literal_execute"):  # a caller's value written into the SQL
         Prepared(select(fast.c.id).where(fast.c.k == bindparam("k", literal_execute=True)), engine.dialect)
     with pytest.raises(ValueError, match="tuple IN"):
-        Prepared(select(fast.c.id).where(tuple_(fast.c.k, fast.c.name).in_(bindparam("kn", expanding=True))), engine.dialect)
+        Prepared(
+            select(fast.c.id).where(tuple_(fast.c.k, fast.c.name).in_(bindparam("kn", expanding=True))), engine.dialect
+        )
     with pytest.raises(KeyError), write_transaction(engine) as conn:  # a list missing, too
         prepared(select(fast.c.id).where(fast.c.k.in_(bindparam("ks", expanding=True))), conn.dialect).all(conn, {})
     # a value the statement fixes itself needs no parameter
@@ -220,7 +222,9 @@ def test_reads_as_sqlalchemy_reads_them(db):
     # an UPDATE ... RETURNING over a list, and run() with lists of different lengths at once
     change = fast.update().where(fast.c.k.in_(bindparam("ks", expanding=True))).values(name=bindparam("new"))
     with write_transaction(engine) as conn:
-        back = prepared(change.returning(fast.c.k, fast.c.name), conn.dialect).all(conn, {"ks": ["K1", "K2"], "new": "a"})
+        back = prepared(change.returning(fast.c.k, fast.c.name), conn.dialect).all(
+            conn, {"ks": ["K1", "K2"], "new": "a"}
+        )
         prepared(change, conn.dialect).run(conn, [{"ks": ["K3"], "new": "b"}, {"ks": ["K4", "K5", "K6"], "new": "c"}])
     assert sorted((r.k, r.name) for r in back) == [("K1", "a"), ("K2", "a")]
     names = {r[0]: r[1] for r in _read(engine, fast)}

@@ -202,7 +202,9 @@ class Claims:
                 prepared(_LOCK, conn.dialect).run(conn, [{"k": _CLAIM_LOCK}])
             claimed = sorted(r[0] for r in prepared(_CLAIM, conn.dialect).all(conn, params))
             if len(claimed) < len(ids):  # the others wait for an earlier one: its worker hands them on
-                prepared(_PASSED_OVER, conn.dialect).run(conn, [{"ids": ids, "claimed": claimed or [0], "stamp": stamp}])
+                prepared(_PASSED_OVER, conn.dialect).run(
+                    conn, [{"ids": ids, "claimed": claimed or [0], "stamp": stamp}]
+                )
             rows = self._load(conn, claimed) if claimed else []
         return Lease(token, claimed, lease_seconds, started + lease_seconds * _SAFE), rows
 

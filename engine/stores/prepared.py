@@ -32,7 +32,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-
 _STAMPS = (Date, DateTime)
 """Types whose values are immutable and often one object across a batch's rows."""
 
@@ -77,7 +76,17 @@ class Prepared:
 
     FORMS = 256
 
-    __slots__ = ("_columns", "_compiled", "_dialect", "_expanding", "_fixed", "_forms", "_positional", "_results", "sql")
+    __slots__ = (
+        "_columns",
+        "_compiled",
+        "_dialect",
+        "_expanding",
+        "_fixed",
+        "_forms",
+        "_positional",
+        "_results",
+        "sql",
+    )
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect):
         # for_executemany: without it PostgreSQL's compiler adds an implicit RETURNING of the
@@ -94,7 +103,7 @@ class Prepared:
         self._compiled = compiled
         self._dialect = dialect
         self._positional = bool(dialect.positional)
-        self._fixed = {n: b.effective_value for b, n in compiled.bind_names.items() if not b.required}
+        self._fixed: dict[str, Any] = {n: b.effective_value for b, n in compiled.bind_names.items() if not b.required}
         self._expanding = tuple(n for b, n in compiled.bind_names.items() if b.expanding and b.required)
         self._forms: dict[tuple[int, ...], _Form] = {}
         # the rows' field names and types (None: a text() statement; names from the cursor)
@@ -131,6 +140,7 @@ class Prepared:
     def _bound(self, params: Mapping[str, Any]) -> tuple[_Form, tuple | dict]:
         """The SQL text for ``params`` and the driver's parameters for it."""
         form = self._form(tuple(len(params[n]) for n in self._expanding)) if self._expanding else self._form(())
+        values: list[Any]
         if form.get is not None:
             values = list(form.get(params))
         else:
@@ -203,11 +213,14 @@ class Prepared:
         known = self._results.get(codes)
         if known is None:
             dialect = self._dialect
+            procs: tuple[tuple[int, Any], ...] = ()
             if self._columns is None:
-                names, procs = tuple(d[0] for d in description), ()
+                names = tuple(d[0] for d in description)
             else:
                 names, types = self._columns
-                found = (t.dialect_impl(dialect).result_processor(dialect, c) for t, c in zip(types, codes, strict=True))
+                found = (
+                    t.dialect_impl(dialect).result_processor(dialect, c) for t, c in zip(types, codes, strict=True)
+                )
                 procs = tuple((i, p) for i, p in enumerate(found) if p is not None)
             row = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # field names known only here
             known = self._results[codes] = (row._make, procs)
