@@ -465,3 +465,49 @@ def test_a_header_field_the_store_refuses_costs_only_its_own_message(kind, tmp_p
     finally:
         store.engine.dispose()
         store.status_engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_delivery_is_recorded_only_while_its_claim_holds(kind, tmp_path, request):
+    """A worker records each downstream ACK as it comes (record_deliveries), fenced by its
+    claim's token in the same statement that writes the row. Once the claim passed to another
+    worker, the first one writes nothing; on PostgreSQL a takeover that commits while the
+    write waits for the message row is seen (the row is locked, then the token read again)."""
+    import threading
+    import time
+
+    from engine.stores.message_store import SENT, Inbound, MessageStore
+
+    url = f"sqlite:///{tmp_path}/m.db" if kind == "sqlite" else request.getfixturevalue("pg_url")
+    store = MessageStore(url)
+    store.upgrade()
+    try:
+        items = [Inbound("adt", f"MSH|^~\\&|A|F|||||ADT^A01|C{i}|P|2.5".encode(), control_id=f"C{i}") for i in range(3)]
+        ids = [s.id for s in store.insert_received(items)]
+        sent = {"destination": "lab", "status": SENT, "attempts": 1, "result": "delivered"}
+        first, _rows = store.claim(ids, lease_seconds=0.2)
+        assert store.record_deliveries(first, [(ids[0], sent)]) == {ids[0]}
+        time.sleep(0.3)  # the lease ran out: another worker takes the messages over
+        second, _rows = store.claim(ids, lease_seconds=60)
+        assert second.ids == ids
+        late = {**sent, "attempts": 2, "result": "late"}
+        assert store.record_deliveries(first, [(ids[0], late), (ids[1], late)]) == set()
+        assert store.record_deliveries(second, [(ids[1], sent)]) == {ids[1]}
+        rows = {r.id: r.deliveries for r in store.load(ids)}
+        assert rows[ids[0]]["lab"].result == "delivered" and rows[ids[0]]["lab"].attempts == 1
+        assert rows[ids[1]]["lab"].result == "delivered" and rows[ids[2]] == {}
+        if kind == "postgresql":  # a third worker's takeover, uncommitted while the second writes
+            with store.engine.connect() as other:
+                other.exec_driver_sql(f"UPDATE messages SET claim_token = 'third' WHERE id = {int(ids[2])}")
+                got: list = []
+                writer = threading.Thread(target=lambda: got.append(store.record_deliveries(second, [(ids[2], sent)])))
+                writer.start()
+                writer.join(0.5)
+                assert writer.is_alive()  # waiting for the message row
+                other.commit()
+                writer.join(10)
+            assert got == [set()]
+            assert {r.id: r.deliveries for r in store.load(ids)}[ids[2]] == {}
+    finally:
+        store.engine.dispose()
+        store.status_engine.dispose()

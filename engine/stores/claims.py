@@ -129,6 +129,29 @@ _DELIVERY_UPSERT = {
 """One INSERT ... ON CONFLICT (message_id, destination) DO UPDATE per dialect: a delivery row
 is written in one statement whether or not an earlier attempt left one."""
 _LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def _fenced_delivery(insert):
+    """One delivery row, written only while the claim holds: INSERT ... SELECT from the message
+    row with the lease's token (PostgreSQL locks that row, FOR UPDATE OF messages, so a
+    takeover committing meanwhile is seen), ON CONFLICT updating an earlier attempt's row,
+    RETURNING the message id where it wrote. One round trip where a fencing read and a write
+    took two; a worker records each downstream ACK this way (:meth:`Claims.record_deliveries`)."""
+    typed = {"destination": deliveries.c.destination.type, "status": deliveries.c.status.type}
+    typed.update((k, deliveries.c[k].type) for k in _DELIVERY_VALUES if k != "status")
+    src = (
+        select(messages.c.id, *(bindparam(k, type_=t) for k, t in typed.items()))
+        .where(messages.c.id == bindparam("message_id"), messages.c.claim_token == bindparam("token"))
+        .with_for_update(of=messages)
+    )
+    ins = insert(deliveries).from_select(["message_id", *typed], src)
+    return ins.on_conflict_do_update(
+        index_elements=[deliveries.c.message_id, deliveries.c.destination],
+        set_={k: ins.excluded[k] for k in _DELIVERY_VALUES},
+    ).returning(deliveries.c.message_id)
+
+
+_FENCED_DELIVERY = {"sqlite": _fenced_delivery(sqlite_insert), "postgresql": _fenced_delivery(pg_insert)}
 _CLAIM_LOCK = int.from_bytes(hashlib.sha256(b"engine.claims").digest()[:8], "big", signed=True)
 _SAFE = 0.8
 """Share of a lease a worker relies on: it stops delivering once 80% of the lease has passed
@@ -239,9 +262,9 @@ class Claims:
         comes). Fenced like :meth:`record`; returns the message ids written."""
         stamp = now()
         with write_transaction(self.status_engine) as conn:
-            owned = self._owned(conn, lease, [m for m, _d in results])
-            self._write_deliveries(conn, [(m, d) for m, d in results if m in owned], stamp)
-        return owned
+            rows = [{**v, "token": lease.token} for v in _delivery_rows(results, stamp)]
+            written = prepared(_FENCED_DELIVERY[conn.dialect.name], conn.dialect).returning(conn, rows)
+        return {r[0] for r in written if r is not None}
 
     def release_claims(self) -> int:
         """Drop every claim (an embedded engine starting up: claims left by its last run are stale)."""
@@ -315,22 +338,25 @@ class Claims:
 
     def _write_deliveries(self, conn, rows: list[tuple[int, dict[str, Any]]], stamp: datetime) -> None:
         """Insert or update one delivery row per (message_id, delivery dict), in one statement."""
-        if not rows:
-            return
-        values = [
-            dict(
-                message_id=mid,
-                destination=d["destination"],
-                status=d["status"],
-                attempts=d.get("attempts", 1),
-                result=d.get("result"),
-                error=d.get("error"),
-                next_attempt_at=d.get("next_attempt_at"),
-                updated_at=stamp,
-            )
-            for mid, d in rows
-        ]
-        prepared(_DELIVERY_UPSERT[conn.dialect.name], conn.dialect).run(conn, values)
+        if rows:
+            prepared(_DELIVERY_UPSERT[conn.dialect.name], conn.dialect).run(conn, _delivery_rows(rows, stamp))
+
+
+def _delivery_rows(rows: list[tuple[int, dict[str, Any]]], stamp: datetime) -> list[dict[str, Any]]:
+    """The parameters of a delivery row's upsert for each (message_id, delivery dict)."""
+    return [
+        dict(
+            message_id=mid,
+            destination=d["destination"],
+            status=d["status"],
+            attempts=d.get("attempts", 1),
+            result=d.get("result"),
+            error=d.get("error"),
+            next_attempt_at=d.get("next_attempt_at"),
+            updated_at=stamp,
+        )
+        for mid, d in rows
+    ]
 
 
 class _Loaded:

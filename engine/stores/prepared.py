@@ -226,10 +226,11 @@ class Prepared:
             known = self._results[codes] = (row._make, procs)
         return known
 
-    def returning(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> list[tuple]:
-        """Execute for each of ``rows`` and return each one's RETURNING row, in ``rows``' order."""
+    def returning(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
+        """Execute for each of ``rows`` and return each one's RETURNING row (a tuple), in
+        ``rows``' order; None for one that returned no row (an INSERT ... SELECT that found none)."""
         bound = [self._bound(r) for r in rows]
-        out: list[tuple] = []
+        out: list[Any] = []
         if not bound:
             return out
         cur = _cursor(conn)
@@ -238,13 +239,15 @@ class Prepared:
             if self._dialect.driver == "psycopg" and same:  # one round trip, results per parameter set
                 cur.executemany(bound[0][0].sql, [p for _f, p in bound], returning=True)
                 while True:
-                    out.append(tuple(cur.fetchone()))
+                    found = cur.fetchone()
+                    out.append(None if found is None else tuple(found))
                     if not cur.nextset():
                         break
             else:  # sqlite3 cannot return rows from executemany; a statement each is cheap in-process
                 for form, p in bound:
                     cur.execute(form.sql, p)
-                    out.append(tuple(cur.fetchone()))
+                    found = cur.fetchone()
+                    out.append(None if found is None else tuple(found))
         except self._dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, conn, cur) from None
         finally:
