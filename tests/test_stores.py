@@ -476,7 +476,7 @@ def test_a_delivery_is_recorded_only_while_its_claim_holds(kind, tmp_path, reque
     import threading
     import time
 
-    from engine.stores.message_store import SENT, Inbound, MessageStore
+    from engine.stores.message_store import RECEIVED, SENT, Inbound, MessageStore, Outcome
 
     url = f"sqlite:///{tmp_path}/m.db" if kind == "sqlite" else request.getfixturevalue("pg_url")
     store = MessageStore(url)
@@ -496,6 +496,10 @@ def test_a_delivery_is_recorded_only_while_its_claim_holds(kind, tmp_path, reque
         rows = {r.id: r.deliveries for r in store.load(ids)}
         assert rows[ids[0]]["lab"].result == "delivered" and rows[ids[0]]["lab"].attempts == 1
         assert rows[ids[1]]["lab"].result == "delivered" and rows[ids[2]] == {}
+        # the status write is fenced the same way: the stale worker's outcome is not written
+        done = [Outcome(ids[0], SENT, deliveries=[late])]
+        assert store.record(done, first) == ([], [])
+        assert store.status_of(ids[0])[0] == RECEIVED and store.load([ids[0]])[0].deliveries["lab"].attempts == 1
         if kind == "postgresql":  # a third worker's takeover, uncommitted while the second writes
             with store.engine.connect() as other:
                 other.exec_driver_sql(f"UPDATE messages SET claim_token = 'third' WHERE id = {int(ids[2])}")

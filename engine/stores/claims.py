@@ -70,11 +70,6 @@ _CLAIM = (
 )
 _LOAD = select(messages).where(messages.c.id.in_(_ids()), messages.c.status.in_(PENDING)).order_by(messages.c.id)
 _LOAD_DELIVERIES = select(deliveries).where(deliveries.c.message_id.in_(_ids()))
-_OWNED = (
-    select(messages.c.id)
-    .where(messages.c.id.in_(_ids()), messages.c.claim_token == bindparam("token"))
-    .with_for_update()
-)
 _RECORD = (
     update(messages)
     .where(messages.c.id == bindparam("b_id"))
@@ -88,6 +83,9 @@ _RECORD = (
         claim_token=None,
     )
 )
+_RECORD_FENCED = _RECORD.where(messages.c.claim_token == bindparam("b_token")).returning(messages.c.id)
+"""The status write of a worker's lease: only where its token still holds the message (the
+UPDATE locks the row and reads the token again, so a takeover committed meanwhile is seen)."""
 WAITING = "waiting"
 """``claim_token`` of a pending message a claim passed over because an earlier message of its
 ordering key was still in work: nobody will dispatch it again but the worker that finishes that
@@ -251,11 +249,6 @@ class Claims:
         lease.lost.update(i for i in held if i not in kept)
         lease.deadline = started + lease.seconds * _SAFE
 
-    def _owned(self, conn, lease: Lease, ids: list[int]) -> set[int]:
-        """Those of ``ids`` whose claim ``lease`` still holds, locked until the transaction ends
-        (PostgreSQL: FOR UPDATE; SQLite: the write transaction already excludes other writers)."""
-        return {r[0] for r in prepared(_OWNED, conn.dialect).all(conn, {"ids": ids, "token": lease.token})}
-
     def record_deliveries(self, lease: Lease, results: list[tuple[int, dict[str, Any]]]) -> set[int]:
         """Write (message_id, delivery) rows at once, before the rest of the batch is done
         (a destination that cannot be undone, such as an MLLP sender, records each ACK as it
@@ -316,9 +309,6 @@ class Claims:
                 # in turn with claims: a claim that passes a message over (in its own transaction)
                 # is then either seen here, or sees this one's messages done and takes it itself
                 prepared(_LOCK, conn.dialect).run(conn, [{"k": _CLAIM_LOCK}])
-            if lease is not None and outcomes:
-                owned = self._owned(conn, lease, [o.message_id for o in outcomes])
-                outcomes = [o for o in outcomes if o.message_id in owned]
             rows = [
                 {
                     "b_id": o.message_id,
@@ -330,7 +320,12 @@ class Claims:
                 }
                 for o in outcomes
             ]
-            if rows:  # one statement, executed for each message (executemany)
+            if rows and lease is not None:  # fenced in the statement: one per message, one round trip
+                for r in rows:
+                    r["b_token"] = lease.token
+                written = prepared(_RECORD_FENCED, conn.dialect).returning(conn, rows)
+                outcomes = [o for o, w in zip(outcomes, written, strict=True) if w is not None]
+            elif rows:  # one statement, executed for each message (executemany)
                 prepared(_RECORD, conn.dialect).run(conn, rows)
             self._write_deliveries(conn, [(o.message_id, d) for o in outcomes for d in o.deliveries or ()], stamp)
             after = self.next_in_line(hand_on[0], hand_on[1], conn) if hand_on else []
