@@ -317,12 +317,11 @@ class Claims:
                     "b_warnings": json.dumps(o.warnings) if o.warnings else None,
                     "b_unmapped": json.dumps(o.unmapped) if o.unmapped else None,
                     "b_stamp": stamp,
+                    "b_token": None if lease is None else lease.token,
                 }
                 for o in outcomes
             ]
             if rows and lease is not None:  # fenced in the statement: one per message, one round trip
-                for r in rows:
-                    r["b_token"] = lease.token
                 written = prepared(_RECORD_FENCED, conn.dialect).returning(conn, rows)
                 outcomes = [o for o, w in zip(outcomes, written, strict=True) if w is not None]
             elif rows:  # one statement, executed for each message (executemany)

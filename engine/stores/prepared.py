@@ -110,9 +110,8 @@ class Prepared:
         exported = getattr(stmt, "exported_columns", None)
         self._columns = None if exported is None else (tuple(exported.keys()), tuple(c.type for c in exported))
         self._results: dict[tuple, tuple] = {}
-        self._form(())  # every statement is compiled whole now, a list's lengths at first use
-        if self._expanding:
-            self._forms.clear()
+        if not self._expanding:  # a list's text is written at the first use of its length
+            self._form(())
 
     def _form(self, lengths: tuple[int, ...]) -> _Form:
         form = self._forms.get(lengths)
