@@ -8,7 +8,6 @@ the SQLAlchemy docs explains the pysqlite quirk this fixes).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -136,83 +135,41 @@ def _do_begin(dbapi_connection) -> None:
     dbapi_connection.execute("BEGIN IMMEDIATE" if dbapi_connection.writing else "BEGIN")
 
 
-class _Turns:
-    """Whose turn it is to write one SQLite file: the writers of this process take turns on a
-    thread lock, and the processes on the file take turns on a POSIX record lock of a file
-    beside it (``<database>-writer``).
-
-    SQLite has one writer at a time; a connection that finds the write lock taken waits in
-    SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries. Two
-    writers then wait milliseconds for a lock held for a fraction of one: the ACK latency's long
-    tail, in one process (the listener's commit and a worker's status write) and across
-    processes (``engine run`` and an ``engine worker`` on one SQLite store, or the CLI beside a
-    running engine). A waiter here sleeps in the kernel and wakes when the lock is released. Python's sqlite3 cannot
-    install a busy handler of its own (only a timeout), hence this; SQLite's busy handler stays
-    behind it for writers that do not take turns (another program on the file).
-
-    The record lock is POSIX (``fcntl.lockf``), not ``flock``: the kernel refuses a wait that
-    would deadlock two processes (EDEADLK, raised as OSError) instead of hanging. It belongs to
-    the process, so the thread lock comes first, and the lock file stays open for the life
-    of the process (closing any descriptor of it would release the lock).
-    """
-
-    def __init__(self, database: Path | None):
-        """``database`` None: turns in this process only (a ``file:`` URI, which may name no file)."""
-        self._thread_lock = threading.Lock()
-        self._path = None if database is None else database.with_name(database.name + "-writer")
-        self._fd: int | None = None
-        self._pid = 0
-
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
-        try:
-            if self._path is None:
-                return
-            if self._fd is None or self._pid != os.getpid():  # first use, or a forked child: its own
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._pid = os.getpid()
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if self._fd is not None:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
-
-
-_TURNS: dict[str, _Turns] = {}  # SQLite database file -> its writers' turns
-_WRITERS: dict[Engine, _Turns | None] = {}
+_LOCKS: dict[str, threading.Lock] = {}  # SQLite database file -> its writers' lock
+_WRITERS: dict[Engine, threading.Lock | None] = {}
 _SETUP = threading.Lock()
 
 
-def _writer_turns(engine: Engine) -> _Turns | None:
-    """For a SQLite file, the turns its writers take (found once per engine); None otherwise."""
+def _writer_lock(engine: Engine) -> threading.Lock | None:
+    """For a SQLite file, the lock its writers in this process share (found once per engine).
+
+    SQLite has one writer at a time; a connection that finds the write lock taken waits in
+    SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries. Two
+    threads of one process (the listener's commit and a worker's status write) then wait
+    milliseconds for a lock held for a fraction of one: the ACK latency's long tail. Taking
+    turns on a Python lock first hands the file over at once. Other processes (the CLI) still
+    meet the busy handler, as before.
+    """
     if engine in _WRITERS:
         return _WRITERS[engine]
     with _SETUP:
-        turns = None
+        lock = None
         if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
-            path = Path(engine.url.database).resolve()
-            turns = _TURNS.get(str(path))
-            if turns is None:
-                turns = _TURNS[str(path)] = _Turns(None if engine.url.query.get("uri") else path)
-        _WRITERS[engine] = turns
-    return turns
+            lock = _LOCKS.setdefault(str(Path(engine.url.database).resolve()), threading.Lock())
+        _WRITERS[engine] = lock
+    return lock
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: on SQLite it takes the write lock at BEGIN, after its
-    turn among the writers of the same file (:class:`_Turns`)."""
+    """A transaction that will write: on SQLite it takes the write lock at BEGIN (after its
+    turn among this process's writers of the same file)."""
+    lock = _writer_lock(engine)
     if engine.dialect.name != "sqlite":
         with engine.connect() as conn, conn.begin():
             yield conn
         return
-    with _writer_turns(engine) or nullcontext(), engine.connect() as conn:
+    with lock or nullcontext(), engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         raw.writing = True  # type: ignore[union-attr]
         try:
