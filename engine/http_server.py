@@ -11,6 +11,8 @@ import asyncio
 import threading
 from typing import Any
 
+from engine.threads import Thread
+
 
 class ThreadedServer:
     """``await start()`` returns once listening (``port`` is then the bound one); ``await stop()``."""
@@ -35,7 +37,7 @@ class ThreadedServer:
         cfg = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", access_log=False, **kwargs)
         self._server = uvicorn.Server(cfg)
         started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(started,), name=self.name, daemon=True)
+        self._thread = Thread(target=self._serve, args=(started,), name=self.name, daemon=True)
         self._thread.start()
         await asyncio.to_thread(started.wait, 30)
         if not self._server.started:

@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from engine.threads import Thread
+
 log = logging.getLogger("engine.queue")
 
 Handler = Callable[[str, list[int]], None]
@@ -35,7 +37,7 @@ class MemoryQueue:
         self._stopping = False
         self._busy = False
         self._urgent = False
-        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._thread = Thread(target=self._run, name="engine-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -24,6 +24,7 @@ from engine.errors import ParseError
 from engine.formats import hl7
 from engine.queue import MemoryQueue, make_queue
 from engine.stores.message_store import MessageStore, Outcome
+from engine.threads import Thread
 
 ALL, LISTENER, WORKER = "all", "listener", "worker"
 
@@ -61,7 +62,7 @@ class Runtime:
         self._outbox: dict[str, list[int]] = {}
         self._outbox_urgent = False
         self._outbox_ready = threading.Condition()
-        self._outbox_thread = threading.Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
+        self._outbox_thread = Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
         self.queue = make_queue(
             q.url,
             self._handle if self.role != LISTENER else None,
@@ -96,7 +97,7 @@ class Runtime:
         self._sweep_seconds = q.sweep_seconds
         self._stuck_after = timedelta(seconds=q.stuck_after_seconds)
         self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep, name="engine-sweeper", daemon=True)
+        self._sweeper = Thread(target=self._sweep, name="engine-sweeper", daemon=True)
 
     # -- stores -----------------------------------------------------------------------------------
     def record_store(self, name: str):

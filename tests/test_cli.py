@@ -205,3 +205,10 @@ def test_engine_test_passes_the_shipped_mapping_tests_and_fails_with_a_diff(tmp_
     out = run("test", str(work))
     assert out.returncode == 1
     assert "FAIL" in out.stdout and "XYZ" in out.stdout and "-" in out.stdout
+
+
+def test_the_running_engine_names_its_threads_for_the_operating_system(engine):
+    """``top -H`` and ``ps -L`` show which part of the engine uses the CPU (engine/threads.py);
+    bench/mllp_ingest.py reports CPU per thread by these names."""
+    names = {(task / "comm").read_text().strip() for task in Path(f"/proc/{engine.proc.pid}/task").iterdir()}
+    assert {"committer", "worker", "sweeper", "fhir", "console"} <= names, names

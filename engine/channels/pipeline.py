@@ -21,6 +21,7 @@ from typing import Any
 from engine.errors import ParseError, StoreUnavailable
 from engine.formats import hl7, hl7_ack
 from engine.stores.message_store import ERROR, FILTERED, RECEIVED, SENT, Inbound, MessageStore, Outcome, Stored
+from engine.threads import Thread
 from engine.transforms.identifiers import IdentifierKey
 
 log = logging.getLogger("engine.pipeline")
@@ -39,7 +40,7 @@ class Committer:
         self._dispatch = dispatch
         self._max_batch = max_batch
         self._q: _queue.SimpleQueue = _queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="engine-committer", daemon=True)
+        self._thread = Thread(target=self._run, name="engine-committer", daemon=True)
         self._waiters: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._lock = threading.Lock()
 

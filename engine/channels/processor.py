@@ -40,6 +40,7 @@ from engine.stores.message_store import (
     Outcome,
     now,
 )
+from engine.threads import Thread
 from engine.transforms.report import RunReport, unmapped
 
 log = logging.getLogger("engine.pipeline")
@@ -64,7 +65,7 @@ class ClaimKeeper:
         with self._lock:
             self._leases[id(lease)] = lease
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="engine-claims", daemon=True)
+                self._thread = Thread(target=self._run, name="engine-claims", daemon=True)
                 self._thread.start()
 
     def drop(self, lease: Lease) -> None:

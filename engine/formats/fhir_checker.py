@@ -28,13 +28,13 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from engine.formats.fhir_outcome import Issue, Refused, check_nulls, check_resource, read_json
+from engine.threads import Thread
 
 log = logging.getLogger("engine.fhir")
 
@@ -107,7 +107,7 @@ def warm(types: list[str]) -> None:
 
 def _child_start(types: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the engine, which stops its pool
-    threading.Thread(target=_end_with, args=(os.getppid(),), name="engine-check-parent", daemon=True).start()
+    Thread(target=_end_with, args=(os.getppid(),), name="engine-check-parent", daemon=True).start()
     warm(types)
 
 
