@@ -31,6 +31,10 @@ ACK p50 / p99     time from writing a frame to reading its ACK, per message.
 engine CPU        user + system CPU of the engine process(es) over the whole run (until end-to-end),
                   from /proc/<pid>/stat, per message.
 client CPU        CPU of this load client (the bench process) while it sends, per message.
+by thread         the engine CPU of each of the engine's threads (named for the kernel,
+                  engine/threads.py: main = the asyncio loop with MLLP and ACKs, committer,
+                  worker = processing ...), user + system and, in brackets, system, per message:
+                  which part of the engine sets the rate.
 
 Anchors, measured in the same invocation (``--no-anchors`` skips them):
 
@@ -197,6 +201,38 @@ def _proc_cpu(pid: int) -> float:
     return own + sum(_proc_cpu(c) for c in children)
 
 
+def _thread_cpu(pid: int, prefix: str = "") -> dict[str, list[float]]:
+    """CPU seconds [user, system] of each live thread of process ``pid``, summed by the name the
+    engine gives the kernel (engine/threads.py: ``committer``, ``worker``...); the main thread
+    (the asyncio loop, MLLP and ACKs) is ``main``, unnamed threads are ``other``. Linux /proc."""
+    out: dict[str, list[float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "main" if task.name == str(pid) else ("other" if name.startswith("python") else name)
+        cpu = out.setdefault(prefix + name, [0.0, 0.0])
+        cpu[0] += int(fields[11]) / tick
+        cpu[1] += int(fields[12]) / tick
+    return out
+
+
+def _per_message(before: dict[str, list[float]], after: dict[str, list[float]], n: int) -> dict[str, list[float]]:
+    """ms per message [user + system, system] of each thread name between two readings."""
+    out = {}
+    for name, (user, system) in after.items():
+        u0, s0 = before.get(name, [0.0, 0.0])
+        out[name] = [(user - u0 + system - s0) * 1000 / n, (system - s0) * 1000 / n]
+    return out
+
+
 class Engine:
     """``engine run`` on the sample config (or ``config``); SQLite in a temporary folder unless
     ``env`` says otherwise, plus ``workers`` ``engine worker`` processes when the queue is Redis."""
@@ -268,6 +304,14 @@ class Engine:
     def cpu_seconds(self) -> float:
         """User + system CPU of the engine's processes so far (Linux /proc; 0 elsewhere)."""
         return sum(_proc_cpu(p.pid) for p in [self.proc, *self.workers])
+
+    def thread_cpu(self) -> dict[str, list[float]]:
+        """CPU seconds [user, system] per thread name of the engine's processes (a worker
+        process's threads prefixed ``worker process:``)."""
+        out = _thread_cpu(self.proc.pid)
+        for k, w in enumerate(self.workers):
+            out.update(_thread_cpu(w.pid, f"worker process {k}: "))
+        return out
 
     def log_lines(self) -> int:
         """Lines the engine processes wrote to stderr (WARNING and above): counted, never shown."""
@@ -351,7 +395,7 @@ def run_once(
     eng = Engine(env, workers, threads, config=config)
     keep = None
     try:
-        cpu0 = eng.cpu_seconds()
+        cpu0, threads0 = eng.cpu_seconds(), eng.thread_cpu()
         t_start = time.perf_counter()
         client0 = time.process_time()
         seconds, lat, bad = asyncio.run(send_all(eng.port_for, messages, connections))
@@ -359,6 +403,7 @@ def run_once(
         done = wait_until_done(eng.done_count, len(messages))
         end_to_end = time.perf_counter() - t_start
         cpu = eng.cpu_seconds() - cpu0
+        threads = _per_message(threads0, eng.thread_cpu(), len(messages))
         errors = eng.error_count()
         log_lines = eng.log_lines()
         keep = bool(log_lines or errors or bad or done < len(messages))
@@ -372,6 +417,7 @@ def run_once(
         "bad": bad,
         "errors": errors,
         "cpu_ms": cpu * 1000 / len(messages),
+        "threads": threads,
         "client_cpu_ms": client * 1000 / len(messages),
         "unfinished": len(messages) - done,
         "log_lines": log_lines,
@@ -561,6 +607,7 @@ def main() -> None:
             print(f"  end-to-end        {r['e2e']:8.0f} msg/s   (all SENT/FILTERED/ERROR; {r['errors']} ERROR)")
             print(f"  ACK latency       p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
             print(f"  engine CPU        {r['cpu_ms']:8.2f} ms/msg   (load client: {r['client_cpu_ms']:.2f} ms/msg)")
+            print(f"  by thread         {_by_thread(r)}")
             ratios = []
             if fsync_before:
                 ratios.append(f"{100 * r['acked'] / fsync_before:.0f}% of the fsync limit (measured before)")
@@ -607,6 +654,20 @@ def main() -> None:
         )
     for k, v in parse.items():
         print(f"| anchor: bare parse, {k} | {v:.0f} msg/s | | | | | | | |")
+    print("\nEngine CPU ms per message by thread (of which system time):\n")
+    for who, conns, r in results:
+        print(f"- {engine}, {conns} conn, {who} patient{'s' if who == 'many' else ''}: {_by_thread(r)}")
+
+
+def _by_thread(r: dict) -> str:
+    """``main 0.52 (0.08), committer 0.80 (0.33), ...``: the threads that used 0.01 ms per message
+    or more, busiest first, then what ended threads and child processes used."""
+    busy = sorted(((v, k) for k, v in r["threads"].items() if v[0] >= 0.01), reverse=True)
+    parts = [f"{k} {v[0]:.2f} ({v[1]:.2f})" for v, k in busy]
+    rest = r["cpu_ms"] - sum(v[0] for v in r["threads"].values())
+    if rest >= 0.01:
+        parts.append(f"ended threads and child processes {rest:.2f}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":
