@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from engine.stores.db import pinned_connections
 from engine.threads import Thread
 
 log = logging.getLogger("engine.queue")
@@ -68,6 +69,10 @@ class MemoryQueue:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        with pinned_connections():  # this thread writes all the time: one connection per store
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._items and not self._stopping:

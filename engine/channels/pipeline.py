@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.errors import ParseError, StoreUnavailable
 from engine.formats import hl7, hl7_ack
+from engine.stores.db import pinned_connections
 from engine.stores.message_store import ERROR, FILTERED, RECEIVED, SENT, Inbound, MessageStore, Outcome, Stored
 from engine.threads import Thread
 from engine.transforms.identifiers import IdentifierKey
@@ -98,6 +99,10 @@ class Committer:
                 self._dispatch(channel, ids)
 
     def _run(self) -> None:
+        with pinned_connections():  # this thread writes all the time: one connection per store
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             first = self._q.get()
             if first is None:
