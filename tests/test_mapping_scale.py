@@ -106,3 +106,31 @@ def test_a_16000_obx_result_and_a_small_one_behind_it_both_land_in_the_clinical_
         "select mrn, count(*) as n, count(distinct set_id) as ids from observation group by mrn order by mrn",
     )
     assert counts == [{"mrn": "MRN9000002", "n": 16000, "ids": 16000}, {"mrn": "MRN9000003", "n": 1, "ids": 1}]
+
+
+IDENTIFIERS = str(Path(transforms_package.__file__).parent / "identifiers.py")
+
+
+def test_the_patient_identifier_is_chosen_once_per_result_however_many_observations_use_it():
+    """``{use: mrn}`` in every observation reads PID-3, which lies outside the OBR groups: its
+    value is the same for each OBX, so the identifier is chosen once per mapping run, not
+    once per OBX (engine.transforms.expressions.Compiler.define)."""
+    mapping = load_mapping(ORU)
+    counted: list[int] = []
+    for n in (1, 200):
+        message = hl7.Message(hl7.decode(oru(n)))
+        count = 0
+
+        def local(frame, event, arg):
+            nonlocal count
+            count += event == "line"
+            return local
+
+        sys.settrace(lambda frame, event, arg: local if frame.f_code.co_filename == IDENTIFIERS else None)
+        try:
+            records = mapping.run(message)
+        finally:
+            sys.settrace(None)
+        assert {r.values["mrn"] for r in records if "mrn" in r.values} == {"MRN9000001"}
+        counted.append(count)
+    assert counted[1] == counted[0], f"1 OBX: {counted[0]} lines choosing identifiers, 200 OBX: {counted[1]}"

@@ -17,6 +17,9 @@ from engine.formats.hl7 import parse_path
 from engine.formats.hl7_segments import unknown_segment
 from engine.yamlfile import Key, Located, dotted
 
+SCOPED = "<groups>"
+"""In :attr:`Build.reading`: the expression reads the rule's groups themselves."""
+
 
 class Build:
     """Problem collector for one file (``src`` may be None for a spec that is not from a file)."""
@@ -28,6 +31,9 @@ class Build:
         self.format = "hl7v2"
         """What paths read: ``hl7v2`` (PID-5.1), ``x12`` (CLP-01, DTM*405-02) or ``fhir`` (a FHIRPath,
         ``Patient.name.family``: :mod:`engine.formats.fhir`); a mapping's ``format:``."""
+        self.reading: list[set[str]] = []
+        """While a ``define`` compiles, what it reads: the segments of its HL7 paths, and SCOPED
+        when it reads its groups (an ordinal, ``own``): see Compiler.define."""
 
     def problem(self, key: Key, message: str) -> None:
         if self.src is not None:
@@ -74,7 +80,14 @@ class Build:
         if unknown:
             self.problem(key, unknown)
             return None
+        for reads in self.reading:
+            reads.add(path.segment)
         return path
+
+    def scoped(self) -> None:
+        """What compiles now reads the groups a rule walks, not only fields (see ``reading``)."""
+        for reads in self.reading:
+            reads.add(SCOPED)
 
     def scalar(self, value: Any, key: Key) -> str | None:
         """A comparison value as text: strings and integers; floats and booleans are refused.

@@ -79,16 +79,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import tzinfo
+from datetime import date, datetime, tzinfo
+from decimal import Decimal
 from typing import Any
 
 from engine.errors import ConfigError
 from engine.transforms import nested, structure
-from engine.transforms.build import Build, component_spec
+from engine.transforms.build import SCOPED, Build, component_spec
 from engine.transforms.conditions import REPETITION, compile_condition, component_getter
 from engine.transforms.datatypes import PARTS, TYPES
 from engine.transforms.fhir_out import ELEMENT, is_resource_type
 from engine.transforms.identifiers import DEFAULT_TYPES, Identifier
+from engine.transforms.reader import Reader
 from engine.transforms.tables import Tables
 from engine.transforms.values import (
     MISSING,
@@ -132,6 +134,9 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "unplaced": (),
 }
 MODIFIERS = ("when", "default", "required")
+GROUP_FUNCTIONS = ("own", "ordinal", "join", "list", "each")
+"""Functions that read the groups a rule walks, not only fields: a value using them may differ
+from one group to the next however its paths lie (see Compiler.define)."""
 HL7_ONLY = {
     "pick": "in a FHIR mapping write a FHIRPath, e.g. identifier.where(system = '...').value",
     "identifier": "in a FHIR mapping choose the identifier with a FHIRPath (see mappings/fhir_patient_clinical.yaml)",
@@ -153,6 +158,30 @@ class Expr:
 
 
 _BAD = Expr(lambda m, s: MISSING, "<invalid>")
+_UNSET = object()
+_KEPT = (str, int, float, bool, type(None), date, datetime, Decimal)
+"""Values a memo may hand out again: nobody changes them in place (a FHIR object may be)."""
+
+
+def _once_per_message(e: Expr, segments: frozenset[str]) -> Expr:
+    """``e`` worked out once per mapping run wherever its ``segments`` read the same in the
+    current groups as in the whole message (:meth:`Reader.same_everywhere`), and kept in the
+    reader's memo; elsewhere (its segment is the group's, or inside a repetition of an ``each``,
+    whose reader reads another repetition) worked out each time. A ValueProblem is not kept:
+    it is raised again, as before, on each use."""
+    fn, token = e.fn, object()
+
+    def once(m, s):
+        if type(m) is not Reader or not m.same_everywhere(segments, s):
+            return fn(m, s)
+        v = m.memo.get(token, _UNSET)
+        if v is _UNSET:
+            v = fn(m, s)
+            if v is MISSING or type(v) in _KEPT:
+                m.memo[token] = v
+        return v
+
+    return Expr(once, e.source, e.many, e.constant)
 
 
 class Compiler:
@@ -163,6 +192,27 @@ class Compiler:
         self.tables = tables
         self.zone = default_zone
         self.defines: dict[str, Expr] = {}
+        self._define_reads: dict[str, set[str]] = {}
+
+    def define(self, name: str, spec: Any, key: Key) -> None:
+        """Compile a ``define:`` entry under ``name``.
+
+        In an HL7 v2 mapping, a value whose paths all read segments outside the groups a rule
+        walks (the patient's identifier, PID-3 and MSH-4, read from an OBX loop) is the same in
+        every group, so it is worked out once per message (:func:`_once_per_message`): an ORU's
+        ``{use: mrn}`` was built again for every record and every result, about a tenth of its
+        mapping's time. A value using a group function (GROUP_FUNCTIONS) is always worked out.
+        """
+        reads: set[str] = set()
+        self.b.reading.append(reads)
+        try:
+            e = self.expr(spec, key)
+        finally:
+            self.b.reading.pop()
+        self._define_reads[name] = reads
+        if self.b.format == "hl7v2" and SCOPED not in reads and e is not _BAD:
+            e = _once_per_message(e, frozenset(reads))
+        self.defines[name] = e
 
     def field(self, spec: Any, key: Key) -> tuple[Expr, Any, bool]:
         """A field's expression without its top-level ``default``/``required``, and those two."""
@@ -203,6 +253,8 @@ class Compiler:
                 self.b.problem(key, f"no function given (one of: {', '.join(FUNCTIONS)})")
             return _BAD
         tag = tags[0]
+        if tag in GROUP_FUNCTIONS:
+            self.b.scoped()
         if self.b.format == "fhir" and tag in HL7_ONLY:
             self.b.problem(key + (tag,), f"{tag} reads HL7 v2 and X12 fields; {HL7_ONLY[tag]}")
             return _BAD
@@ -292,6 +344,8 @@ class Compiler:
             known = ", ".join(self.defines) or "none defined"
             self.b.problem(key + ("use",), f"unknown value {name!r} (define it under define:; known: {known})")
             return _BAD
+        for reads in self.b.reading:  # a define using another reads what that one reads
+            reads.update(self._define_reads[name])
         return self.defines[name]
 
     def _list(self, spec: dict, tag: str, key: Key) -> list[Expr]:

@@ -349,7 +349,7 @@ def load_mapping(
         b.problem(("define",), "expected name: expression pairs")
         defines = {}
     for name, spec in defines.items():
-        c.defines[name] = c.expr(spec, ("define", name))
+        c.define(name, spec, ("define", name))
     from engine.transforms.checks import CHECKS
 
     checks = data.get("checks") or []

@@ -102,6 +102,16 @@ class Reader:
             self._outside[key] = outside
         return outside
 
+    def same_everywhere(self, segments: frozenset[str], scopes: tuple[Span, ...]) -> bool:
+        """True when every read of ``segments`` gives in ``scopes`` what it gives in the whole
+        message: no scopes, or none of ``segments`` inside a group of the outermost scope's kind
+        (see :meth:`_message_level`). HL7 v2 only: False for X12 loops and FHIR."""
+        if self._loops or self._fhir:
+            return False
+        if not scopes:
+            return True
+        return all(self._message_level(segment, scopes) for segment in segments)
+
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
         return self.groups(segment, within) if self._fhir else self.msg.spans(segment, within)
 
