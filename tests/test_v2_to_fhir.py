@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from engine.errors import ConfigError
 from engine.formats import parse_text
-from engine.formats.fhir_bundle import ROW_RESOURCES, resource_id, row_id, transaction
+from engine.formats.fhir_bundle import NAMESPACE, ROW_RESOURCES, resource_id, row_id, transaction
 from engine.formats.hl7 import decode, split_batch
 from engine.stores.clinical import SPEC as CLINICAL
 from engine.stores.pm import SPEC as PM
@@ -103,6 +104,23 @@ def test_the_unreadable_intake_fixtures_are_refused_before_any_mapping():
 
 
 # -- ids ----------------------------------------------------------------------------------------
+def test_resource_ids_are_the_version_5_uuids_of_type_and_key_as_ever():
+    """resource_id formats the SHA-1 itself: the ids it gives are uuid5's, for any key text,
+    and the ones already given never change."""
+    keys = [
+        ("Patient", "NCH", "100001"),
+        ("Observation", "FO1", "2345-7", 1, 0, 3),
+        ("Condition", "diagnosis", "V1", None),
+        ("Patient", "Ünïcødé ✓", "a\x1fb", ""),
+        ("Encounter",),
+    ]
+    for key in keys:
+        text = "\x1f".join("" if k is None else str(k) for k in key)
+        assert resource_id(*key) == str(uuid.uuid5(NAMESPACE, text))
+    assert resource_id("Patient", "NCH", "100001") == str(uuid.uuid5(NAMESPACE, "Patient\x1fNCH\x1f100001"))
+    assert resource_id("Patient", "NCH", "100001") == "b71c374a-9633-56d1-80f9-a78ad154cb4d"
+
+
 def test_the_same_message_converted_twice_gives_the_same_ids(adt_fhir, oru_fhir):
     for mapping, fixture in ((adt_fhir, "adt_a01.hl7"), (oru_fhir, "oru_r01.hl7")):
         first, _ = convert(mapping, messages(FIXTURES / fixture)[0])
