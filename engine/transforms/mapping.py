@@ -440,6 +440,7 @@ def _record(
         b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
         for_each = []
     fields = []
+    c.walks = tuple(for_each) if b.format == "hl7v2" else ()
     for column, fspec in fields_spec.items():
         fkey = key + ("fields", column)
         if not isinstance(column, str) or not (ELEMENT if fhir else _COLUMN).match(column):
@@ -451,6 +452,7 @@ def _record(
             continue
         expr, default, required = c.field(fspec, fkey)
         fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
+    c.walks = ()
     return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 
