@@ -31,6 +31,10 @@ class Build:
         self.format = "hl7v2"
         """What paths read: ``hl7v2`` (PID-5.1), ``x12`` (CLP-01, DTM*405-02) or ``fhir`` (a FHIRPath,
         ``Patient.name.family``: :mod:`engine.formats.fhir`); a mapping's ``format:``."""
+        self.walks: tuple[str, ...] = ()
+        """The ``for_each`` segments of the HL7 v2 rule whose fields and conditions compile now:
+        their paths to those segments read the rule's own groups straight
+        (:func:`engine.transforms.reader.own_values`)."""
         self.reading: list[set[str]] = []
         """While a ``define`` compiles, what it reads: the segments of its HL7 paths, and SCOPED
         when it reads its groups (an ordinal, ``own``): see Compiler.define."""

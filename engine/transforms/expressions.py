@@ -91,7 +91,7 @@ from engine.transforms.conditions import REPETITION, compile_condition, componen
 from engine.transforms.datatypes import PARTS, TYPES
 from engine.transforms.fhir_out import ELEMENT, is_resource_type
 from engine.transforms.identifiers import DEFAULT_TYPES, Identifier
-from engine.transforms.reader import Reader
+from engine.transforms.reader import Reader, own_group, own_raw_field
 from engine.transforms.report import position
 from engine.transforms.tables import Tables
 from engine.transforms.values import (
@@ -186,15 +186,12 @@ def _once_per_message(e: Expr, segments: frozenset[str]) -> Expr:
     return Expr(once, e.source, e.many, e.constant)
 
 
-def _anchored(p: Any, walks: tuple[str, ...], one: Callable) -> Callable:
+def _anchored(p: Any, n: int, k: int, one: Callable) -> Callable:
     """A path to the segment of one of the rule's own groups (``OBX-5`` in ``for_each: [OBR,
-    OBX]``): read straight from that group's first segment, its anchor, which is what
-    :meth:`Reader.values` finds there, without its search and cache (a result's ~25 such
-    reads per OBX were a fifth of its mapping). Only where the scopes are the rule's own, one
-    per ``for_each`` entry, and the reader the message's; anywhere else (inside an ``each``, or
-    an ordinal's ``per``, which add or swap scopes) ``one``, the general read."""
-    k = len(walks) - 1 - walks[::-1].index(p.segment)  # the innermost group of that segment
-    n, pos = len(walks), position(p)
+    OBX]``), scope ``k`` of ``n``: as :func:`engine.transforms.reader.own_values`, with the
+    first value taken in the same function (one call less for the commonest read); ``one``,
+    the general read, wherever the scopes or the reader are not the rule's own."""
+    pos = position(p)
 
     def anchored(m, s):
         if len(s) != n or type(m) is not Reader:
@@ -220,8 +217,6 @@ class Compiler:
         self.zone = default_zone
         self.defines: dict[str, Expr] = {}
         self._define_reads: dict[str, set[str]] = {}
-        self.walks: tuple[str, ...] = ()
-        """The ``for_each`` segments of the HL7 v2 rule whose fields compile now (see _path)."""
 
     def define(self, name: str, spec: Any, key: Key) -> None:
         """Compile a ``define:`` entry under ``name``.
@@ -358,8 +353,9 @@ class Compiler:
                     null = True
             return None if null else MISSING
 
-        if self.walks and p.segment in self.walks and not p.many and p.occurrence in (None, 1):
-            return Expr(_anchored(p, self.walks, one), p.text)
+        k = None if p.many else own_group(p, self.b.walks)
+        if k is not None:
+            return Expr(_anchored(p, len(self.b.walks), k, one), p.text)
         return Expr(one, p.text, (lambda m, s: m.values(p, s)) if p.many else None)
 
     def _f_path(self, spec: dict, key: Key) -> Expr:
@@ -525,7 +521,7 @@ class Compiler:
             return _BAD
         shown = raw_type if isinstance(raw_type, str) else "..."
         return Expr(
-            structure.typed(p, type_of, type_source, name, self.zone),
+            structure.typed(p, type_of, type_source, name, self.zone, own_raw_field(p, self.b.walks)),
             f"typed({p.text} as {shown}){'.' + name if name else ''}",
         )
 
@@ -565,9 +561,10 @@ class Compiler:
             return _BAD
         get, first = component_getter(*comp), fallback == "first"
         reads = _reads(p, {comp[0]} | _components(spec.get("where")))
+        own = own_raw_field(p, self.b.walks)
 
         def pick(m, s):
-            raw = m.raw_field(p, s, reads)
+            raw = m.raw_field(p, s, reads) if own is None else own(m, s, reads)
             if not raw:
                 return MISSING
             d = m.delimiters
@@ -593,9 +590,10 @@ class Compiler:
         if p is None or rule is None:
             return _BAD
         reads, field, issuer = _reads(p, {1, 4, 5}), p.text, part == "issuer"
+        own = own_raw_field(p, self.b.walks)
 
         def identifier(m, s):
-            raw = m.raw_field(p, s, reads)
+            raw = m.raw_field(p, s, reads) if own is None else own(m, s, reads)
             if not raw:
                 return MISSING
             chosen = rule.choose(raw, m.delimiters)
@@ -651,9 +649,10 @@ class Compiler:
         if p is None or not getters:
             return _BAD
         reads = _reads(p, {c for c, _sub in used} | _components(spec.get("where")))
+        own = own_raw_field(p, self.b.walks)
 
         def json_list(m, s):
-            raw = m.raw_field(p, s, reads)
+            raw = m.raw_field(p, s, reads) if own is None else own(m, s, reads)
             if not raw:
                 return MISSING
             if raw == '""':

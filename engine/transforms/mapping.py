@@ -422,7 +422,6 @@ def _record(
         on_error = "fail"
     elif on_error == "skip" and op == "merge":
         b.problem(key + ("on_error",), "a merge cannot be skipped: a merge that cannot be built fails the message")
-    when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
     for_each = spec.get("for_each", [])
     for_each = [for_each] if isinstance(for_each, str) else for_each
     segment = _X12_SEGMENT if b.format == "x12" else _SEGMENT
@@ -440,7 +439,8 @@ def _record(
         b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
         for_each = []
     fields = []
-    c.walks = tuple(for_each) if b.format == "hl7v2" else ()
+    b.walks = tuple(for_each) if b.format == "hl7v2" else ()
+    when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
     for column, fspec in fields_spec.items():
         fkey = key + ("fields", column)
         if not isinstance(column, str) or not (ELEMENT if fhir else _COLUMN).match(column):
@@ -452,7 +452,7 @@ def _record(
             continue
         expr, default, required = c.field(fspec, fkey)
         fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
-    c.walks = ()
+    b.walks = ()
     return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 
