@@ -530,11 +530,12 @@ def values_in(segments: list[Segment], path: Path, d: Delimiters) -> list[str | 
         if seg.name == "MSH" and path.field <= 2:
             out.append(raw)
             continue
-        reps = raw.split(d.repetition) if raw else [""]
-        if path.repetition:
-            reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
-        elif path.repetition is None:
-            reps = reps[:1]
+        if path.repetition is None:  # the first repetition, the commonest read: no list of them all
+            reps = [raw.partition(d.repetition)[0]] if d.repetition else [raw]
+        else:
+            reps = raw.split(d.repetition) if raw else [""]
+            if path.repetition:
+                reps = [reps[path.repetition - 1]] if path.repetition <= len(reps) else []
         for rep in reps:
             value = rep
             if path.component is not None:

@@ -51,7 +51,7 @@ def _qualifier_position(segment: str) -> str:
 class Reader:
     """Read-only view of one message; build one per ``Mapping.run`` call, then drop it."""
 
-    __slots__ = ("_cache", "_fhir", "_loops", "_outside", "delimiters", "memo", "msg", "read", "zone")
+    __slots__ = ("_cache", "_fhir", "_loops", "_outside", "_same", "delimiters", "memo", "msg", "read", "zone")
 
     def __init__(self, msg: Message, read: set[str] | None = None, zone: tzinfo | None = None):
         """``read`` collects the positions read (a new set when not given); ``zone`` is the
@@ -68,6 +68,7 @@ class Reader:
         cache = getattr(msg, "read_cache", None)
         self._cache: dict[Any, list] = {} if cache is None else cache
         self._outside: dict[tuple[str, str], bool] = {}
+        self._same: dict[tuple[frozenset[str], str], bool] = {}
         self._loops = getattr(msg, "format", "") == "x12"
         """X12 loops read their own segments first (engine.formats.x12): scoped reads go there."""
         self._fhir = getattr(msg, "format", "") == "fhir"
@@ -106,12 +107,16 @@ class Reader:
     def same_everywhere(self, segments: frozenset[str], scopes: tuple[Span, ...]) -> bool:
         """True when every read of ``segments`` gives in ``scopes`` what it gives in the whole
         message: no scopes, or none of ``segments`` inside a group of the outermost scope's kind
-        (see :meth:`_message_level`). HL7 v2 only: False for X12 loops and FHIR."""
-        if self._loops or self._fhir:
-            return False
+        (see :meth:`_message_level`). HL7 v2 only: False for X12 loops and FHIR. Decided once
+        per (segments, the outermost scope's segment)."""
         if not scopes:
-            return True
-        return all(self._message_level(segment, scopes) for segment in segments)
+            return not (self._loops or self._fhir)
+        key = (segments, self.msg.segments[scopes[0][0]].name)
+        same = self._same.get(key)
+        if same is None:
+            same = not (self._loops or self._fhir) and all(self._message_level(seg, scopes) for seg in segments)
+            self._same[key] = same
+        return same
 
     def spans(self, segment: str, within: Span | None = None) -> list[Span]:
         return self.groups(segment, within) if self._fhir else self.msg.spans(segment, within)
