@@ -181,6 +181,25 @@ def test_records_the_schema_cannot_take_are_refused_by_name(clinical, record, wo
     assert clinical.rows("patient") == []
 
 
+def test_a_record_shaped_like_one_already_taken_is_still_checked_value_by_value(clinical):
+    """Column checks are kept per shape (the record's columns); values never are."""
+    aware, naive = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 1)
+    results = clinical.apply_batch(
+        [
+            (1, [patient("M1", family_name="One", deceased_at=aware)]),
+            (2, [patient("M2", family_name="Two", deceased_at=naive)]),
+            (3, [patient("M3", family_name={"not": "text"}, deceased_at=aware)]),
+            (4, [patient("M4", family_name=4, deceased_at=aware)]),
+            (5, [patient("M5", family_name="Five", deceased_at=aware, merged_into="M1")]),
+        ]
+    )
+    assert results[0] is None and results[3] is None
+    assert "deceased_at" in str(results[1]) and "timezone-aware" in str(results[1])
+    assert "family_name: expected text, got dict" in str(results[2])
+    assert "merged_into" in str(results[4])
+    assert {r["mrn"]: r["family_name"] for r in clinical.rows("patient")} == {"M1": "One", "M4": "4"}
+
+
 # -- merge ------------------------------------------------------------------------------------------
 def allergy(mrn: str, code: str, **v) -> Record:
     return up("clinical.allergy", ("mrn", "allergen_code"), mrn=mrn, allergen_code=code, **v)

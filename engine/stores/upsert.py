@@ -38,6 +38,8 @@ from engine.stores.columns import MANAGED, Amount, JSONText, StoreSpec
 from engine.stores.db import UTCDateTime
 
 NOT_WRITABLE = frozenset({"id", "merged_into", "merged_into_issuer", *MANAGED})
+SHAPES_KEPT = 10_000
+"""Record shapes whose column checks a Planner keeps (a mapping gives a few per rule)."""
 
 
 class _Refused(Exception):
@@ -158,6 +160,8 @@ class Planner:
         self._blank = {name: {c.name for c in t.columns if c.info.get("blank")} for name, t in spec.tables.items()}
         self._served = {name for name, t in spec.tables.items() if "fhir_id" in t.c}
         self._statements: dict[tuple, Any] = {}
+        self._checked: dict[tuple, tuple[Callable, ...]] = {}
+        """Column checks done, by shape (see check_values)."""
 
     def table(self, name: str) -> Table:
         """The Table for logical ``name``; DeliveryError (not retryable) when unknown."""
@@ -173,17 +177,20 @@ class Planner:
         return t
 
     def check_values(self, table: str, values: dict[str, Any], *, allow: frozenset = frozenset()) -> dict[str, Any]:
-        """Coerced copy of ``values``; refuses unknown, store-managed and mistyped columns."""
-        coercers = self._coercers[table]
+        """Coerced copy of ``values``; refuses unknown, store-managed and mistyped columns.
+
+        The columns are checked once per shape (table, the record's columns, ``allow``), then
+        each value is coerced: text stays as it is without a call (most columns of most records)."""
+        shape = (table, tuple(values), allow)
+        plan = self._checked.get(shape)
+        if plan is None:
+            plan = self._check_columns(table, values, allow)
+            if len(self._checked) < SHAPES_KEPT:
+                self._checked[shape] = plan
         out: dict[str, Any] = {}
-        for col, v in values.items():
-            fn = coercers.get(col)
-            if fn is None:
-                raise DeliveryError(f"{self.spec.kind}.{table} has no column {col!r}", retryable=False)
-            if col in NOT_WRITABLE and col not in allow:
-                raise DeliveryError(f"{self.spec.kind}.{table}.{col} is maintained by the store", retryable=False)
-            if v is None:
-                out[col] = None
+        for (col, v), fn in zip(values.items(), plan):
+            if v is None or (fn is _text and type(v) is str):
+                out[col] = v
                 continue
             try:
                 out[col] = fn(v)
@@ -192,6 +199,16 @@ class Planner:
                     f"{self.spec.kind}.{table}.{col}: expected {why.args[0]}, got {type(v).__name__}", retryable=False
                 ) from None
         return out
+
+    def _check_columns(self, table: str, values: dict[str, Any], allow: frozenset) -> tuple[Callable, ...]:
+        """Each column's coercer, in order; DeliveryError for an unknown or store-managed column."""
+        coercers = self._coercers[table]
+        for col in values:
+            if col not in coercers:
+                raise DeliveryError(f"{self.spec.kind}.{table} has no column {col!r}", retryable=False)
+            if col in NOT_WRITABLE and col not in allow:
+                raise DeliveryError(f"{self.spec.kind}.{table}.{col} is maintained by the store", retryable=False)
+        return tuple(coercers[col] for col in values)
 
     def upsert(self, table: str, key: tuple[str, ...], values: dict[str, Any]) -> Upsert:
         """Check one upsert record; ``key`` must be the table's natural key (any order)."""
