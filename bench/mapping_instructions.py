@@ -47,16 +47,20 @@ def inner(n: int, root: Path, names: list[str]) -> None:
         unmapped(msg, [report])
 
 
-def counted(n: int, root: Path, names: list[str]) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
-    command += ["--inner", str(n), "--root", str(root), "--mapping", *names]
-    # one hash seed: str hashes move dict and set layouts, and with them about 1% of the count
+def instructions(argv: list[str]) -> int:
+    """Instructions ``python <argv>`` runs, counted by valgrind (callgrind), with one hash seed:
+    str hashes move dict and set layouts, and with them about 1% of the count."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, *argv]
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
     if found is None:
         raise SystemExit(f"valgrind printed no count:\n{done.stderr[-2000:]}")
     return int(found.group(1))
+
+
+def counted(n: int, root: Path, names: list[str]) -> int:
+    return instructions([__file__, "--inner", str(n), "--root", str(root), "--mapping", *names])
 
 
 def main() -> None:

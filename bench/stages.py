@@ -7,6 +7,12 @@ the claim (with load), parse + mapping + unmapped report, both stores' writes an
 No sockets: this is the processing half alone; ``mllp_ingest.py`` measures the whole engine.
 
     python bench/stages.py [-n 2000] [--batch 1 20 200]
+    python bench/stages.py -n 200 --batch 20 --instructions   # counted under valgrind instead
+
+``--instructions`` runs the same under ``valgrind --tool=callgrind`` for ``-n`` messages and for
+none, and prints the difference per message: the receive side's decoding and commit and the
+whole processing, in instructions, a figure this shared machine's load does not move (timings
+of the same code differ by up to 30% from one run to the next). One batch size; a few minutes.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 20, 200])
+    ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (one batch size)")
     args = ap.parse_args()
+    if args.instructions:
+        from mapping_instructions import instructions
+
+        size = args.batch[0]
+        base, total = (instructions([__file__, "-n", str(n), "--batch", str(size)]) for n in (0, args.n))
+        print(f"{args.n} messages in batches of {size} (half ADT, half ORU), receive and processing:")
+        print(f"  {(total - base) / args.n / 1e6:.3f} million instructions per message")
+        return
     folder = tempfile.mkdtemp(prefix="bench-stages-")
     for store in ("MESSAGE", "CLINICAL", "PM"):
         os.environ[f"ENGINE_{store}_STORE_URL"] = f"sqlite:///{folder}/{store.lower()}.db"
@@ -68,7 +83,9 @@ def main() -> None:
     print(f"{args.n} messages per batch size (half ADT, half ORU), {os.cpu_count()} CPUs, Python {python}")
     for size in args.batch:
         spent.clear()
-        messages = [m.replace(b"|B0", f"|S{size}X".encode()) for m in make_messages(args.n)]
+        messages = [m.replace(b"|B0", f"|S{size}X".encode()) for m in make_messages(max(args.n, 2))[: args.n]]
+        if not messages:  # the start-up alone (--instructions takes it away)
+            continue
         t = time.process_time()
         items = []
         for raw in messages:
