@@ -2,7 +2,7 @@
 
 A ``define`` that cannot differ from group to group is worked out once per run
 (``Compiler.define``), and a path to the segment of one of the rule's own groups, in a field
-or a condition, reads that group's anchor straight (``engine.transforms.reader.own_values``).
+or a condition, reads that group's anchor straight (``engine.transforms.reader.values_reader``).
 Every mapping of HL7 v2 runs here on every HL7 v2 fixture (the messy ones included) twice,
 once compiled with the shortcuts and once without: the records, their sources, the warnings,
 the positions read and the errors must be the same.

@@ -8,7 +8,8 @@ replaced by harmless placeholders, so compilation continues and finds the next p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from engine.errors import Problem
@@ -34,7 +35,7 @@ class Build:
         self.walks: tuple[str, ...] = ()
         """The ``for_each`` segments of the HL7 v2 rule whose fields and conditions compile now:
         their paths to those segments read the rule's own groups straight
-        (:func:`engine.transforms.reader.own_values`)."""
+        (:func:`engine.transforms.reader.values_reader`)."""
         self.reading: list[set[str]] = []
         """While a ``define`` compiles, what it reads: the segments of its HL7 paths, and SCOPED
         when it reads its groups (an ordinal, ``own``): see Compiler.define."""
@@ -87,6 +88,15 @@ class Build:
         for reads in self.reading:
             reads.add(path.segment)
         return path
+
+    @contextmanager
+    def walking(self, segments: Iterable[str]) -> Iterator[None]:
+        """While a rule's ``when`` and fields compile: its HL7 ``for_each`` segments (``walks``)."""
+        self.walks = tuple(segments) if self.format == "hl7v2" else ()
+        try:
+            yield
+        finally:
+            self.walks = ()
 
     def scoped(self) -> None:
         """What compiles now reads the groups a rule walks, not only fields (see ``reading``)."""

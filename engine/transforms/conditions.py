@@ -36,7 +36,7 @@ from typing import Any, Protocol, cast
 from engine.errors import ConfigError
 from engine.formats.hl7 import Delimiters, unescape
 from engine.transforms.build import Build, component_spec
-from engine.transforms.reader import own_values
+from engine.transforms.reader import values_reader
 from engine.yamlfile import Key
 
 
@@ -121,8 +121,7 @@ def _getter(value: Any, b: Build, key: Key, context: str):
         path = b.path(value, key, test=True)
         if path is None:
             return None, ""
-        own = None if b.format != "hl7v2" else own_values(path, b.walks)  # a rule's own group, read straight
-        return own or (lambda msg, scopes: msg.values(path, scopes)), path.text
+        return values_reader(path, b.walks), path.text  # a rule's own group read straight
     comp = component_spec(value)
     if comp is None:
         b.problem(key, 'expected a component number such as 5 or "4.1"')

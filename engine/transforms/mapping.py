@@ -439,20 +439,19 @@ def _record(
         b.problem(key + ("for_each",), "for_each takes a segment (OBR) or a list of nested segments ([OBR, OBX])")
         for_each = []
     fields = []
-    b.walks = tuple(for_each) if b.format == "hl7v2" else ()
-    when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
-    for column, fspec in fields_spec.items():
-        fkey = key + ("fields", column)
-        if not isinstance(column, str) or not (ELEMENT if fhir else _COLUMN).match(column):
-            if not fhir:  # a FHIR element's name is checked against its resource (check_fields)
-                b.problem(fkey, "a column name is lower_case_with_underscores")
-            continue
-        if not fhir and (isinstance(fspec, list) or (isinstance(fspec, dict) and {"object", "each"} & set(fspec))):
-            b.problem(fkey, "object, each and lists build FHIR elements (target: fhir.<Type>), not a column")
-            continue
-        expr, default, required = c.field(fspec, fkey)
-        fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
-    b.walks = ()
+    with b.walking(for_each):  # reads of the rule's own groups compile to straight reads
+        when = compile_condition(spec["when"], build=b, key=key + ("when",)) if "when" in spec else None
+        for column, fspec in fields_spec.items():
+            fkey = key + ("fields", column)
+            if not isinstance(column, str) or not (ELEMENT if fhir else _COLUMN).match(column):
+                if not fhir:  # a FHIR element's name is checked against its resource (check_fields)
+                    b.problem(fkey, "a column name is lower_case_with_underscores")
+                continue
+            if not fhir and (isinstance(fspec, list) or (isinstance(fspec, dict) and {"object", "each"} & set(fspec))):
+                b.problem(fkey, "object, each and lists build FHIR elements (target: fhir.<Type>), not a column")
+                continue
+            expr, default, required = c.field(fspec, fkey)
+            fields.append(_Field(column, expr, default, required or column in keys or op == "merge"))
     return RecordRule(name, index, target or "", op, keys, fields, when, tuple(for_each), on_error)
 
 

@@ -231,12 +231,12 @@ def own_group(path: Path, walks: tuple[str, ...]) -> int | None:
     return len(walks) - 1 - walks[::-1].index(path.segment)
 
 
-def own_values(path: Path, walks: tuple[str, ...]) -> Callable | None:
-    """``fn(reader, scopes)`` giving what ``Reader.values(path, scopes)`` gives, reading the
-    rule's own group straight; None when ``path`` reads no group of the rule (see own_group)."""
+def values_reader(path: Path, walks: tuple[str, ...]) -> Callable:
+    """``fn(reader, scopes)`` giving what ``reader.values(path, scopes)`` gives: the rule's own
+    group read straight where ``path`` names one (see own_group), else that call."""
     k = own_group(path, walks)
     if k is None:
-        return None
+        return lambda m, s: m.values(path, s)
     n, pos = len(walks), position(path)
 
     def values(m: Any, s: tuple) -> list[str | None]:
@@ -248,12 +248,12 @@ def own_values(path: Path, walks: tuple[str, ...]) -> Callable | None:
     return values
 
 
-def own_raw_field(path: Path, walks: tuple[str, ...]) -> Callable | None:
-    """``fn(reader, scopes, reads)`` giving what ``Reader.raw_field`` gives, reading the rule's
-    own group straight; None when ``path`` reads no group of the rule (see own_group)."""
+def field_reader(path: Path, walks: tuple[str, ...]) -> Callable:
+    """``fn(reader, scopes, reads)`` giving what ``reader.raw_field(path, scopes, reads)`` gives:
+    the rule's own group read straight where ``path`` names one (see own_group), else that call."""
     k = own_group(path, walks)
     if k is None or path.field is None:
-        return None
+        return lambda m, s, reads: m.raw_field(path, s, reads)
     n, field = len(walks), path.field
 
     def raw(m: Any, s: tuple, reads: Any) -> str:

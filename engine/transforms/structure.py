@@ -92,19 +92,21 @@ def ordinal(segment: str, per: list[Fn]) -> Fn:
     return number
 
 
-def typed(p: Path, type_of: Fn | str, type_source: str, name: str | None, default_zone: tzinfo, own: Any = None) -> Fn:
+def typed(
+    p: Path, type_of: Fn | str, type_source: str, name: str | None, default_zone: tzinfo, read: Callable[..., str]
+) -> Fn:
     """Field ``p`` decoded by its data type: one part (``name``) or every repetition as JSON.
 
     ``type_of`` is a data type's name or the expression giving it (``type_source`` its text).
     The columns of one record read the same field in turn: its decoding is kept and reused
-    while the field, the record's scopes and the type's expression stay the same. ``own`` reads
-    the field from the rule's own group (:func:`engine.transforms.reader.own_raw_field`).
+    while the field, the record's scopes and the type's expression stay the same. ``read`` reads
+    the field (:func:`engine.transforms.reader.field_reader`).
     """
     parts = COMPONENTS.get((type_of, name or "")) if isinstance(type_of, str) else None
     reads = {f"{p.segment}-{p.field}.{c}" for c in parts} if parts else {position(p)}
 
     def value(m, s: tuple) -> Any:
-        raw = m.raw_field(p, s, reads) if own is None else own(m, s, reads)
+        raw = read(m, s, reads)
         if not raw:
             return MISSING
         if raw == '""':
