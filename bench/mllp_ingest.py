@@ -48,10 +48,18 @@ bare ACK server   an asyncio MLLP server in a subprocess that answers every fram
                   minimal ACK (MSA|AA|<MSH-10>) and stores nothing, driven by the same client
                   code over the same connection counts: the ceiling of client + loopback.
 parse rates       hl7apy (find_groups=True) and the engine's tokenizer on the same messages, one core.
+floor             ``bench/floor.py``: the engine's durable work for the same mix done by hand in
+                  plain Python and sqlite3 (receipt committed, claim, tokenize, the very rows the
+                  engine writes into both stores, statuses; no mapping language, no checks), CPU
+                  ms per message for one connection (each receipt committed alone) and for many
+                  (receipts committed 20 together), processing in batches of 20 in both; plus the
+                  bare server's CPU for the sockets: the least a Python engine can spend.
 
 The ratios print each engine run's ACK rate as a % of the fsync limit and of the bare server
-at the same connection count. A markdown table for a README closes the output, with the
-command line, the date, the CPU count and the Python version.
+at the same connection count, and its CPU per message as a multiple of the floor (one or many
+connections, plus the bare server's CPU at that connection count). A
+markdown table for a README closes the output, with the command line, the date, the CPU count
+and the Python version.
 
 Figures are printed, never asserted: this machine is shared and they vary by a few percent.
 """
@@ -61,6 +69,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import json
 import os
 import random
 import shlex
@@ -533,6 +542,24 @@ def parse_rates(messages: list[bytes], limit: int = 300) -> dict[str, float]:
     return {"hl7apy (find_groups=True)": apy, "engine tokenizer": own}
 
 
+def floor_cpu(n: int) -> dict[str, float]:
+    """``bench/floor.py --json`` in a subprocess (it sets its own stores' environment): CPU ms
+    per message by hand, for one connection and for many."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("floor.py")), "-n", str(n), "--json"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def floor_for(floor: dict[str, float], bare: dict, conns: int) -> float | None:
+    """The floor's CPU per message for ``conns`` connections: stores by hand plus the sockets."""
+    if not floor or conns not in bare:
+        return None
+    return floor["one" if conns == 1 else "many"] + bare[conns]["cpu_ms"]
+
+
 def pct(values: list[float], p: float) -> float:
     """The ``p`` quantile of ``values`` (seconds), in ms."""
     values = sorted(values)
@@ -581,7 +608,7 @@ def main() -> None:
     )
 
     fsync_seconds = 1.0 if args.quick else 2.0
-    fsync, fsync_before, bare, parse = None, None, {}, {}
+    fsync, fsync_before, bare, parse, floor = None, None, {}, {}, {}
     if not args.no_anchors:
         print("\nanchors:")
         fsync_before = fsync_limit(fsync_seconds)["commits"]
@@ -596,6 +623,11 @@ def main() -> None:
         parse = parse_rates(sets["many"], 100 if args.quick else 300)
         for k, v in parse.items():
             print(f"  bare parse, one core, {k:28} {v:8.0f} msg/s")
+        floor = floor_cpu(500 if args.quick else 2000)
+        print(
+            f"  floor (bench/floor.py, by hand: sqlite3, no mapping language)  {floor['one']:.3f} / "
+            f"{floor['many']:.3f} ms CPU per message, one / many connections, without sockets"
+        )
 
     results = []
     for who in args.patients:
@@ -615,6 +647,9 @@ def main() -> None:
                 ratios.append(f"{100 * r['acked'] / bare[conns]['acked']:.0f}% of the bare ACK server")
             if ratios:
                 print(f"  ACK rate is       {', '.join(ratios)}")
+            least = floor_for(floor, bare, conns)
+            if least:
+                print(f"  engine CPU is     {r['cpu_ms'] / least:.1f}x the floor ({least:.2f} ms/msg with the sockets)")
             if r["unfinished"]:
                 print(f"  !! {r['unfinished']} message(s) not in a final status after 120 s without progress")
             if r["log_lines"]:
@@ -630,30 +665,37 @@ def main() -> None:
     print(f"\n`{command}` ({date}; {machine()})\n")
     print(
         "| run | ACK msg/s | end-to-end msg/s | ACK p50 ms | ACK p99 ms | engine CPU ms/msg | client CPU ms/msg "
-        "| ACK vs fsync limit | ACK vs bare server |"
+        "| ACK vs fsync limit | ACK vs bare server | CPU vs floor |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for who, conns, r in results:
         vs_fsync = f"{100 * r['acked'] / fsync:.0f}%" if fsync else "-"
         vs_bare = f"{100 * r['acked'] / bare[conns]['acked']:.0f}%" if conns in bare else "-"
+        least = floor_for(floor, bare, conns)
+        vs_floor = f"{r['cpu_ms'] / least:.1f}x" if least else "-"
         print(
             f"| {engine}, {conns} conn, {who} patient{'s' if who == 'many' else ''} "
             f"| {r['acked']:.0f} | {r['e2e']:.0f} "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} "
-            f"| {vs_fsync} | {vs_bare} |"
+            f"| {vs_fsync} | {vs_bare} | {vs_floor} |"
         )
     if fsync:
         print(
             f"| anchor: fsync limit (SQLite WAL, synchronous=FULL), before / after the runs "
-            f"| {fsync_before:.0f} / {fsync_after:.0f} commits/s |" + " |" * 7
+            f"| {fsync_before:.0f} / {fsync_after:.0f} commits/s |" + " |" * 8
         )
     for conns, b in bare.items():
         print(
             f"| anchor: bare ACK server, {conns} conn | {b['acked']:.0f} | | {b['p50']:.2f} | {b['p99']:.2f} "
-            f"| {b['cpu_ms']:.3f} | {b['client_cpu_ms']:.3f} | | |"
+            f"| {b['cpu_ms']:.3f} | {b['client_cpu_ms']:.3f} | | | |"
         )
     for k, v in parse.items():
-        print(f"| anchor: bare parse, {k} | {v:.0f} msg/s | | | | | | | |")
+        print(f"| anchor: bare parse, {k} | {v:.0f} msg/s | | | | | | | | |")
+    if floor:
+        print(
+            f"| anchor: floor by hand (bench/floor.py), one / many connections, no sockets | | | | "
+            f"| {floor['one']:.3f} / {floor['many']:.3f} | | | | |"
+        )
     print("\nEngine CPU ms per message by thread (of which system time):\n")
     for who, conns, r in results:
         print(f"- {engine}, {conns} conn, {who} patient{'s' if who == 'many' else ''}: {_by_thread(r)}")
