@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("worker", cmd_worker, "process messages from the Redis queue (scale-out)")
     sp.add_argument("--processes", type=int, default=1, help="worker processes (default %(default)s)")
     sp.add_argument("--threads", type=int, default=4, help="threads per process (default %(default)s)")
+    sp.add_argument("--from-parent", action="store_true", help=argparse.SUPPRESS)  # process:// (engine/queue.py)
+    sp.add_argument("--release-claims", action="store_true", help=argparse.SUPPRESS)  # its predecessor died
     cmd("status", cmd_status, "messages per channel and status, queue depth, oldest pending, workers alive")
     cmd("check", cmd_check, "validate the config and every mapping it names")
     sp = cmd("try", cmd_try, "show the records a mapping produces for the messages in a file", config=False)
@@ -207,6 +209,17 @@ def cmd_worker(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if cfg.queue.url.startswith("process:") != args.from_parent:
+        print(
+            "error: with queue.url process://, `engine run` starts its own worker process; "
+            "set queue.url (ENGINE_QUEUE_URL) to redis://... to run workers of your own"
+            if not args.from_parent
+            else "error: --from-parent is for the worker that `engine run` starts with queue.url process://",
+            file=sys.stderr,
+        )
+        return 2
+    if args.from_parent:
+        return _worker_from_parent(cfg, release_claims=args.release_claims)
     if args.processes > 1:
         children = [
             subprocess.Popen(
@@ -248,6 +261,31 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def _worker_from_parent(cfg, *, release_claims: bool) -> int:
+    """``engine worker --from-parent``: the process:// worker of one ``engine run``, fed ids on
+    standard input until that engine closes the pipe or dies (engine/queue.py, ProcessQueue).
+    ``release_claims``: its engine saw the worker before it die, so their claims are stale."""
+    from engine.queue import feed_from_parent
+    from engine.runtime import WORKER, Runtime, settle
+
+    def stop(*_):
+        raise SystemExit(0)
+
+    rt = Runtime(cfg, role=WORKER)
+    rt.prepare_schemas()
+    signal.signal(signal.SIGTERM, stop)
+    if release_claims:
+        rt.message_store.release_claims()
+    rt.start()
+    settle()
+    print(f"worker {os.getpid()}: processing for engine run {os.getppid()}", flush=True)
+    try:
+        feed_from_parent(rt.queue)
+    finally:
+        rt.stop()
+    return 0
+
+
 def cmd_status(args) -> int:
     from datetime import datetime
 
@@ -273,6 +311,8 @@ def cmd_status(args) -> int:
     queue = cfg.queue.url.split("://", 1)[0]
     if queue == "memory":
         print("\nqueue: in-process (memory://)")
+    elif queue == "process":
+        print("\nqueue: engine run's own worker process (process://)")
     else:
         try:
             q = make_queue(cfg.queue.url, None)

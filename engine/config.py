@@ -59,8 +59,10 @@ class StoreConfig(_Model):
 
 
 class QueueConfig(_Model):
-    url: str = Field("memory://", pattern=r"^(memory://.*|rediss?://.+|unix://.+)$")
-    """``memory://`` (in-process, the embedded default) or ``redis://host:port/db`` (dramatiq)."""
+    url: str = Field("memory://", pattern=r"^(memory://.*|process://.*|rediss?://.+|unix://.+)$")
+    """``memory://`` (in-process, the embedded default), ``process://`` (a worker process that
+    ``engine run`` starts and feeds over a pipe: a second core without a broker) or
+    ``redis://host:port/db`` (dramatiq, ``engine worker`` processes)."""
     batch_size: int = Field(200, ge=1, le=10_000)
     """Most messages one worker step processes in one store transaction."""
     linger_ms: float = Field(20.0, ge=0, le=1000)

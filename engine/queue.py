@@ -5,15 +5,26 @@ print task arguments). The embedded default is :class:`MemoryQueue`: one worker 
 engine's process that takes ids in the order they were committed, so updates for one patient
 apply in receive order. Nothing is lost if the process dies: the ids are re-read from the
 message store's RECEIVED/QUEUED rows at the next start.
+
+``process://`` (:class:`ProcessQueue`) keeps the embedded stores and needs no broker, but
+processes in a worker process of its own that ``engine run`` starts and feeds over a pipe: the
+listener and the processing each get an interpreter (and a core). ``redis://`` hands the ids to
+any number of ``engine worker`` processes through dramatiq (:class:`RedisQueue`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.stores.db import pinned_connections
 from engine.threads import Thread
@@ -185,14 +196,153 @@ class RedisQueue:
         self.broker.close()
 
 
+class ProcessQueue:
+    """``process://``: the listener's side of a worker process it starts and feeds over a pipe.
+
+    ``engine run`` starts ``engine worker --from-parent`` with the same configuration and
+    environment, and writes each batch of ids to its standard input as a line of JSON
+    (``["adt", [12, 13]]``: ids only). The worker processes them in its own
+    :class:`MemoryQueue`, so its batching, ordering holds and retries are the embedded engine's.
+    Why a pipe and not a library queue: ids only go one way, to one process that this one owns,
+    and a closed pipe is how each side learns the other is gone. ``multiprocessing`` would fork
+    this process's threads and database connections, or spawn with pickling; a broker is what
+    this mode exists to do without.
+
+    Nothing is lost when the worker dies: what it had in hand is still RECEIVED or QUEUED in the
+    message store. Another worker is started after ``RESTART_SECONDS`` (doubling, up to
+    ``RESTART_MAX_SECONDS``, while workers die young: a worker that cannot start is not
+    restarted in a tight loop); it releases the dead one's claims, known dead because this
+    process waited for it, and dispatches everything pending, as an embedded engine does at
+    start. Ids written while no worker runs raise from :meth:`enqueue`, and the runtime keeps
+    them for its sweeper. When ``engine run`` dies, even by SIGKILL, the worker reads the end
+    of its input, finishes what it holds and exits; so the first worker of an engine does not
+    release claims (its predecessor may still be finishing a batch): after a crash, what the
+    last run held waits for its claims to run out (``queue.claim_seconds``).
+    """
+
+    RESTART_SECONDS = 1.0
+    RESTART_MAX_SECONDS = 30.0
+    YOUNG_SECONDS = 10.0
+    """A worker that exits sooner than this after its start died young: the next waits longer."""
+
+    def __init__(self, config: Path | None):
+        self._config = config
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._watcher = Thread(target=self._watch, name="engine-workerwatch", daemon=True)
+
+    def _spawn(self, *, release_claims: bool = False) -> subprocess.Popen:
+        command = [sys.executable, "-m", "engine.cli", "worker", "--from-parent"]
+        if self._config is not None:
+            command += ["--config", str(self._config)]
+        if release_claims:
+            command.append("--release-claims")
+        # its own process group: a Ctrl-C at the terminal stops engine run, which then closes
+        # the pipe; the worker finishes what it holds instead of dying with it mid-batch
+        return subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+
+    def start(self) -> None:
+        self._proc = self._spawn()
+        self._watcher.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The running worker process's id (None before start)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def _watch(self) -> None:
+        """Start another worker when one exits while the engine runs."""
+        delay = self.RESTART_SECONDS
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping:
+                return
+            young = time.monotonic() - started < self.YOUNG_SECONDS
+            delay = min(delay * 2, self.RESTART_MAX_SECONDS) if young else self.RESTART_SECONDS
+            log.error("worker process %d exited (%s); another starts in %.0f s", proc.pid, code, delay)
+            time.sleep(delay)
+            with self._lock:
+                if self._stopping:
+                    return
+                self._proc = self._spawn(release_claims=True)
+
+    def enqueue(self, channel: str, ids: list[int]) -> None:
+        """Write the ids to the worker; raises OSError when it is gone (the caller keeps them)."""
+        if not ids:
+            return
+        line = json.dumps([channel, list(ids)], separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.stdin is None or proc.poll() is not None:
+                raise BrokenPipeError("the worker process is not running")
+            proc.stdin.write(line)
+            proc.stdin.flush()
+
+    def depth(self) -> int:
+        return 0  # what the worker holds is its own; the message store counts what is pending
+
+    def idle(self) -> bool:
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Close the pipe: the worker finishes what it holds (up to ``timeout`` seconds), then exits."""
+        with self._lock:
+            self._stopping = True
+            proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):  # the worker is gone already
+                proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("worker process %d did not finish in %.0f s; stopped", proc.pid, timeout)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+def feed_from_parent(queue: MemoryQueue, stream=None) -> None:
+    """The worker's side of :class:`ProcessQueue`: hand each line's ids to ``queue`` until the
+    parent closes the pipe (or dies). A line that is not ``[channel, [ids]]`` is logged and
+    skipped: its messages stay pending in the store, and the sweeper dispatches them."""
+    stream = stream if stream is not None else sys.stdin.buffer
+    for line in stream:
+        try:
+            channel, ids = json.loads(line)
+            if not isinstance(channel, str) or not all(type(i) is int for i in ids):
+                raise ValueError("not [channel, [ids]]")
+        except (ValueError, TypeError) as exc:
+            log.error("worker process: unreadable line from engine run skipped (%s)", type(exc).__name__)
+            continue
+        queue.enqueue(channel, ids)
+
+
 def make_queue(
-    url: str, handler: Handler | None, *, batch_size: int = 200, threads: int = 4, linger_seconds: float = 0.02
+    url: str,
+    handler: Handler | None,
+    *,
+    batch_size: int = 200,
+    threads: int = 4,
+    linger_seconds: float = 0.02,
+    config: Path | None = None,
 ):
-    """The queue a URL names: ``memory://`` (in-process) or ``redis://host:port/db``."""
-    if url.startswith("memory:"):
+    """The queue a URL names: ``memory://`` (in-process), ``process://`` (a worker process of
+    ``engine run``'s own; ``config`` is the file it loads) or ``redis://host:port/db``.
+
+    With ``process://``, the listener (no ``handler``) gets the pipe to its worker and the
+    worker (a ``handler``) the in-process queue that the pipe feeds."""
+    if url.startswith("memory:") or (url.startswith("process:") and handler is not None):
         if handler is None:
             raise ValueError("the in-process queue needs a handler: it processes in this process")
         return MemoryQueue(handler, batch_size=batch_size, linger_seconds=linger_seconds)
+    if url.startswith("process:"):
+        return ProcessQueue(config)
     if url.startswith(("redis:", "rediss:", "unix:")):
         return RedisQueue(url, handler, threads=threads)
-    raise ValueError(f"unknown queue URL scheme in {url.split(':', 1)[0]!r} (memory:// or redis://)")
+    raise ValueError(f"unknown queue URL scheme in {url.split(':', 1)[0]!r} (memory://, process:// or redis://)")

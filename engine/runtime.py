@@ -45,8 +45,9 @@ class Runtime:
     """Everything one engine process runs. ``start()`` processing, then ``start_sources()``.
 
     ``role``: ``all`` (embedded: listeners and processing in this process, in-process
-    queue), ``listener`` (``engine run`` with a Redis queue: receive, commit, ACK, enqueue)
-    or ``worker`` (``engine worker``: consume the Redis queue and process).
+    queue), ``listener`` (``engine run`` with a Redis or process queue: receive, commit, ACK,
+    enqueue) or ``worker`` (``engine worker``: consume the Redis queue, or the pipe from its
+    ``engine run`` with ``process://``, and process).
     """
 
     def __init__(self, cfg: Config, *, role: str | None = None, threads: int = 4):
@@ -69,6 +70,7 @@ class Runtime:
             batch_size=q.batch_size,
             threads=threads,
             linger_seconds=q.linger_ms / 1000,
+            config=cfg.file,
         )
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
