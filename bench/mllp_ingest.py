@@ -2,7 +2,7 @@
 beside same-run anchors that say what the absolute figures are worth on this machine.
 
     python bench/mllp_ingest.py [-n 5000] [--connections 1 8] [--patients many one] [--no-anchors] [--quick]
-                                [--worker-process]
+                                [--worker-process | --process-queue]
 
 Each engine run starts a fresh ``engine run`` on the repo's config/channels.yaml (the ``adt``
 and ``lab-results`` MLLP channels) with its three SQLite stores in a temporary folder and the
@@ -18,7 +18,9 @@ the matrix connections x patients:
 
 ``--worker-process`` runs processing in one ``engine worker`` process instead of the engine's
 own thread, on a redis-server of its own (the stores stay SQLite): what the listener alone does,
-and what a second interpreter buys and costs.
+and what a second interpreter buys and costs. ``--process-queue`` does the same without a
+broker: ``queue.url: process://``, the worker process that ``engine run`` starts and feeds
+over a pipe.
 
 Figures of an engine run:
 
@@ -203,11 +205,18 @@ def _proc_cpu(pid: int) -> float:
     for (the engine's FHIR check processes, say), from /proc (0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
     except OSError:
         return 0.0
     own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
-    return own + sum(_proc_cpu(c) for c in children)
+    return own + sum(_proc_cpu(c) for c in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc; none elsewhere)."""
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _thread_cpu(pid: int, prefix: str = "") -> dict[str, list[float]]:
@@ -278,8 +287,11 @@ class Engine:
             stdout=subprocess.PIPE,
             stderr=open(self.dir / "engine.log", "wb"),  # noqa: SIM115 - the child keeps it open
         )
-        started = 0
-        while started < 2:
+        # measured from when every process has started: a worker's start-up (imports, mappings)
+        # is seconds of CPU, not the messages'
+        own_worker = self.env.get("ENGINE_QUEUE_URL", "").startswith("process:")
+        started, worker_said = 0, not own_worker
+        while started < 2 or not worker_said:
             line = self.proc.stdout.readline()
             if not line:
                 self.proc.wait()
@@ -287,16 +299,20 @@ class Engine:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 raise SystemExit(log)
             started += line.startswith(b"channel ")
+            worker_said = worker_said or line.startswith(b"worker ")
         self.workers = [
             subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", "worker", "--threads", str(threads), *config_args],
                 cwd=ROOT,
                 env=self.env,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=open(self.dir / f"worker{k}.log", "wb"),  # noqa: SIM115 - the child keeps it open
             )
             for k in range(workers)
         ]
+        for w in self.workers:
+            if not w.stdout.readline().startswith(b"worker "):
+                raise SystemExit(f"a worker did not start; see {self.dir}")
         self.db = create_engine(self.env["ENGINE_MESSAGE_STORE_URL"])
 
     def port_for(self, message: bytes) -> int:
@@ -320,6 +336,8 @@ class Engine:
         out = _thread_cpu(self.proc.pid)
         for k, w in enumerate(self.workers):
             out.update(_thread_cpu(w.pid, f"worker process {k}: "))
+        for child in _children(self.proc.pid):  # process://: the worker engine run started
+            out.update(_thread_cpu(child, "its worker process: "))
         return out
 
     def log_lines(self) -> int:
@@ -591,12 +609,17 @@ def main() -> None:
     ap.add_argument(
         "--worker-process", action="store_true", help="processing in an `engine worker` process (private redis-server)"
     )
+    ap.add_argument(
+        "--process-queue", action="store_true", help="queue.url process://: engine run's own worker process, no broker"
+    )
     args = ap.parse_args()
     redis = PrivateRedis().start() if args.worker_process else None
     if redis:
         atexit.register(redis.close)
     queue = {"ENGINE_QUEUE_URL": redis.url} if redis else None
     engine = "engine + 1 worker process" if redis else "engine"
+    if args.process_queue:
+        queue, engine = {"ENGINE_QUEUE_URL": "process://"}, "engine, process://"
     n = args.n or (1000 if args.quick else 5000)
     command = shlex.join(["python", "bench/mllp_ingest.py", *sys.argv[1:]])
     date = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
