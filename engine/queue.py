@@ -60,9 +60,15 @@ class MemoryQueue:
         if not ids:
             return
         with self._cond:
+            # wake the worker only for what its waits look at: ids where there were none, a
+            # full batch, an urgent one. A notify per id woke a lingering worker for nothing
+            # each time: on one connection, every message (the process:// listener's outbox,
+            # which works the same way, spent 0.02-0.03 ms of CPU per message on it)
+            wake = not self._items or urgent
             self._items.extend((channel, i) for i in ids)
             self._urgent = self._urgent or urgent
-            self._cond.notify()
+            if wake or len(self._items) >= self._batch_size:
+                self._cond.notify()
 
     def depth(self) -> int:
         return len(self._items)

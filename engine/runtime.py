@@ -61,6 +61,7 @@ class Runtime:
         self._inflight_lock = threading.Lock()
         self._undispatched: dict[str, set[int]] = {}
         self._outbox: dict[str, list[int]] = {}
+        self._outbox_count = 0  # ids in the outbox
         self._outbox_urgent = False
         self._outbox_ready = threading.Condition()
         self._outbox_thread = Thread(target=self._run_outbox, name="engine-dispatch", daemon=True)
@@ -153,9 +154,12 @@ class Runtime:
         """
         if self.distributed:
             with self._outbox_ready:
+                wake = not self._outbox or urgent  # see MemoryQueue.enqueue: only a change the wait looks at
                 self._outbox.setdefault(channel, []).extend(ids)
+                self._outbox_count += len(ids)
                 self._outbox_urgent = self._outbox_urgent or urgent
-                self._outbox_ready.notify()
+                if wake or self._outbox_count >= self.cfg.queue.batch_size:
+                    self._outbox_ready.notify()
             return
         with self._inflight_lock:
             ids = [i for i in ids if i not in self._inflight]
@@ -171,13 +175,13 @@ class Runtime:
                     return
                 deadline = time.monotonic() + self.cfg.queue.linger_ms / 1000
                 while (
-                    sum(map(len, self._outbox.values())) < self.cfg.queue.batch_size
+                    self._outbox_count < self.cfg.queue.batch_size
                     and not self._stop.is_set()
                     and not self._outbox_urgent
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._outbox_ready.wait(left)
-                out, self._outbox, self._outbox_urgent = self._outbox, {}, False
+                out, self._outbox, self._outbox_urgent, self._outbox_count = self._outbox, {}, False, 0
             size = self.cfg.queue.batch_size
             for channel, ids in out.items():
                 for k in range(0, len(ids), size):
