@@ -252,11 +252,6 @@ class ProcessQueue:
         self._proc = self._spawn()
         self._watcher.start()
 
-    @property
-    def pid(self) -> int | None:
-        """The running worker process's id (None before start)."""
-        return self._proc.pid if self._proc is not None else None
-
     def _watch(self) -> None:
         """Start another worker when one exits while the engine runs."""
         delay = self.RESTART_SECONDS

@@ -73,6 +73,9 @@ class Runtime:
             linger_seconds=q.linger_ms / 1000,
             config=cfg.file,
         )
+        # ids go through the outbox to a queue outside this process; a process:// worker's
+        # queue is its own MemoryQueue, which it feeds directly (one linger, not two)
+        self._outbox_used = self.distributed and not isinstance(self.queue, MemoryQueue)
         self.committer = Committer(self.message_store, self._dispatch)
         self.receiver = Receiver(self.committer, poll_results=self.distributed)
         self.receiver.config = cfg  # sources that read more than their own block (claims: billing:, stores:)
@@ -136,7 +139,7 @@ class Runtime:
         """Start this role's threads; a processing role re-dispatches what was left pending."""
         self.committer.start()
         self.queue.start()
-        if self.distributed:
+        if self._outbox_used:
             self._outbox_thread.start()
         if self.role == ALL:  # the only processor of these stores: nobody else holds a claim
             self.message_store.release_claims()
@@ -152,7 +155,7 @@ class Runtime:
         queue): a batch lets a worker claim, load and write many messages in a few round trips.
         ``urgent`` (a sender waits for the outcome: an after_processing ACK) ends the wait.
         """
-        if self.distributed:
+        if self._outbox_used:
             with self._outbox_ready:
                 wake = not self._outbox or urgent  # see MemoryQueue.enqueue: only a change the wait looks at
                 self._outbox.setdefault(channel, []).extend(ids)
