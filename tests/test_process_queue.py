@@ -5,8 +5,9 @@ The ``adt`` channel maps into the clinical and PM stores and forwards every mess
 to a test listener (Downstream). Proved for every message the engine ACKed AA: applied once in
 effect (its own encounter and visit rows, written by that message), the patient's last update
 shows, and the downstream got it exactly once and per patient in order; with the worker killed
-mid-stream, another takes over and the downstream gets at least once in order, a repeat only
-of the one message in flight. And no worker outlives its engine, even one killed by SIGKILL.
+mid-stream, or the whole engine killed and started again, the downstream gets at least once in
+order, a repeat only of the one message in flight. And no worker outlives its engine, even one
+killed by SIGKILL.
 """
 
 from __future__ import annotations
@@ -181,3 +182,33 @@ def test_a_worker_skips_an_unreadable_line_and_goes_on(tmp_path, downstream):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_acked_messages_survive_a_killed_engine_and_are_applied_once_after_restart(tmp_path, downstream):
+    """The engine SIGKILLed right after the last ACK: its worker finishes what it was handed and
+    exits, the next engine's worker takes the rest; every ACKed message applied once, the
+    patient's last update shows, the downstream got each in order (a repeat only of a delivery
+    in flight)."""
+    from conftest import MllpConnection, ack_fields, adt_update
+
+    eng = start(tmp_path, downstream)
+    orphan = wait_worker(eng)
+    conn = MllpConnection(eng.adt_port)
+    sent = [(f"F{seq:06d}", f"P{seq % 7:04d}", adt_update(seq, seq % 7)) for seq in range(1, 301)]
+    for _cid, _key, msg in sent:
+        assert ack_fields(conn.send(msg))["MSA"][1] == "AA"
+    conn.close()
+    eng.stop(signal.SIGKILL)  # right after the last ACK: the worker is still mapping
+    eng2 = start(tmp_path, downstream)  # the same folder: the same store files
+    try:
+        acked: dict[str, list[str]] = {}
+        for cid, key, _msg in sent:
+            acked.setdefault(key, []).append(cid)
+        sender = Sender(eng2.adt_port, [])
+        sender.acked = acked
+        assert_applied_once(eng2, sender)
+        assert not Path(f"/proc/{orphan}/cmdline").exists() or not Path(f"/proc/{orphan}/cmdline").read_bytes()
+        downstream.wait_for([cid for cid, _k, _m in sent])
+        downstream.assert_at_least_once_in_order(acked, max_repeats=1)
+    finally:
+        eng2.stop()
