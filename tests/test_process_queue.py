@@ -212,3 +212,21 @@ def test_acked_messages_survive_a_killed_engine_and_are_applied_once_after_resta
         downstream.assert_at_least_once_in_order(acked, max_repeats=1)
     finally:
         eng2.stop()
+
+
+def test_after_processing_acks_come_from_the_worker_process(fresh_engine, tmp_path):
+    """``ack_mode: after_processing``: the listener answers once its worker process recorded the
+    outcome: AA with the patient already stored, AE naming what the mapping could not do."""
+    from conftest import MllpConnection, ack_fields, adt_config, adt_update
+
+    config = adt_config(tmp_path, ack_mode="after_processing")
+    config.write_text(config.read_text() + 'queue: {url: "process://"}\n')
+    eng = fresh_engine(config)
+    wait_worker(eng)
+    conn = MllpConnection(eng.adt_port, timeout=30)
+    assert ack_fields(conn.send(adt_update(1, 7)))["MSA"][1] == "AA"
+    assert eng.query("clinical", "select mrn from patient")[0]["mrn"] == "P0007"  # stored before the AA
+    no_mrn = adt_update(2, 8).replace(b"P0008^^^NORTH^MR", b"")
+    ack = ack_fields(conn.send(no_mrn))
+    assert ack["MSA"][1] == "AE" and "mrn" in ack["MSA"][3].lower()
+    conn.close()
