@@ -35,9 +35,14 @@ class ChannelStates:
         self._lock = threading.Lock()
 
     def paused(self, channel: str) -> bool:
-        """Whether ``channel`` is paused now (as of at most ``refresh_seconds`` ago)."""
+        """Whether ``channel`` is paused now: "not paused" as of at most ``refresh_seconds``
+        ago, "paused" as of now. A resume written by another process (the console runs in
+        ``engine run``, processing in a worker process) is followed at once by the hand-on of
+        the held messages; a worker that answered them from a "paused" it had read a moment
+        before would drop them until the sweeper found them stuck, minutes later. A paused
+        channel's batches are few (its messages wait), so reading for each costs little."""
         with self._lock:
-            if time.monotonic() - self._read_at >= self._refresh:
+            if channel in self._paused or time.monotonic() - self._read_at >= self._refresh:
                 self._read()
             return channel in self._paused
 

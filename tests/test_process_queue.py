@@ -230,3 +230,38 @@ def test_after_processing_acks_come_from_the_worker_process(fresh_engine, tmp_pa
     ack = ack_fields(conn.send(no_mrn))
     assert ack["MSA"][1] == "AE" and "mrn" in ack["MSA"][3].lower()
     conn.close()
+
+
+def test_a_resumed_channel_hands_on_to_the_worker_process_at_once(tmp_path):
+    """The console (in engine run) pauses and resumes; the worker process reads the channel's
+    state from the store. Messages handed on at the resume are processed then, even when the
+    worker read "paused" a moment before (not when the sweeper finds them stuck, minutes later)."""
+    import httpx
+    from conftest import SAMPLE_ADMIN_PASSWORD, MllpConnection, ack_fields, adt_update
+
+    eng = EngineProcess(tmp_path, env={"ENGINE_QUEUE_URL": "process://"}).start()
+    try:
+        wait_worker(eng)
+        admin = httpx.Client(base_url=eng.console_url, timeout=30, headers={"X-Requested-With": "engine-console"})
+        assert admin.post("/api/login", json={"name": "admin", "password": SAMPLE_ADMIN_PASSWORD}).status_code == 200
+        conn = MllpConnection(eng.adt_port)
+        assert ack_fields(conn.send(adt_update(1, 1)))["MSA"][1] == "AA"  # the worker is up and processing
+        eng.wait_for("messages", "select status from messages", lambda r: r and r[0]["status"] == "SENT", timeout=30)
+        assert admin.post("/api/channels/adt/pause").json()["paused"] is True
+        time.sleep(1.2)  # longer than the worker keeps what it read of the state
+        for seq in range(2, 5):  # each handed to the worker, which reads that the channel is paused
+            assert ack_fields(conn.send(adt_update(seq, 1)))["MSA"][1] == "AA"
+        conn.close()
+        time.sleep(0.3)
+        held = eng.query("messages", "select status from messages where id > 1")
+        assert [r["status"] for r in held] == ["RECEIVED"] * 3  # held, not taken
+        # resumed well within a second of the worker's look at the state
+        assert admin.post("/api/channels/adt/resume").json()["paused"] is False
+        eng.wait_for(
+            "messages",
+            "select count(*) as n from messages where status = 'SENT'",
+            lambda r: r[0]["n"] == 4,
+            timeout=10,
+        )
+    finally:
+        eng.stop()
