@@ -8,7 +8,9 @@ per-patient order holds across the pause. This is what an operator wants when a 
 system is down or a mapping is found wrong: hold, fix, resume, and nothing is lost or reordered.
 
 The state lives in the message store (``channel_state``), so every process (listener, workers)
-sees it; each reads it at most once a second.
+sees it. The process that runs the console writes it and knows at once; a worker process
+(``engine worker``, or the worker that ``engine run`` starts with ``process://``) reads it for
+each batch it takes, so a pause holds every batch taken after the console answered.
 """
 
 from __future__ import annotations
@@ -35,14 +37,12 @@ class ChannelStates:
         self._lock = threading.Lock()
 
     def paused(self, channel: str) -> bool:
-        """Whether ``channel`` is paused now: "not paused" as of at most ``refresh_seconds``
-        ago, "paused" as of now. A resume written by another process (the console runs in
-        ``engine run``, processing in a worker process) is followed at once by the hand-on of
-        the held messages; a worker that answered them from a "paused" it had read a moment
-        before would drop them until the sweeper found them stuck, minutes later. A paused
-        channel's batches are few (its messages wait), so reading for each costs little."""
+        """Whether ``channel`` is paused now (as of at most ``refresh_seconds`` ago; a worker
+        process reads each time, see the module's docstring). A cached answer in a worker was
+        wrong both ways: a message sent right after a pause was processed, and the messages
+        handed on at a resume were dropped as paused, until the sweeper found them stuck."""
         with self._lock:
-            if channel in self._paused or time.monotonic() - self._read_at >= self._refresh:
+            if time.monotonic() - self._read_at >= self._refresh:
                 self._read()
             return channel in self._paused
 

@@ -87,7 +87,9 @@ class Runtime:
             ]
             for ch in cfg.channels
         }
-        self.channel_states = ChannelStates(self.message_store.engine)
+        # a worker process reads the state for each batch: a pause written by the console (in
+        # engine run) holds every batch it takes after it, as in the embedded engine
+        self.channel_states = ChannelStates(self.message_store.engine, refresh_seconds=0 if self.role == WORKER else 1)
         self.processor = Processor(
             self.message_store,
             {ch.name: ch for ch in cfg.channels},

@@ -232,10 +232,11 @@ def test_after_processing_acks_come_from_the_worker_process(fresh_engine, tmp_pa
     conn.close()
 
 
-def test_a_resumed_channel_hands_on_to_the_worker_process_at_once(tmp_path):
+def test_a_pause_holds_at_once_and_a_resume_hands_on_at_once_in_the_worker_process(tmp_path):
     """The console (in engine run) pauses and resumes; the worker process reads the channel's
-    state from the store. Messages handed on at the resume are processed then, even when the
-    worker read "paused" a moment before (not when the sweeper finds them stuck, minutes later)."""
+    state from the store. Messages sent right after the pause are held; those handed on at the
+    resume are processed then, though the worker read "paused" a moment before (not when the
+    sweeper finds them stuck, minutes later)."""
     import httpx
     from conftest import SAMPLE_ADMIN_PASSWORD, MllpConnection, ack_fields, adt_update
 
@@ -248,11 +249,10 @@ def test_a_resumed_channel_hands_on_to_the_worker_process_at_once(tmp_path):
         assert ack_fields(conn.send(adt_update(1, 1)))["MSA"][1] == "AA"  # the worker is up and processing
         eng.wait_for("messages", "select status from messages", lambda r: r and r[0]["status"] == "SENT", timeout=30)
         assert admin.post("/api/channels/adt/pause").json()["paused"] is True
-        time.sleep(1.2)  # longer than the worker keeps what it read of the state
-        for seq in range(2, 5):  # each handed to the worker, which reads that the channel is paused
+        for seq in range(2, 5):  # at once: each handed to the worker, which finds the channel paused
             assert ack_fields(conn.send(adt_update(seq, 1)))["MSA"][1] == "AA"
         conn.close()
-        time.sleep(0.3)
+        time.sleep(0.5)
         held = eng.query("messages", "select status from messages where id > 1")
         assert [r["status"] for r in held] == ["RECEIVED"] * 3  # held, not taken
         # resumed well within a second of the worker's look at the state
