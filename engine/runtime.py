@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from engine.channel_state import ChannelStates
+from engine.channel_state import REFRESH_SECONDS, ChannelStates
 from engine.channels import registry
 from engine.channels.base import Context, Destination, Item
 from engine.channels.pipeline import Committer, Receiver, inbound, ordering_key
@@ -89,7 +89,8 @@ class Runtime:
         }
         # a worker process reads the state for each batch: a pause written by the console (in
         # engine run) holds every batch it takes after it, as in the embedded engine
-        self.channel_states = ChannelStates(self.message_store.engine, refresh_seconds=0 if self.role == WORKER else 1)
+        refresh = 0.0 if self.role == WORKER else REFRESH_SECONDS
+        self.channel_states = ChannelStates(self.message_store.engine, refresh_seconds=refresh)
         self.processor = Processor(
             self.message_store,
             {ch.name: ch for ch in cfg.channels},
